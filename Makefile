@@ -1,0 +1,43 @@
+# The two commands of the README: `make serve` and `make test`.
+# Each sets up what it needs (a virtual environment, node packages) on a fresh
+# Debian machine with Python 3.11, then runs.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint types unit setup node-deps system-deps
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+# node and npm run the interop peers (node's `ws`).
+system-deps:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		(apt-get update && apt-get install -y nodejs npm)
+
+node-deps: system-deps tests/interop/node_modules/.installed
+
+tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/package-lock.json
+	cd tests/interop && npm ci --no-audit --no-fund --silent
+	touch $@
+
+serve: setup
+	$(BIN)/backchannel echo --host $(HOST) --port $(PORT)
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+types: setup
+	$(BIN)/mypy --strict src
+
+test: setup node-deps lint types
+	$(BIN)/pytest $(PYTEST_ARGS)

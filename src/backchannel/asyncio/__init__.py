@@ -1,0 +1,17 @@
+"""WebSocket server and client on asyncio."""
+
+from __future__ import annotations
+
+from .client import ClientConnection, connect
+from .connection import Connection, Data
+from .server import Server, ServerConnection, serve
+
+__all__ = [
+    "ClientConnection",
+    "Connection",
+    "Data",
+    "Server",
+    "ServerConnection",
+    "connect",
+    "serve",
+]

@@ -1,0 +1,517 @@
+"""A WebSocket connection on asyncio, shared by the server and the client.
+
+Theory of operation
+-------------------
+:class:`Connection` is an :class:`asyncio.Protocol`: the event loop calls
+``data_received`` with bytes from the socket; the connection feeds them to the
+Sans-I/O :class:`backchannel.protocol.Connection`, writes the automatic replies it
+queued, and appends complete messages to a queue that :meth:`Connection.recv` reads. No
+task or future is created per frame.
+
+Every write goes through one funnel, :meth:`Connection._write`. The transport's high
+and low water marks pause and resume writing: :meth:`send` returns only once the
+transport's buffer is below the high mark again, so a peer that does not read slows the
+sender down instead of growing a buffer without bound. Reading is paused when
+``max_queue`` messages wait for the application, and resumed when it has read them.
+
+The subclasses in :mod:`.server` and :mod:`.client` handle the opening handshake in
+``_handshake_data`` while ``self.protocol`` is ``None``, then call :meth:`_open`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
+from typing import Any
+
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
+from ..protocol import connection as sansio
+from ..protocol.events import BinaryMessage, Pong, TextMessage
+from ..protocol.frames import CloseCode
+from ..protocol.http11 import Request, Response
+
+__all__ = ["Connection", "Data"]
+
+logger = logging.getLogger("backchannel")
+
+Data = str | bytes
+
+#: The transport's write buffer limits: ``send`` waits while more than 64 KiB are
+#: buffered and resumes below 16 KiB. Big enough to keep a socket busy, small enough that
+#: ten thousand connections to slow readers cost at most 640 MiB.
+WRITE_HIGH_WATER = 64 * 1024
+WRITE_LOW_WATER = 16 * 1024
+
+_TEXT = TextMessage
+_BINARY = BinaryMessage
+_PONG = Pong
+_OK_CODES = frozenset({1000, 1001, 1005})
+
+
+class Connection(asyncio.Protocol):
+    """An open (or opening) WebSocket connection."""
+
+    def __init__(
+        self,
+        *,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float = 10,
+        max_queue: int = 16,
+        write_limit: tuple[int, int] = (WRITE_HIGH_WATER, WRITE_LOW_WATER),
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.max_queue = max(1, max_queue)
+        self._write_limit = write_limit
+
+        #: The Sans-I/O connection, once the handshake succeeded.
+        self.protocol: sansio.Connection | None = None
+        self.transport: asyncio.Transport | None = None
+        #: The handshake request and response.
+        self.request: Request | None = None
+        self.response: Response | None = None
+        #: The last round-trip time measured by a ping, in seconds.
+        self.latency = 0.0
+
+        self._messages: collections.deque[Data] = collections.deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._send_lock = asyncio.Lock()
+        self._lost_exc: BaseException | None = None
+
+    # Properties.
+
+    @property
+    def state(self) -> sansio.State:
+        """CONNECTING, OPEN, CLOSING or CLOSED."""
+        if self._lost.done():
+            return sansio.CLOSED
+        if self.protocol is None:
+            return sansio.CONNECTING
+        return self.protocol.state
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol agreed in the handshake, if any."""
+        return None if self.protocol is None else self.protocol.subprotocol
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code, once the connection is closed (1006 without a close frame)."""
+        if self.state is not sansio.CLOSED:
+            return None
+        return CloseCode.ABNORMAL if self.protocol is None else self.protocol.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason, once the connection is closed."""
+        if self.state is not sansio.CLOSED:
+            return None
+        return "" if self.protocol is None else self.protocol.close_reason
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address, as the socket reports it."""
+        return None if self.transport is None else self.transport.get_extra_info("peername")
+
+    @property
+    def local_address(self) -> Any:
+        """Our address, as the socket reports it."""
+        return None if self.transport is None else self.transport.get_extra_info("sockname")
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by :meth:`send` but not yet written to the socket."""
+        if self.transport is None or self.transport.is_closing():
+            return 0
+        return self.transport.get_write_buffer_size()
+
+    # Receiving.
+
+    async def recv(self) -> Data:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raise :class:`ConnectionClosedOK` or :class:`ConnectionClosedError` once the
+        connection is closed and every message received before was read.
+        """
+        while True:
+            if self._messages:
+                message = self._messages.popleft()
+                if self._reading_paused and len(self._messages) <= self.max_queue // 4:
+                    self._resume_reading()
+                return message
+            proto = self.protocol
+            if proto is not None and proto.failure_pending:
+                self._flush_failure()
+            if self._input_closed():
+                raise self._closed_exception()
+            if self._recv_waiter is not None:
+                raise InvalidState("another coroutine is already waiting for a message")
+            waiter = self._loop.create_future()
+            self._recv_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        """Messages until the connection closes; an abnormal close raises."""
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    # Sending.
+
+    async def send(
+        self,
+        message: Data | bytearray | memoryview | Iterable[Data] | AsyncIterable[Data],
+    ) -> None:
+        """Send a message; an (async) iterable of str or bytes is sent as one fragmented
+        message. Wait while the transport's buffer is above its high water mark."""
+        if isinstance(message, str):
+            if self._send_lock.locked():
+                async with self._send_lock:
+                    self._write(self._open_protocol().send_text(message))
+            else:
+                self._write(self._open_protocol().send_text(message))
+        elif isinstance(message, bytes | bytearray | memoryview):
+            if self._send_lock.locked():
+                async with self._send_lock:
+                    self._write(self._open_protocol().send_binary(message))
+            else:
+                self._write(self._open_protocol().send_binary(message))
+        elif isinstance(message, AsyncIterable):
+            async with self._send_lock:
+                await self._send_fragments(message.__aiter__())
+        elif isinstance(message, Iterable):
+            async with self._send_lock:
+                await self._send_fragments(_aiter(message))
+        else:
+            raise TypeError(f"cannot send {type(message).__name__}")
+        if self._writing_paused:
+            await self.drain()
+
+    async def _send_fragments(self, fragments: AsyncIterator[Data]) -> None:
+        try:
+            first = await fragments.__anext__()
+        except StopAsyncIteration:
+            return
+        proto = self._open_protocol()
+        if isinstance(first, str):
+            self._write(proto.send_text(first, fin=False))
+            kind: type = str
+        else:
+            self._write(proto.send_binary(first, fin=False))
+            kind = bytes
+        async for fragment in fragments:
+            if not isinstance(fragment, kind):
+                # The message type cannot change halfway; fail it with 1011.
+                self._fail(CloseCode.INTERNAL_ERROR, "")
+                raise TypeError("all fragments of a message must have the same type")
+            self._write(self._open_protocol().send_continuation(fragment, fin=False))
+            if self._writing_paused:
+                await self.drain()
+        self._write(self._open_protocol().send_continuation(b"", fin=True))
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is below its low water mark."""
+        if not self._writing_paused or self._lost.done():
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    async def ping(self, data: bytes | None = None) -> Awaitable[float]:
+        """Send a ping; return an awaitable that resolves with the round-trip time."""
+        proto = self._open_protocol()
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif data in self._pings:
+            raise InvalidState("a ping with the same payload is already waiting")
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._write(proto.send_ping(data))
+        self._pings[data] = (waiter, self._loop.time())
+        return waiter
+
+    async def pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited pong (a unidirectional heartbeat)."""
+        self._write(self._open_protocol().send_pong(data))
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason`` and wait until it is closed.
+
+        Gives the peer ``close_timeout`` seconds to complete the closing handshake, then
+        drops the TCP connection.
+        """
+        proto = self.protocol
+        if proto is not None and proto.state is sansio.OPEN:
+            self._write(proto.send_close(code, reason))
+        elif proto is None and self.transport is not None:
+            self.transport.abort()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed, at most ``close_timeout`` once closing."""
+        if self._lost.done():
+            return
+        if self.protocol is not None and self.protocol.state is sansio.OPEN:
+            await asyncio.shield(self._lost)
+            return
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
+            await asyncio.shield(self._lost)
+
+    # Internals: the write funnel.
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _open_protocol(self) -> sansio.Connection:
+        proto = self.protocol
+        if proto is None:
+            raise InvalidState("the opening handshake has not completed")
+        if proto.state is not sansio.OPEN or self._lost.done():
+            raise self._closed_exception()
+        return proto
+
+    def _closed_exception(self) -> ConnectionClosed:
+        proto = self.protocol
+        if proto is None:
+            return ConnectionClosedError(CloseCode.ABNORMAL, "", received=False)
+        code = proto.close_code
+        reason = proto.close_reason
+        received = proto.close_received is not None
+        exc_type = ConnectionClosedOK if received and code in _OK_CODES else ConnectionClosedError
+        exc: ConnectionClosed = exc_type(code, reason, received=received)
+        if proto.failure is not None:
+            exc.__cause__ = proto.failure
+        elif self._lost_exc is not None:
+            exc.__cause__ = self._lost_exc
+        return exc
+
+    def _input_closed(self) -> bool:
+        proto = self.protocol
+        return self._lost.done() or (proto is not None and proto.state is sansio.CLOSED)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close without waiting for the peer (keepalive timeout, our own errors)."""
+        proto = self.protocol
+        if proto is not None and proto.state is sansio.OPEN:
+            self._write(proto.send_close(code, reason))
+        if self.transport is not None:
+            self.transport.close()
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and self.transport is not None:
+            self._close_timer = self._loop.call_later(self.close_timeout, self.transport.abort)
+
+    # Internals: opening and receiving.
+
+    def _open(self, proto: sansio.Connection, leftover: bytes) -> None:
+        """The handshake succeeded: start speaking WebSocket."""
+        proto.lazy_failure = True
+        self.protocol = proto
+        if self.ping_interval is not None:
+            self._keepalive_task = self._loop.create_task(self._keepalive())
+        if leftover:
+            self._receive(leftover)
+
+    def _handshake_data(self, data: bytes) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _receive(self, data: bytes) -> None:
+        proto = self.protocol
+        assert proto is not None
+        events = proto.receive_data(data)
+        out = proto.data_to_send()
+        if out:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(out)
+        if events:
+            messages = self._messages
+            for event in events:
+                kind = type(event)
+                if kind is _TEXT or kind is _BINARY:
+                    messages.append(event.data)  # type: ignore[union-attr]
+                elif kind is _PONG:
+                    self._on_pong(event.data)  # type: ignore[union-attr, arg-type]
+            if len(messages) >= self.max_queue and not self._reading_paused:
+                self._pause_reading()
+        if proto.failure_pending:
+            # The peer broke a rule after messages the application has not read yet:
+            # let it read (and answer) them, then send the close (see lazy_failure).
+            if self._messages:
+                if self._close_timer is None:
+                    self._close_timer = self._loop.call_later(
+                        self.close_timeout, self._flush_failure
+                    )
+            else:
+                self._flush_failure()
+        elif proto.state is sansio.CLOSED:
+            self._on_protocol_closed(proto)
+        self._wake_reader()
+
+    def _flush_failure(self) -> None:
+        proto = self.protocol
+        if proto is None or not proto.failure_pending:
+            return
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        proto.fail()
+        transport = self.transport
+        out = proto.data_to_send()
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines(out)
+        self._on_protocol_closed(proto)
+        self._wake_reader()
+
+    def _on_protocol_closed(self, proto: sansio.Connection) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if proto.failure is not None or proto.side is sansio.SERVER:
+            # Section 7.1.1: the server closes TCP first; after a failure, either side
+            # closes at once (section 7.1.7).
+            transport.close()
+        # Give the peer (or a write buffer stuck behind a peer that doesn't read) a bounded
+        # time to let the TCP connection close.
+        self._arm_close_timer()
+
+    def _wake_reader(self) -> None:
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_pong(self, data: bytes) -> None:
+        if data not in self._pings:
+            return
+        now = self._loop.time()
+        # Section 5.5.3: a pong may answer several pings; resolve every earlier one too.
+        for key in list(self._pings):
+            waiter, sent = self._pings.pop(key)
+            if not waiter.done():
+                waiter.set_result(now - sent)
+            if key == data:
+                self.latency = now - sent
+                break
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self._reading_paused = True
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def _keepalive(self) -> None:
+        """Ping every ``ping_interval``; fail with 1011 without a pong in ``ping_timeout``."""
+        assert self.ping_interval is not None
+        try:
+            while True:
+                await asyncio.sleep(self.ping_interval)
+                if self.state is not sansio.OPEN:
+                    return
+                waiter = await self.ping()
+                if self.ping_timeout is None:
+                    continue
+                try:
+                    async with asyncio.timeout(self.ping_timeout):
+                        await waiter
+                except TimeoutError:
+                    logger.info("no pong within %ss: closing with 1011", self.ping_timeout)
+                    self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                    return
+        except ConnectionClosed:
+            return
+
+    # asyncio.Protocol callbacks.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        high, low = self._write_limit
+        transport.set_write_buffer_limits(high=high, low=low)
+
+    def data_received(self, data: bytes) -> None:
+        if self.protocol is None:
+            self._handshake_data(data)
+        else:
+            self._receive(data)
+
+    def eof_received(self) -> bool | None:
+        if self.protocol is not None:
+            self.protocol.receive_eof()
+        # Returning None closes our side too: WebSocket has no use for half-closed TCP.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost_exc = exc
+        if self.protocol is not None:
+            self.protocol.receive_eof()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+        for waiter, _ in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(self._closed_exception())
+                # Nobody may be awaiting a ping any more; don't warn about it.
+                waiter.exception()
+        self._pings.clear()
+        self._release_drain_waiters()
+        self._wake_reader()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._release_drain_waiters()
+
+    def _release_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+async def _aiter(items: Iterable[Data]) -> AsyncIterator[Data]:
+    for item in items:
+        yield item

@@ -1,0 +1,371 @@
+"""The asyncio WebSocket server: ``serve(handler, host, port, ...)``.
+
+Plain HTTP and WebSocket share the port. Each TCP connection starts as HTTP/1.1: a
+request that asks to upgrade becomes a WebSocket connection handed to ``handler``; any
+other request goes to ``process_request``, or is answered ``426 Upgrade Required``.
+``process_request`` also sees upgrade requests first, so it can refuse them (401, 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
+from types import TracebackType
+from typing import Any
+
+from ..exceptions import ConnectionClosed, InvalidRequest
+from ..protocol import connection as sansio
+from ..protocol.deflate import DeflateConfig
+from ..protocol.frames import CloseCode
+from ..protocol.handshake import ServerHandshake, is_upgrade_request
+from ..protocol.http11 import Request, RequestParser, Response
+from ..protocol.limits import Limits
+from .connection import Connection
+
+__all__ = ["Server", "ServerConnection", "serve"]
+
+logger = logging.getLogger("backchannel.server")
+
+Handler = Callable[["ServerConnection"], Awaitable[None]]
+ProcessRequest = Callable[
+    ["ServerConnection", Request], "Response | Awaitable[Response | None] | None"
+]
+
+
+class ServerConnection(Connection):
+    """A connection accepted by a :class:`Server`."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(
+            ping_interval=server.ping_interval,
+            ping_timeout=server.ping_timeout,
+            close_timeout=server.close_timeout,
+            max_queue=server.limits.max_queue,
+        )
+        self.server = server
+        self._parser = RequestParser(server.limits)
+        self._open_timer: asyncio.TimerHandle | None = None
+        self._pending_requests: list[Request] = []
+        self._http_task: asyncio.Task[None] | None = None
+        self._early_data = b""
+        self.handler_task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        self._arm_open_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.server.connections.discard(self)
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+
+    def _arm_open_timer(self) -> None:
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+        timeout = self.server.open_timeout
+        if timeout is not None:
+            self._open_timer = self._loop.call_later(timeout, self._on_open_timeout)
+
+    def _on_open_timeout(self) -> None:
+        # A request (or the next one on a kept-alive connection) that never completes
+        # would otherwise hold the socket forever.
+        if self.protocol is None and self.transport is not None:
+            logger.debug("opening handshake timed out")
+            self.transport.abort()
+
+    def _handshake_data(self, data: bytes) -> None:
+        if self._parser.upgraded:
+            # Bytes after an upgrade request that process_request is still looking at.
+            self._early_data += data
+            return
+        try:
+            requests = self._parser.feed(data)
+        except InvalidRequest as exc:
+            self._send_response(ServerHandshake.reject(exc.status, str(exc)), close=True)
+            return
+        if not requests:
+            return
+        if self._parser.upgraded:
+            self._early_data = self._parser.rest
+        if self.server.process_request is None and not self._pending_requests:
+            for request in requests:
+                self._handle(request, None)
+        else:
+            self._pending_requests.extend(requests)
+            if self._http_task is None:
+                self._http_task = self._loop.create_task(self._process_requests())
+
+    async def _process_requests(self) -> None:
+        process_request = self.server.process_request
+        assert process_request is not None
+        try:
+            while self._pending_requests and self.transport is not None:
+                request = self._pending_requests.pop(0)
+                try:
+                    result = process_request(self, request)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except Exception:
+                    logger.exception("error in process_request")
+                    result = Response.text(500, "Internal Server Error\n")
+                    result.headers.set("Connection", "close")
+                self._handle(request, result)
+        finally:
+            self._http_task = None
+
+    def _handle(self, request: Request, response: Response | None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if response is not None:
+            close = not request.keep_alive or is_upgrade_request(request)
+            close = close or ((response.headers.get("Connection") or "").lower() == "close")
+            self._send_response(response, close=close)
+            return
+        if not is_upgrade_request(request):
+            text = "426 Upgrade Required: this is a WebSocket endpoint.\n"
+            self._send_response(ServerHandshake.reject(426, text.strip()), close=True)
+            return
+        try:
+            response, proto = self.server.handshake.accept(request)
+        except InvalidRequest as exc:
+            self._send_response(ServerHandshake.reject(exc.status, str(exc)), close=True)
+            return
+        self.request = request
+        self.response = response
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
+        self._write(response.serialize())
+        leftover, self._early_data = self._early_data, b""
+        self._open(proto, leftover)
+        self.handler_task = self._loop.create_task(self.server._run_handler(self))
+
+    def _send_response(self, response: Response, *, close: bool) -> None:
+        if close:
+            response.headers.set("Connection", "close")
+        self._write(response.serialize())
+        if close and self.transport is not None:
+            self.transport.close()
+        else:
+            self._arm_open_timer()
+
+
+class Server:
+    """A running WebSocket server; close it with :meth:`aclose` (or ``async with``)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        origins: Collection[str | None] | None = None,
+        check_origin: Callable[[str | None], bool] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        compression: str | DeflateConfig | None = "deflate",
+        compress_threshold: int = 128,
+        limits: Limits | None = None,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        open_timeout: float | None = 10,
+        close_timeout: float = 10,
+        process_request: ProcessRequest | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or Limits()
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.process_request = process_request
+        if compression == "deflate":
+            deflate: DeflateConfig | None = DeflateConfig()
+        elif compression is None or isinstance(compression, DeflateConfig):
+            deflate = compression
+        else:
+            raise ValueError(f"unsupported compression: {compression!r}")
+        self.handshake = ServerHandshake(
+            subprotocols=subprotocols,
+            deflate=deflate,
+            origins=origins,
+            check_origin=check_origin,
+            limits=self.limits,
+            compress_threshold=compress_threshold,
+        )
+        self.connections: set[ServerConnection] = set()
+        self.server: asyncio.Server | None = None
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets."""
+        return () if self.server is None else tuple(self.server.sockets)
+
+    @property
+    def port(self) -> int:
+        """The TCP port of the first listening socket (handy with ``port=0``)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    async def _run_handler(self, connection: ServerConnection) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handler_tasks.add(task)
+        try:
+            await self.handler(connection)
+        except asyncio.CancelledError:
+            connection._fail(CloseCode.GOING_AWAY, "")
+            raise
+        except ConnectionClosed:
+            # The peer went away while the handler was reading or sending: not a bug.
+            pass
+        except Exception:
+            logger.exception("error in connection handler")
+            connection._fail(CloseCode.INTERNAL_ERROR, "")
+        else:
+            if connection.state is sansio.OPEN:
+                await connection.close()
+        finally:
+            self._handler_tasks.discard(task)
+
+    async def aclose(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Stop listening, close every connection with ``code`` (1001) and wait for them.
+
+        Connections get ``close_timeout`` seconds to complete the closing handshake; then
+        they are dropped and their handlers cancelled.
+        """
+        self._closing = True
+        if self.server is not None:
+            self.server.close()
+        connections = list(self.connections)
+        for connection in connections:
+            proto = connection.protocol
+            if proto is not None and proto.state is sansio.OPEN:
+                connection._write(proto.send_close(code, reason))
+            elif proto is None and connection.transport is not None:
+                connection.transport.close()
+        if connections:
+            waits = [asyncio.shield(c._lost) for c in connections]
+            await asyncio.wait(waits, timeout=self.close_timeout)
+            for connection in connections:
+                if not connection._lost.done() and connection.transport is not None:
+                    connection.transport.abort()
+        tasks = list(self._handler_tasks)
+        if tasks:
+            _, pending_tasks = await asyncio.wait(tasks, timeout=self.close_timeout)
+            for task in pending_tasks:
+                task.cancel()
+            if pending_tasks:
+                await asyncio.wait(pending_tasks)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        assert self.server is not None
+        await self.server.serve_forever()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class serve:
+    """Start a WebSocket server.
+
+    ``async with serve(handler, "127.0.0.1", 8765) as server: ...`` or
+    ``server = await serve(...)``. ``handler(connection)`` runs for each WebSocket; when it
+    returns the connection is closed with 1000. Pass ``unix_path`` for a Unix socket.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        origins: Collection[str | None] | None = None,
+        check_origin: Callable[[str | None], bool] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        compression: str | DeflateConfig | None = "deflate",
+        compress_threshold: int = 128,
+        max_size: int | None = 2**20,
+        max_queue: int = 16,
+        limits: Limits | None = None,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        open_timeout: float | None = 10,
+        close_timeout: float = 10,
+        process_request: ProcessRequest | None = None,
+        reuse_port: bool = False,
+        unix_path: str | None = None,
+        backlog: int = 511,
+    ) -> None:
+        if limits is None:
+            limits = Limits(max_size=max_size, max_queue=max_queue)
+        self._server = Server(
+            handler,
+            origins=origins,
+            check_origin=check_origin,
+            subprotocols=subprotocols,
+            compression=compression,
+            compress_threshold=compress_threshold,
+            limits=limits,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            process_request=process_request,
+        )
+        self._host = host
+        self._port = port
+        self._ssl = ssl
+        self._reuse_port = reuse_port
+        self._unix_path = unix_path
+        self._backlog = backlog
+
+    async def _start(self) -> Server:
+        loop = asyncio.get_running_loop()
+        server = self._server
+
+        def factory() -> ServerConnection:
+            return ServerConnection(server)
+
+        kwargs: dict[str, Any] = {"ssl": self._ssl, "backlog": self._backlog}
+        if self._unix_path is not None:
+            server.server = await loop.create_unix_server(factory, self._unix_path, **kwargs)
+        else:
+            server.server = await loop.create_server(
+                factory,
+                self._host,
+                self._port,
+                reuse_port=self._reuse_port or None,
+                **kwargs,
+            )
+        return server
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self._start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._server.aclose()

@@ -1,0 +1,290 @@
+"""HTTP/1.1 requests and responses for the opening handshake and plain HTTP.
+
+Parsing is done by llhttp (through ``httptools``), a hardened parser; this module adds
+the limits of :class:`~backchannel.protocol.limits.Limits` and turns its callbacks into
+:class:`Request` and :class:`Response` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import httptools
+
+from ..exceptions import InvalidRequest, InvalidResponse
+from .limits import Limits
+
+__all__ = ["Headers", "Request", "RequestParser", "Response", "parse_response_head"]
+
+
+class Headers:
+    """HTTP header fields: ordered, repeatable, looked up without regard to case."""
+
+    __slots__ = ("_items",)
+
+    def __init__(
+        self, items: Iterable[tuple[str, str]] | dict[str, str] | Headers | None = None
+    ) -> None:
+        if items is None:
+            self._items: list[tuple[str, str]] = []
+        elif isinstance(items, dict):
+            self._items = list(items.items())
+        elif isinstance(items, Headers):
+            self._items = list(items._items)
+        else:
+            self._items = list(items)
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field, keeping any with the same name."""
+        self._items.append((name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field named ``name`` with one."""
+        self.remove(name)
+        self._items.append((name, value))
+
+    def remove(self, name: str) -> None:
+        """Remove every field named ``name``."""
+        lower = name.lower()
+        self._items = [(n, v) for n, v in self._items if n.lower() != lower]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of ``name``; several fields are joined with ", " (RFC 9110 5.3)."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in order."""
+        lower = name.lower()
+        return [v for n, v in self._items if n.lower() == lower]
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def serialize(self) -> bytes:
+        """The fields as they go on the wire, each line ending in CRLF."""
+        for name, value in self._items:
+            # A CR or LF in a value would let a caller's data inject headers.
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"invalid character in header {name!r}")
+        return "".join(f"{n}: {v}\r\n" for n, v in self._items).encode("latin-1")
+
+
+@dataclass
+class Request:
+    """An HTTP request: the handshake, or a plain request on the same port."""
+
+    method: str
+    path: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    keep_alive: bool = True
+
+    def serialize(self) -> bytes:
+        """The request as bytes (the client side of the handshake)."""
+        head = f"{self.method} {self.path} HTTP/1.1\r\n".encode("latin-1")
+        return head + self.headers.serialize() + b"\r\n" + self.body
+
+
+@dataclass
+class Response:
+    """An HTTP response: 101 for the handshake, or any answer to a plain request."""
+
+    status: int
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.reason:
+            try:
+                self.reason = HTTPStatus(self.status).phrase
+            except ValueError:
+                self.reason = "Unknown"
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: Headers | None = None) -> Response:
+        """A plain-text response with its length set."""
+        body = text.encode()
+        response = cls(status, Headers(headers), body)
+        response.headers.set("Content-Type", "text/plain; charset=utf-8")
+        return response
+
+    def serialize(self) -> bytes:
+        """The response as bytes; Content-Length is added when the status allows a body."""
+        headers = self.headers
+        if self.status >= 200 and self.status not in (204, 304) and "Content-Length" not in headers:
+            headers = Headers(headers)
+            headers.add("Content-Length", str(len(self.body)))
+        head = f"HTTP/1.1 {self.status} {self.reason}\r\n".encode("latin-1")
+        return head + headers.serialize() + b"\r\n" + self.body
+
+
+class RequestParser:
+    """Parses requests from a byte stream, enforcing the handshake limits.
+
+    ``feed`` returns the requests completed by the new bytes. When a request asks to
+    upgrade, it is the last one returned, :attr:`upgraded` is set and :attr:`rest` holds
+    the bytes that followed it (the start of the WebSocket stream).
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._done: list[Request] = []
+        self._reset_message()
+        self.upgraded = False
+        self.rest = b""
+
+    def _reset_message(self) -> None:
+        self._url = bytearray()
+        self._headers = Headers()
+        self._body = bytearray()
+        self._head_size = 0
+        self._in_head = True
+        self._method = ""
+
+    def feed(self, data: bytes) -> list[Request]:
+        """Parse more bytes; raise :class:`InvalidRequest` with the status to answer."""
+        if self.upgraded:
+            raise InvalidRequest("no more requests after an upgrade")
+        # A head that never ends costs at most max_head_size bytes plus one chunk: checked
+        # before parsing (bytes so far) and after (if the head is still not complete).
+        if self._in_head and self._head_size > self._limits.max_head_size:
+            raise InvalidRequest("request head too large", 431)
+        self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0])
+            self.upgraded = True
+            self.rest = bytes(data[offset:])
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raised; bring back our own error.
+            if isinstance(exc.__context__, InvalidRequest):
+                raise exc.__context__ from None
+            raise InvalidRequest(f"malformed HTTP request: {exc}", 400) from exc
+        if self._in_head and self._head_size > self._limits.max_head_size:
+            raise InvalidRequest("request head too large", 431)
+        done, self._done = self._done, []
+        return done
+
+    # httptools callbacks.
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_line:
+            raise InvalidRequest("request target too long", 414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) + 2 > self._limits.max_line:
+            raise InvalidRequest("header line too long", 431)
+        if len(self._headers) >= self._limits.max_headers:
+            raise InvalidRequest("too many header fields", 431)
+        # RFC 9110 section 5.5: whitespace around a field value is not part of it.
+        self._headers.add(name.decode("latin-1"), value.decode("latin-1").strip(" \t"))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._method = self._parser.get_method().decode("ascii")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > self._limits.max_body_size:
+            raise InvalidRequest("request body too large", 413)
+
+    def on_message_complete(self) -> None:
+        self._done.append(
+            Request(
+                self._method,
+                self._url.decode("latin-1"),
+                self._headers,
+                bytes(self._body),
+                self._parser.should_keep_alive(),
+            )
+        )
+        self._reset_message()
+        # The next request's head starts counting from zero.
+        self._head_size = 0
+
+
+class _ResponseHead:
+    """Collects the status and headers of a response head from httptools."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.headers = Headers()
+        self.reason = bytearray()
+        self.complete = False
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) + 2 > self.limits.max_line:
+            raise InvalidResponse("response header line too long")
+        if len(self.headers) >= self.limits.max_headers:
+            raise InvalidResponse("too many header fields in response")
+        self.headers.add(name.decode("latin-1"), value.decode("latin-1").strip(" \t"))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def parse_response_head(
+    buffer: bytes | bytearray, limits: Limits | None = None
+) -> tuple[Response, bytes] | None:
+    """Parse a response head at the start of ``buffer``.
+
+    Return the response (without body) and the bytes after the head, or ``None`` when
+    the head is not complete yet. Raise :class:`InvalidResponse` when it is malformed or
+    past the limits.
+    """
+    limits = limits or Limits()
+    end = buffer.find(b"\r\n\r\n", 0, limits.max_head_size + 4)
+    if end < 0:
+        if len(buffer) > limits.max_head_size:
+            raise InvalidResponse("response head too large")
+        return None
+    head = bytes(buffer[: end + 4])
+    collector = _ResponseHead(limits)
+    parser = httptools.HttpResponseParser(collector)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # a 101 response: the head is all we wanted
+    except httptools.HttpParserError as exc:
+        if isinstance(exc.__context__, InvalidResponse):
+            raise exc.__context__ from None
+        # After a complete head llhttp pauses on a 101 ("Pause on CONNECT/Upgrade"):
+        # the head is all we wanted.
+        if not collector.complete:
+            raise InvalidResponse(f"malformed HTTP response: {exc}") from exc
+    if not collector.complete:
+        raise InvalidResponse("malformed HTTP response head")
+    status = parser.get_status_code()
+    response = Response(status, collector.headers, b"", collector.reason.decode("latin-1"))
+    return response, bytes(buffer[end + 4 :])
