@@ -563,10 +563,14 @@ class Connection:
         code, reason = parse_close(payload)
         self.close_received = (code, reason)
         if self.state is OPEN:
-            # Section 5.5.1: answer with a close frame, typically echoing the code.
-            echo = None if code == CloseCode.NO_STATUS else code
-            self.close_sent = (code, "")
-            self._outgoing.append(self._frame(_CLOSE, encode_close(echo, "")))
+            # Section 5.5.1: answer with a close frame, typically echoing the code. The
+            # reason is echoed too, so both ends report the same (code, reason).
+            if code == CloseCode.NO_STATUS:
+                self.close_sent = (code, "")
+                self._outgoing.append(self._frame(_CLOSE, b""))
+            else:
+                self.close_sent = (code, reason)
+                self._outgoing.append(self._frame(_CLOSE, encode_close(code, reason)))
         self.state = CLOSED
         # Section 5.5.1: nothing may follow a close frame.
         self._discard = True

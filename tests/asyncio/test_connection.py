@@ -1,0 +1,157 @@
+"""The asyncio connection: messages, pings, keepalive, flow control, closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.exceptions import ConnectionClosedError, InvalidState
+from backchannel.protocol import OPEN
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def test_messages_both_types_and_fragmented() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            assert ws.state is OPEN
+            await ws.send("text")
+            assert await ws.recv() == "text"
+            await ws.send(b"\x00\xff")
+            assert await ws.recv() == b"\x00\xff"
+            await ws.send(["frag", "ment", "ed"])
+            assert await ws.recv() == "fragmented"
+
+            async def parts():
+                for part in (b"a", b"b"):
+                    yield part
+
+            await ws.send(parts())
+            assert await ws.recv() == b"ab"
+            with pytest.raises(TypeError):
+                await ws.send(42)  # type: ignore[arg-type]
+
+
+async def test_ping_resolves_with_round_trip_time() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            waiter = await ws.ping()
+            rtt = await waiter
+            assert rtt >= 0
+            assert ws.latency == rtt
+
+
+async def test_close_from_client_sets_code_and_reason_on_both_sides() -> None:
+    seen: asyncio.Future[tuple[int | None, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        # 4000 is an application's code, not a normal closure: ConnectionClosedError.
+        with pytest.raises(ConnectionClosedError):
+            await ws.recv()
+        seen.set_result((ws.close_code, ws.close_reason))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/")
+        await ws.close(4000, "bye")
+        assert (ws.close_code, ws.close_reason) == (4000, "bye")
+        async with asyncio.timeout(5):
+            assert await seen == (4000, "bye")
+        with pytest.raises(ConnectionClosedError):
+            await ws.send("too late")
+
+
+async def test_two_concurrent_recv_are_refused() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            first = asyncio.create_task(ws.recv())
+            await asyncio.sleep(0)  # let it start waiting
+            with pytest.raises(InvalidState):
+                await ws.recv()
+            await ws.send("x")
+            assert await first == "x"
+
+
+async def test_keepalive_closes_with_1011_when_no_pong_comes() -> None:
+    stalled = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        # Stop reading the socket: pings go unanswered.
+        assert ws.transport is not None
+        ws.transport.pause_reading()
+        stalled.set()
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ping_interval=None) as server:
+        ws = await connect(
+            f"ws://127.0.0.1:{server.port}/",
+            ping_interval=0.05,
+            ping_timeout=0.1,
+            close_timeout=0.5,
+        )
+        await stalled.wait()
+        with pytest.raises(ConnectionClosedError):
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert ws.protocol is not None
+        assert ws.protocol.close_sent == (1011, "keepalive ping timeout")
+
+
+async def test_send_waits_for_a_peer_that_does_not_read() -> None:
+    """Backpressure: buffered_amount stays bounded instead of growing with sends."""
+    release = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.transport is not None
+        ws.transport.pause_reading()
+        await release.wait()
+        ws.transport.resume_reading()
+        async for _ in ws:
+            pass
+
+    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/", compression=None) as ws:
+            chunk = b"x" * 65536
+            sent = 0
+            # Sending 64 MiB would be impossible without waiting: the kernel buffers
+            # a few MiB at most. send() must block before that.
+            blocked = False
+            for _ in range(1024):
+                task = asyncio.create_task(ws.send(chunk))
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if not done:
+                    blocked = True
+                    assert ws.buffered_amount > 0
+                    release.set()
+                    await task
+                    break
+                sent += len(chunk)
+            assert blocked, f"send never waited after {sent} bytes"
+            await ws.drain()
+
+
+async def test_reading_pauses_when_max_queue_messages_wait() -> None:
+    async def burst(ws: ServerConnection) -> None:
+        for i in range(100):
+            await ws.send(str(i))
+        await ws.wait_closed()
+
+    async with serve(burst, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/", max_queue=4) as ws:
+            pauses = []
+            original = ws._pause_reading
+
+            def spy() -> None:
+                pauses.append(len(ws._messages))
+                original()
+
+            ws._pause_reading = spy  # type: ignore[method-assign]
+            received = [await ws.recv() for _ in range(100)]
+            assert received == [str(i) for i in range(100)]
+            # Reading paused with at least max_queue messages waiting, and resumed.
+            assert pauses and min(pauses) >= 4
+            assert not ws._reading_paused

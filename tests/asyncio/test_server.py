@@ -1,0 +1,133 @@
+"""The asyncio server: plain HTTP on the WebSocket port, shutdown, handlers, sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
+from backchannel.protocol.http11 import Request, Response, parse_response_head
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def http_get(port: int, path: str = "/", extra: str = "") -> Response:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n".encode())
+    async with asyncio.timeout(5):
+        data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    parsed = parse_response_head(data)
+    assert parsed is not None
+    response, body = parsed
+    response.body = body
+    return response
+
+
+async def test_plain_request_without_process_request_gets_426() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        response = await http_get(server.port)
+    assert response.status == 426
+    assert response.headers.get("Sec-WebSocket-Version") == "13"
+
+
+async def test_process_request_answers_plain_http_and_lets_upgrades_through() -> None:
+    def process(ws: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/health":
+            return Response.text(200, "ok")
+        return None
+
+    async with serve(echo, "127.0.0.1", 0, process_request=process) as server:
+        response = await http_get(server.port, "/health")
+        async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await ws.send("still a websocket")
+            assert await ws.recv() == "still a websocket"
+    assert response.status == 200
+    assert response.body == b"ok"
+
+
+async def test_async_process_request_can_refuse_an_upgrade() -> None:
+    async def process(ws: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Authorization") != "Bearer good":
+            return Response.text(401, "who are you?")
+        return None
+
+    async with serve(echo, "127.0.0.1", 0, process_request=process) as server:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{server.port}/")
+        ws = await connect(
+            f"ws://127.0.0.1:{server.port}/", additional_headers={"Authorization": "Bearer good"}
+        )
+        await ws.send("in")
+        assert await ws.recv() == "in"
+        await ws.close()
+    assert info.value.status == 401
+    assert info.value.body == b"who are you?"
+
+
+async def test_graceful_shutdown_closes_every_connection_with_1001() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/") for _ in range(3)]
+        for ws in clients:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+    for ws in clients:
+        with pytest.raises(ConnectionClosedOK):
+            await ws.recv()
+        assert ws.close_code == 1001
+
+
+async def test_handler_return_closes_with_1000_and_exception_with_1011() -> None:
+    async def greet(ws: ServerConnection) -> None:
+        await ws.send("hello")
+
+    async def crash(ws: ServerConnection) -> None:
+        raise RuntimeError("boom")
+
+    async with serve(greet, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            assert await ws.recv() == "hello"
+            with pytest.raises(ConnectionClosedOK):
+                await ws.recv()
+            assert ws.close_code == 1000
+    async with serve(crash, "127.0.0.1", 0) as server:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/")
+        with pytest.raises(ConnectionClosedError):
+            await ws.recv()
+        assert ws.close_code == 1011
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "ws.sock")
+    async with serve(echo, unix_path=path):
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.create_unix_connection(
+            lambda: asyncio.StreamReaderProtocol(reader), path
+        )
+        transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            data = await reader.read()
+        transport.close()
+    assert data.startswith(b"HTTP/1.1 426 ")
+
+
+async def test_subprotocol_negotiation() -> None:
+    async def report(ws: ServerConnection) -> None:
+        await ws.send(str(ws.subprotocol))
+
+    async with serve(report, "127.0.0.1", 0, subprotocols=["chat.v2", "chat.v1"]) as server:
+        async with connect(
+            f"ws://127.0.0.1:{server.port}/", subprotocols=["chat.v1", "chat.v2"]
+        ) as ws:
+            assert await ws.recv() == "chat.v2"
+            assert ws.subprotocol == "chat.v2"
+        async with connect(f"ws://127.0.0.1:{server.port}/", subprotocols=["other"]) as ws:
+            assert await ws.recv() == "None"
