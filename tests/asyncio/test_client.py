@@ -1,0 +1,108 @@
+"""The asyncio client: redirects, timeouts, refusals and reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.asyncio.client import _retryable
+from backchannel.exceptions import (
+    ConnectionClosed,
+    HandshakeTimeout,
+    InvalidArgument,
+    InvalidHandshake,
+    InvalidStatus,
+)
+from backchannel.protocol.http11 import Headers, Request, Response
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def test_follows_redirects_up_to_the_limit() -> None:
+    def redirect(ws: ServerConnection, request: Request) -> Response | None:
+        if request.path.startswith("/hop/"):
+            n = int(request.path.rsplit("/", 1)[1])
+            target = "/final" if n == 0 else f"/hop/{n - 1}"
+            return Response(302, Headers([("Location", target)]))
+        return None
+
+    async with serve(echo, "127.0.0.1", 0, process_request=redirect) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/hop/3") as ws:
+            assert ws.request is not None
+            assert ws.request.path == "/final"
+            await ws.send("arrived")
+            assert await ws.recv() == "arrived"
+        with pytest.raises(InvalidHandshake, match="redirects"):
+            await connect(f"ws://127.0.0.1:{server.port}/hop/5", max_redirects=2)
+
+
+async def test_refused_handshake_reports_status_and_body() -> None:
+    def refuse(ws: ServerConnection, request: Request) -> Response | None:
+        return Response.text(403, "not you")
+
+    async with serve(echo, "127.0.0.1", 0, process_request=refuse) as server:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{server.port}/")
+    assert (info.value.status, info.value.body) == (403, b"not you")
+
+
+async def test_handshake_times_out_against_a_silent_server() -> None:
+    accepted = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(HandshakeTimeout):
+            await connect(f"ws://127.0.0.1:{port}/", open_timeout=0.2)
+        assert accepted
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_uri_errors_are_the_callers() -> None:
+    with pytest.raises(InvalidArgument):
+        await connect("http://127.0.0.1/")
+
+
+async def test_async_for_reconnects_after_the_connection_drops() -> None:
+    count = 0
+
+    async def once(ws: ServerConnection) -> None:
+        nonlocal count
+        count += 1
+        await ws.send(f"connection {count}")
+        # Drop TCP without a close frame, as a crashed node would.
+        assert ws.transport is not None
+        ws.transport.abort()
+
+    greetings = []
+    async with serve(once, "127.0.0.1", 0) as server:
+        async for ws in connect(f"ws://127.0.0.1:{server.port}/", backoff_initial=0.01):
+            try:
+                async for message in ws:
+                    greetings.append(message)
+            except ConnectionClosed:
+                pass
+            if len(greetings) == 3:
+                break
+    assert greetings == ["connection 1", "connection 2", "connection 3"]
+
+
+def test_which_failures_are_retried() -> None:
+    assert _retryable(ConnectionRefusedError())
+    assert _retryable(InvalidStatus(503, "Service Unavailable"))
+    assert _retryable(InvalidStatus(429, "Too Many Requests"))
+    assert not _retryable(InvalidStatus(403, "Forbidden"))
+    assert not _retryable(InvalidArgument("bad uri"))
