@@ -435,6 +435,8 @@ class Connection(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
+        if self._writing_paused:
+            return  # resume_writing will resume reading
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -500,9 +502,19 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        # A peer that does not read what we write must not make us buffer without
+        # bound: its pings would each queue a pong. Stop reading it until it catches up.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if (
+            not self._reading_paused
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self.transport.resume_reading()
         self._release_drain_waiters()
 
     def _release_drain_waiters(self) -> None:
