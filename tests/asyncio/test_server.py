@@ -131,3 +131,21 @@ async def test_subprotocol_negotiation() -> None:
             assert ws.subprotocol == "chat.v2"
         async with connect(f"ws://127.0.0.1:{server.port}/", subprotocols=["other"]) as ws:
             assert await ws.recv() == "None"
+
+
+def test_runs_on_uvloop() -> None:
+    """The same server and client on uvloop's event loop (the `uvloop` extra)."""
+    import uvloop
+
+    async def main() -> tuple[object, str | bytes]:
+        async with serve(echo, "127.0.0.1", 0) as server:
+            async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                await ws.send("on uvloop")
+                reply = await ws.recv()
+                waiter = await ws.ping()
+                await waiter
+        return type(asyncio.get_running_loop()), reply
+
+    loop_type, reply = uvloop.run(main())
+    assert loop_type is uvloop.Loop
+    assert reply == "on uvloop"

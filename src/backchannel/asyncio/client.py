@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Generator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import (
     HandshakeTimeout,
@@ -308,8 +308,8 @@ class connect:
                     ssl_context,
                     server_hostname=server_hostname,
                 )
-                assert isinstance(transport, asyncio.Transport)
-                connection.transport = transport
+                # uvloop's transports don't subclass asyncio.Transport; same interface.
+                connection.transport = cast(asyncio.Transport, transport)
         try:
             return await self._handshake(connection, wsuri)
         except BaseException:

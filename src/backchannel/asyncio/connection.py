@@ -25,7 +25,7 @@ import collections
 import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import (
     ConnectionClosed,
@@ -464,7 +464,8 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports don't subclass asyncio.Transport; same interface.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         high, low = self._write_limit
         transport.set_write_buffer_limits(high=high, low=low)
