@@ -660,3 +660,11 @@ def test_websocket_uri_host_header() -> None:
     assert WebSocketURI(True, "h", 443, "/").host_header == "h"
     assert WebSocketURI(True, "::1", 443, "/").host_header == "[::1]"
     assert WebSocketURI(True, "::1", 8443, "/").host_header == "[::1]:8443"
+
+
+@pytest.mark.parametrize("uri", ["ws://h/#", "ws://h/a b", "ws://h/a\r\nX: y", "ws://h/?q=\x00"])
+def test_parse_uri_refuses_fragments_and_characters_that_break_the_request_line(
+    uri: str,
+) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_uri(uri)

@@ -92,7 +92,7 @@ def parse_uri(uri: str) -> WebSocketURI:
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme not in ("ws", "wss"):
         raise InvalidArgument(f"not a WebSocket URI (ws:// or wss://): {uri!r}")
-    if parsed.fragment:
+    if "#" in uri:
         # Section 3: fragment identifiers are meaningless in WebSocket URIs.
         raise InvalidArgument(f"a WebSocket URI has no fragment: {uri!r}")
     if not parsed.hostname:
@@ -105,6 +105,10 @@ def parse_uri(uri: str) -> WebSocketURI:
     resource = parsed.path or "/"
     if parsed.query:
         resource += "?" + parsed.query
+    # The resource goes into the request line as it is: a space or a control character
+    # would break (or inject into) it.
+    if any(c <= " " or c == "\x7f" for c in resource):
+        raise InvalidArgument(f"invalid character in WebSocket URI path: {uri!r}")
     user_info = None
     if parsed.username is not None:
         user_info = (
