@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.asyncio.connection import WRITE_HIGH_WATER
 from backchannel.exceptions import ConnectionClosedError, InvalidState
 from backchannel.protocol import OPEN
 
@@ -102,7 +103,7 @@ async def test_keepalive_closes_with_1011_when_no_pong_comes() -> None:
 
 
 async def test_send_waits_for_a_peer_that_does_not_read() -> None:
-    """Backpressure: buffered_amount stays bounded instead of growing with sends."""
+    """Backpressure: send() returns only once the buffer is back under the high mark."""
     release = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
@@ -115,23 +116,27 @@ async def test_send_waits_for_a_peer_that_does_not_read() -> None:
 
     async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
         async with connect(f"ws://127.0.0.1:{server.port}/", compression=None) as ws:
+            # When the transport pauses us, let the server read again, so that a send
+            # which waits for the buffer to drain can complete.
+            original = ws.pause_writing
+            pauses = 0
+
+            def pause_writing() -> None:
+                nonlocal pauses
+                pauses += 1
+                original()
+                release.set()
+
+            ws.pause_writing = pause_writing  # type: ignore[method-assign]
             chunk = b"x" * 65536
-            sent = 0
-            # Sending 64 MiB would be impossible without waiting: the kernel buffers
-            # a few MiB at most. send() must block before that.
-            blocked = False
+            after_send = []
+            # 64 MiB: far more than the kernel's socket buffers, so the transport must
+            # pause us; without backpressure the buffer would grow to most of it.
             for _ in range(1024):
-                task = asyncio.create_task(ws.send(chunk))
-                done, _ = await asyncio.wait({task}, timeout=0.2)
-                if not done:
-                    blocked = True
-                    assert ws.buffered_amount > 0
-                    release.set()
-                    await task
-                    break
-                sent += len(chunk)
-            assert blocked, f"send never waited after {sent} bytes"
-            await ws.drain()
+                await ws.send(chunk)
+                after_send.append(ws.buffered_amount)
+            assert pauses > 0
+            assert max(after_send) <= WRITE_HIGH_WATER + len(chunk)
 
 
 async def test_reading_pauses_when_max_queue_messages_wait() -> None:
