@@ -190,18 +190,13 @@ class Connection(asyncio.Protocol):
     ) -> None:
         """Send a message; an (async) iterable of str or bytes is sent as one fragmented
         message. Wait while the transport's buffer is above its high water mark."""
-        if isinstance(message, str):
+        if isinstance(message, str | bytes | bytearray | memoryview):
             if self._send_lock.locked():
+                # A fragmented message is being sent: a whole one may not cut into it.
                 async with self._send_lock:
-                    self._write(self._open_protocol().send_text(message))
+                    self._send_whole(message)
             else:
-                self._write(self._open_protocol().send_text(message))
-        elif isinstance(message, bytes | bytearray | memoryview):
-            if self._send_lock.locked():
-                async with self._send_lock:
-                    self._write(self._open_protocol().send_binary(message))
-            else:
-                self._write(self._open_protocol().send_binary(message))
+                self._send_whole(message)
         elif isinstance(message, AsyncIterable):
             async with self._send_lock:
                 await self._send_fragments(message.__aiter__())
@@ -212,6 +207,13 @@ class Connection(asyncio.Protocol):
             raise TypeError(f"cannot send {type(message).__name__}")
         if self._writing_paused:
             await self.drain()
+
+    def _send_whole(self, message: str | bytes | bytearray | memoryview) -> None:
+        proto = self._open_protocol()
+        if isinstance(message, str):
+            self._write(proto.send_text(message))
+        else:
+            self._write(proto.send_binary(message))
 
     async def _send_fragments(self, fragments: AsyncIterator[Data]) -> None:
         try:

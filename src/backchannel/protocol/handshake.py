@@ -55,18 +55,18 @@ def accept_key(key: str) -> str:
 
 
 def _tokens(headers: Headers, name: str) -> list[str]:
-    """The comma-separated tokens of every ``name`` field, lower-cased."""
-    return [
-        token.strip().lower()
-        for value in headers.get_all(name)
-        for token in value.split(",")
-        if token.strip()
-    ]
+    """The comma-separated tokens of every ``name`` field, as sent."""
+    return [t.strip() for v in headers.get_all(name) for t in v.split(",") if t.strip()]
+
+
+def _lower_tokens(headers: Headers, name: str) -> list[str]:
+    """The tokens of a field whose tokens are case-insensitive (Upgrade, Connection)."""
+    return [token.lower() for token in _tokens(headers, name)]
 
 
 def is_upgrade_request(request: Request) -> bool:
     """Whether ``request`` asks for a WebSocket (an Upgrade field naming websocket)."""
-    return "websocket" in _tokens(request.headers, "Upgrade")
+    return "websocket" in _lower_tokens(request.headers, "Upgrade")
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,9 @@ class ServerHandshake:
             raise InvalidRequest("the opening handshake must be a GET request", 405)
         if len(headers.get_all("Host")) != 1:
             raise InvalidRequest("missing or repeated Host header", 400)
-        if "websocket" not in _tokens(headers, "Upgrade"):
+        if "websocket" not in _lower_tokens(headers, "Upgrade"):
             raise InvalidRequest("Upgrade header must include websocket", 426)
-        if "upgrade" not in _tokens(headers, "Connection"):
+        if "upgrade" not in _lower_tokens(headers, "Connection"):
             raise InvalidRequest("Connection header must include Upgrade", 400)
         keys = headers.get_all("Sec-WebSocket-Key")
         if len(keys) != 1:
@@ -182,7 +182,7 @@ class ServerHandshake:
                 ("Sec-WebSocket-Accept", accept_key(key)),
             ]
         )
-        subprotocol = self.select_subprotocol(_tokens_keep_case(headers, "Sec-WebSocket-Protocol"))
+        subprotocol = self.select_subprotocol(_tokens(headers, "Sec-WebSocket-Protocol"))
         if subprotocol is not None:
             response_headers.add("Sec-WebSocket-Protocol", subprotocol)
         deflate = None
@@ -230,10 +230,6 @@ class ServerHandshake:
             headers.add("Upgrade", "websocket")
             headers.add("Sec-WebSocket-Version", "13")
         return Response.text(status, text + "\n", headers)
-
-
-def _tokens_keep_case(headers: Headers, name: str) -> list[str]:
-    return [t.strip() for v in headers.get_all(name) for t in v.split(",") if t.strip()]
 
 
 class ClientHandshake:
@@ -294,15 +290,15 @@ class ClientHandshake:
         if response.status != 101:
             raise InvalidStatus(response.status, response.reason, response.body)
         headers = response.headers
-        if "websocket" not in _tokens(headers, "Upgrade"):
+        if "websocket" not in _lower_tokens(headers, "Upgrade"):
             raise InvalidResponse("response lacks Upgrade: websocket")
-        if "upgrade" not in _tokens(headers, "Connection"):
+        if "upgrade" not in _lower_tokens(headers, "Connection"):
             raise InvalidResponse("response lacks Connection: Upgrade")
         accept = headers.get_all("Sec-WebSocket-Accept")
         if accept != [accept_key(self.key)]:
             raise InvalidResponse("Sec-WebSocket-Accept does not match the key")
         subprotocol = None
-        protocols = _tokens_keep_case(headers, "Sec-WebSocket-Protocol")
+        protocols = _tokens(headers, "Sec-WebSocket-Protocol")
         if protocols:
             if len(protocols) > 1 or protocols[0] not in self.subprotocols:
                 raise NegotiationError(f"server chose a subprotocol we did not offer: {protocols}")
