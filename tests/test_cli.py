@@ -94,3 +94,33 @@ async def test_connect_reports_a_refused_handshake() -> None:
     assert process.returncode == 1
     assert b"HTTP 403 Forbidden" in stderr
     assert b"go away" in stderr
+
+
+async def test_connect_reports_an_invalid_handshake_response() -> None:
+    async def bad_upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        # 101 without Upgrade, Connection or Sec-WebSocket-Accept.
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(bad_upgrade, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *CLI,
+            "connect",
+            f"ws://127.0.0.1:{port}/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "NO_PROXY": "*"},
+        )
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert process.returncode == 1
+    assert stderr.startswith(b"error: response lacks Upgrade: websocket"), stderr

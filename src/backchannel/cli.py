@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .asyncio import ServerConnection, connect, serve
-from .exceptions import ConnectionClosed, InvalidStatus
+from .exceptions import BackchannelError, ConnectionClosed, InvalidStatus
 from .protocol.deflate import DeflateConfig
 from .protocol.handshake import is_upgrade_request
 from .protocol.http11 import Request, Response
@@ -124,7 +124,7 @@ async def _run_connect(args: argparse.Namespace) -> int:
         if exc.body:
             print(exc.body.decode(errors="replace").rstrip(), file=sys.stderr)
         return 1
-    except (OSError, ValueError, TimeoutError) as exc:
+    except (BackchannelError, OSError, ValueError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"connected to {args.url} (Ctrl-D to close)", file=sys.stderr)
