@@ -49,14 +49,20 @@ BIG = "x" * 4096  # above every compress threshold, and compresses well
 
 
 @dataclass
-class EchoServer:
+class PeerServer:
+    """A server under test: its port, and the (code, reason) each connection closed with."""
+
     port: int
     closes: asyncio.Queue[tuple[int | None, str | None]] = field(default_factory=asyncio.Queue)
-    connections: list[ServerConnection] = field(default_factory=list)
 
     async def next_close(self) -> tuple[int | None, str | None]:
         async with asyncio.timeout(TIMEOUT):
             return await self.closes.get()
+
+
+@dataclass
+class EchoServer(PeerServer):
+    connections: list[ServerConnection] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -92,14 +98,8 @@ async def echo_server(**kwargs: Any) -> AsyncIterator[EchoServer]:
 # The `websockets` server.
 
 
-@dataclass
-class WebsocketsServer:
-    port: int
-    closes: asyncio.Queue[tuple[int | None, str | None]] = field(default_factory=asyncio.Queue)
-
-    async def next_close(self) -> tuple[int | None, str | None]:
-        async with asyncio.timeout(TIMEOUT):
-            return await self.closes.get()
+class WebsocketsServer(PeerServer):
+    pass
 
 
 @contextlib.asynccontextmanager
