@@ -18,6 +18,22 @@ from backchannel.protocol.http11 import Request, Response
 CLI = [sys.executable, "-m", "backchannel"]
 
 
+async def run_connect(url: str) -> tuple[int | None, bytes]:
+    """Run ``backchannel connect URL`` with no input; return its status and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        "connect",
+        url,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "NO_PROXY": "*"},
+    )
+    async with asyncio.timeout(30):
+        _, stderr = await process.communicate()
+    return process.returncode, stderr
+
+
 @pytest.fixture
 def echo_server() -> Iterator[int]:
     with subprocess.Popen(
@@ -80,18 +96,8 @@ async def test_connect_reports_a_refused_handshake() -> None:
         pass
 
     async with serve(handler, "127.0.0.1", 0, process_request=refuse) as server:
-        process = await asyncio.create_subprocess_exec(
-            *CLI,
-            "connect",
-            f"ws://127.0.0.1:{server.port}/",
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "NO_PROXY": "*"},
-        )
-        async with asyncio.timeout(30):
-            _, stderr = await process.communicate()
-    assert process.returncode == 1
+        returncode, stderr = await run_connect(f"ws://127.0.0.1:{server.port}/")
+    assert returncode == 1
     assert b"HTTP 403 Forbidden" in stderr
     assert b"go away" in stderr
 
@@ -108,19 +114,9 @@ async def test_connect_reports_an_invalid_handshake_response() -> None:
     server = await asyncio.start_server(bad_upgrade, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        process = await asyncio.create_subprocess_exec(
-            *CLI,
-            "connect",
-            f"ws://127.0.0.1:{port}/",
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "NO_PROXY": "*"},
-        )
-        async with asyncio.timeout(30):
-            _, stderr = await process.communicate()
+        returncode, stderr = await run_connect(f"ws://127.0.0.1:{port}/")
     finally:
         server.close()
         await server.wait_closed()
-    assert process.returncode == 1
+    assert returncode == 1
     assert stderr.startswith(b"error: response lacks Upgrade: websocket"), stderr
