@@ -1,4 +1,5 @@
-"""Shared TLS fixtures: a throwaway trustme CA and a certificate for 127.0.0.1/localhost."""
+"""Shared fixtures (a throwaway trustme CA and a certificate for 127.0.0.1/localhost), and
+the report header that says which path of the hot path this pass runs on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from pathlib import Path
 
 import pytest
 import trustme
+
+from backchannel.protocol import speedups
+
+
+def pytest_report_header() -> str:
+    path = "compiled accelerator" if speedups.ACTIVE else "pure Python"
+    return f"backchannel hot path: {path} (BACKCHANNEL_NO_EXTENSIONS selects pure Python)"
 
 
 @pytest.fixture(scope="session")

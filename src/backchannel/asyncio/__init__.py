@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .broadcast import broadcast
 from .client import ClientConnection, connect
 from .connection import Connection, Data
 from .server import Server, ServerConnection, serve
@@ -12,6 +13,7 @@ __all__ = [
     "Data",
     "Server",
     "ServerConnection",
+    "broadcast",
     "connect",
     "serve",
 ]

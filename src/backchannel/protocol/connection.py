@@ -46,7 +46,8 @@ from .deflate import PerMessageDeflate
 from .events import BinaryMessage, CloseReceived, Event, Ping, Pong, TextMessage
 from .frames import CloseCode, Opcode, apply_mask, encode_close, encode_frame, new_mask, parse_close
 from .limits import Limits
-from .utf8 import Utf8Validator
+from .speedups import compiled
+from .utf8 import TextValidator, Utf8Validator
 
 __all__ = [
     "CLIENT",
@@ -95,6 +96,8 @@ _PONG = Opcode.PONG.value
 _DATA_OPCODES = frozenset({_CONTINUATION, _TEXT, _BINARY})
 _CONTROL_OPCODES = frozenset({_CLOSE, _PING, _PONG})
 _NO_LIMIT = 2**63
+# The accelerator's decoder for runs of simple data frames, or None (see _parse).
+_scan_frames = None if compiled is None else compiled.scan_frames
 
 
 class Connection:
@@ -137,6 +140,10 @@ class Connection:
         self._max_size = _NO_LIMIT if limits.max_size is None else limits.max_size
         frame_limit = limits.frame_limit
         self._max_frame = _NO_LIMIT if frame_limit is None else frame_limit
+        # The accelerator decodes frames up to this size; larger ones go to the general
+        # parser, which refuses them with the right error.
+        self._scan_limit = min(self._max_frame, self._max_size)
+        self._scan = _scan_frames
 
         self._outgoing: list[bytes] = []
         self._events: list[Event] = []
@@ -158,7 +165,7 @@ class Connection:
         self._msg_compressed = False
         self._msg_size = 0
         self._msg_data = bytearray()
-        self._msg_validator: Utf8Validator | None = None
+        self._msg_validator: TextValidator | None = None
 
         # The message being sent in fragments (0: none).
         self._send_opcode = 0
@@ -274,6 +281,19 @@ class Connection:
         self.close_sent = (CloseCode.NO_STATUS if code is None else code, reason)
         return self._frame(_CLOSE, payload)
 
+    def shared_encoding(self, size: int) -> object | None:
+        """A key for the frame :meth:`send_text` / :meth:`send_binary` make of a whole
+        message of ``size`` bytes: connections that give equal keys make equal bytes of
+        equal messages, so a broadcast encodes each message once per key. ``None`` when the
+        frame depends on this connection's state: a client's fresh mask, or compression
+        with context takeover."""
+        if self._client:
+            return None
+        deflate = self.deflate
+        if deflate is None or size < self.compress_threshold:
+            return "plain"
+        return deflate.shared_key
+
     # Private methods for sending.
 
     def _check_open(self) -> None:
@@ -352,8 +372,22 @@ class Connection:
         """Consume what it can of ``buf``; return how many bytes were used."""
         end = len(buf)
         pos = 0
+        scan = self._scan
         while not self._discard:
             if not self._in_frame:
+                if scan is not None and not self._msg_opcode:
+                    # The accelerator decodes whole unfragmented uncompressed data frames
+                    # and stops at anything else (a control frame, a fragment, an error),
+                    # which this parser handles: every rule is enforced here.
+                    pos = scan(
+                        buf,
+                        pos,
+                        self._events,
+                        not self._client,
+                        self._scan_limit,
+                        TextMessage,
+                        BinaryMessage,
+                    )
                 if end - pos < 2:
                     break
                 b0 = buf[pos]

@@ -536,6 +536,16 @@ class PerMessageDeflate:
         # raw inflate.
         return zlib.decompressobj(-self._peer_bits)
 
+    @property
+    def shared_key(self) -> tuple[int, int, int] | None:
+        """What determines :meth:`compress`'s output besides the data, when nothing else
+        does: without context takeover each message is compressed from an empty window, so
+        connections with equal keys produce equal bytes and a broadcast compresses once.
+        ``None`` with context takeover, where the output depends on earlier messages."""
+        if not self._own_no_takeover:
+            return None
+        return (self._own_bits, self._compress_level, self._mem_level)
+
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         """Compress one whole message; the result is the payload to send with RSV1 set."""
         deflater = self._deflater

@@ -11,14 +11,17 @@ import struct
 from enum import IntEnum
 
 from ..exceptions import InvalidArgument, InvalidPayload, ProtocolError
+from .speedups import compiled
 
 __all__ = [
     "CLOSE_CODES_RECEIVABLE",
     "CloseCode",
     "Opcode",
     "apply_mask",
+    "apply_mask_py",
     "encode_close",
     "encode_frame",
+    "encode_frame_py",
     "new_mask",
     "parse_close",
 ]
@@ -71,7 +74,7 @@ def new_mask() -> bytes:
     return os.urandom(4)
 
 
-def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+def apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (section 5.3)."""
     n = len(data)
     if n == 0:
@@ -81,7 +84,7 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-def encode_frame(
+def encode_frame_py(
     opcode: int,
     payload: bytes | bytearray | memoryview,
     *,
@@ -102,7 +105,12 @@ def encode_frame(
         header = _PACK_64(first, mask_bit | 127, length)
     if mask is None:
         return header + payload
-    return header + mask + apply_mask(payload, mask)
+    return header + mask + apply_mask_py(payload, mask)
+
+
+# The compiled twins, when the accelerator is in use (see .speedups).
+apply_mask = apply_mask_py if compiled is None else compiled.apply_mask
+encode_frame = encode_frame_py if compiled is None else compiled.encode_frame
 
 
 def encode_close(code: int | None, reason: str = "") -> bytes:

@@ -8,16 +8,26 @@ the message (Autobahn cases 6.4.x check this).
 from __future__ import annotations
 
 import codecs
+from typing import Protocol
 
 from ..exceptions import InvalidPayload
+from .speedups import compiled
 
-__all__ = ["Utf8Validator"]
+__all__ = ["TextValidator", "Utf8Validator", "Utf8ValidatorPy"]
 
 _Decoder = codecs.getincrementaldecoder("utf-8")
 
 
-class Utf8Validator:
-    """Validates a text message fed in chunks of any size."""
+class TextValidator(Protocol):
+    """What both validators offer."""
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Utf8ValidatorPy:
+    """Validates a text message fed in chunks of any size (pure Python)."""
 
     __slots__ = ("_decoder",)
 
@@ -46,3 +56,30 @@ class Utf8Validator:
             raise InvalidPayload("truncated UTF-8 sequence at end of text message") from exc
         finally:
             self._decoder.reset()
+
+
+class _Utf8ValidatorCompiled:
+    """The same validator on the accelerator's state machine, which decodes nothing."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        # 0: at a character boundary; -1: invalid; other values: inside a character.
+        self._state = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Check one more chunk; raise :class:`InvalidPayload` at the first bad byte."""
+        assert compiled is not None
+        self._state = state = compiled.utf8_feed(self._state, data)
+        if state < 0:
+            raise InvalidPayload("invalid UTF-8 in text message")
+
+    def finish(self) -> None:
+        """End of message: a truncated sequence is invalid."""
+        state, self._state = self._state, 0
+        if state != 0:
+            raise InvalidPayload("truncated UTF-8 sequence at end of text message")
+
+
+#: The validator the protocol core uses: compiled when the accelerator is in use.
+Utf8Validator: type[TextValidator] = Utf8ValidatorPy if compiled is None else _Utf8ValidatorCompiled
