@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -42,16 +42,17 @@ async def hub_server(**kwargs: object) -> AsyncIterator[tuple[Hub, int]]:
 def record_writes(
     conns: list[ServerConnection], monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[int, bytes]]:
-    """Spy on each connection's write funnel (still writing): (connection index, frame)."""
+    """Spy on the connections' write funnel (still writing): (connection index, frame)."""
     writes: list[tuple[int, bytes]] = []
-    for i, conn in enumerate(conns):
-        original: Callable[[bytes], None] = conn._write
+    original = ServerConnection._write
 
-        def spy(data: bytes, i: int = i, original: Callable[[bytes], None] = original) -> None:
-            writes.append((i, data))
-            original(data)
+    # Connections have slots: spy on the class, recording the connections under test.
+    def spy(self: ServerConnection, data: bytes) -> None:
+        if self in conns:
+            writes.append((conns.index(self), data))
+        original(self, data)
 
-        monkeypatch.setattr(conn, "_write", spy)
+    monkeypatch.setattr(ServerConnection, "_write", spy)
     return writes
 
 

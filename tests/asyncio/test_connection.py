@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.asyncio import ClientConnection, ServerConnection, connect, serve
 from backchannel.asyncio.connection import WRITE_HIGH_WATER
 from backchannel.exceptions import ConnectionClosedError, InvalidState
 from backchannel.protocol import OPEN
@@ -77,6 +77,29 @@ async def test_two_concurrent_recv_are_refused() -> None:
             assert await first == "x"
 
 
+async def test_keepalive_pings_again_after_each_pong(monkeypatch: pytest.MonkeyPatch) -> None:
+    pongs: list[float] = []
+    three = asyncio.Event()
+    original = ClientConnection._keepalive_pong
+
+    def spy(self: ClientConnection, waiter: asyncio.Future[float]) -> None:
+        pongs.append(waiter.result())
+        if len(pongs) == 3:
+            three.set()
+        original(self, waiter)
+
+    monkeypatch.setattr(ClientConnection, "_keepalive_pong", spy)
+    async with serve(echo, "127.0.0.1", 0, ping_interval=None) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/", ping_interval=0.01) as ws:
+            async with asyncio.timeout(5):
+                await three.wait()
+            # The connection is still fine, and the latency was measured.
+            await ws.send("still open")
+            assert await ws.recv() == "still open"
+            # (uvloop's clock ticks in milliseconds: a loopback round trip may read 0.)
+            assert ws.latency >= 0 and all(rtt >= 0 for rtt in pongs)
+
+
 async def test_keepalive_closes_with_1011_when_no_pong_comes() -> None:
     stalled = asyncio.Event()
 
@@ -102,7 +125,7 @@ async def test_keepalive_closes_with_1011_when_no_pong_comes() -> None:
         assert ws.protocol.close_sent == (1011, "keepalive ping timeout")
 
 
-async def test_send_waits_for_a_peer_that_does_not_read() -> None:
+async def test_send_waits_for_a_peer_that_does_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backpressure: send() returns only once the buffer is back under the high mark."""
     release = asyncio.Event()
 
@@ -118,16 +141,18 @@ async def test_send_waits_for_a_peer_that_does_not_read() -> None:
         async with connect(f"ws://127.0.0.1:{server.port}/", compression=None) as ws:
             # When the transport pauses us, let the server read again, so that a send
             # which waits for the buffer to drain can complete.
-            original = ws.pause_writing
+            original = ClientConnection.pause_writing
             pauses = 0
 
-            def pause_writing() -> None:
+            # Connections have slots: spy on the class, for this connection only.
+            def pause_writing(self: ClientConnection) -> None:
                 nonlocal pauses
-                pauses += 1
-                original()
-                release.set()
+                if self is ws:
+                    pauses += 1
+                    release.set()
+                original(self)
 
-            ws.pause_writing = pause_writing  # type: ignore[method-assign]
+            monkeypatch.setattr(ClientConnection, "pause_writing", pause_writing)
             chunk = b"x" * 65536
             after_send = []
             # 64 MiB: far more than the kernel's socket buffers, so the transport must
@@ -139,7 +164,9 @@ async def test_send_waits_for_a_peer_that_does_not_read() -> None:
             assert max(after_send) <= WRITE_HIGH_WATER + len(chunk)
 
 
-async def test_reading_pauses_when_max_queue_messages_wait() -> None:
+async def test_reading_pauses_when_max_queue_messages_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async def burst(ws: ServerConnection) -> None:
         for i in range(100):
             await ws.send(str(i))
@@ -148,13 +175,15 @@ async def test_reading_pauses_when_max_queue_messages_wait() -> None:
     async with serve(burst, "127.0.0.1", 0) as server:
         async with connect(f"ws://127.0.0.1:{server.port}/", max_queue=4) as ws:
             pauses = []
-            original = ws._pause_reading
+            original = ClientConnection._pause_reading
 
-            def spy() -> None:
-                pauses.append(len(ws._messages))
-                original()
+            # Connections have slots: spy on the class, for this connection only.
+            def spy(self: ClientConnection) -> None:
+                if self is ws:
+                    pauses.append(len(ws._messages))
+                original(self)
 
-            ws._pause_reading = spy  # type: ignore[method-assign]
+            monkeypatch.setattr(ClientConnection, "_pause_reading", spy)
             received = [await ws.recv() for _ in range(100)]
             assert received == [str(i) for i in range(100)]
             # Reading paused with at least max_queue messages waiting, and resumed.

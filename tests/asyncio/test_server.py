@@ -149,3 +149,30 @@ def test_runs_on_uvloop() -> None:
     loop_type, reply = uvloop.run(main())
     assert loop_type is uvloop.Loop
     assert reply == "on uvloop"
+
+
+async def test_an_idle_connection_holds_only_what_it_needs() -> None:
+    # Most connections of a server are idle: no instance dictionaries, no HTTP parser
+    # after the upgrade, and no task but the handler's (keepalive runs on timers).
+    arrived: asyncio.Queue[ServerConnection] = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def park(ws: ServerConnection) -> None:
+        await arrived.put(ws)
+        await done.wait()
+
+    async with serve(park, "127.0.0.1", 0, ping_interval=30) as server:
+        tasks_before = len(asyncio.all_tasks())
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/", ping_interval=None)]
+        clients.append(await connect(f"ws://127.0.0.1:{server.port}/", ping_interval=None))
+        conns = [await arrived.get(), await arrived.get()]
+        for conn in conns:
+            assert not hasattr(conn, "__dict__")
+            assert conn.protocol is not None and not hasattr(conn.protocol, "__dict__")
+            assert conn._parser is None
+            assert conn._keepalive_timer is not None
+            assert conn._send_lock is None and conn._lost_future is None
+        assert len(asyncio.all_tasks()) == tasks_before + 2
+        done.set()
+        for client in clients:
+            await client.close()

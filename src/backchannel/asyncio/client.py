@@ -49,6 +49,14 @@ MAX_ERROR_BODY = 65536
 class ClientConnection(Connection):
     """A connection opened by :func:`connect`."""
 
+    __slots__ = (
+        "_buffer",
+        "_handshake",
+        "_head",
+        "_head_waiter",
+        "limits",
+    )
+
     def __init__(self, *, limits: Limits, **kwargs: Any) -> None:
         super().__init__(max_queue=limits.max_queue, **kwargs)
         self.limits = limits

@@ -59,6 +59,34 @@ _OK_CODES = frozenset({1000, 1001, 1005})
 class Connection(asyncio.Protocol):
     """An open (or opening) WebSocket connection."""
 
+    # Slots, here and in the subclasses: most connections of a server are idle, and an
+    # instance dictionary costs more than the rest of the object.
+    __slots__ = (
+        "_close_timer",
+        "_drain_waiters",
+        "_is_lost",
+        "_keepalive_timer",
+        "_loop",
+        "_lost_exc",
+        "_lost_future",
+        "_messages",
+        "_pings",
+        "_reading_paused",
+        "_recv_waiter",
+        "_send_lock",
+        "_write_limit",
+        "_writing_paused",
+        "close_timeout",
+        "latency",
+        "max_queue",
+        "ping_interval",
+        "ping_timeout",
+        "protocol",
+        "request",
+        "response",
+        "transport",
+    )
+
     def __init__(
         self,
         *,
@@ -90,10 +118,14 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
-        self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._keepalive_task: asyncio.Task[None] | None = None
+        # Idle connections are most connections: what is only needed sometimes (the
+        # future wait_closed awaits, the lock of a fragmented send) is made on first use,
+        # and keepalive runs on timer handles rather than a task.
+        self._is_lost = False
+        self._lost_future: asyncio.Future[None] | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._send_lock = asyncio.Lock()
+        self._send_lock: asyncio.Lock | None = None
         self._lost_exc: BaseException | None = None
 
     # Properties.
@@ -101,7 +133,7 @@ class Connection(asyncio.Protocol):
     @property
     def state(self) -> sansio.State:
         """CONNECTING, OPEN, CLOSING or CLOSED."""
-        if self._lost.done():
+        if self._is_lost:
             return sansio.CLOSED
         if self.protocol is None:
             return sansio.CONNECTING
@@ -191,17 +223,17 @@ class Connection(asyncio.Protocol):
         """Send a message; an (async) iterable of str or bytes is sent as one fragmented
         message. Wait while the transport's buffer is above its high water mark."""
         if isinstance(message, str | bytes | bytearray | memoryview):
-            if self._send_lock.locked():
+            if self._fragmenting():
                 # A fragmented message is being sent: a whole one may not cut into it.
-                async with self._send_lock:
+                async with self._fragment_lock():
                     self._send_whole(message)
             else:
                 self._send_whole(message)
         elif isinstance(message, AsyncIterable):
-            async with self._send_lock:
+            async with self._fragment_lock():
                 await self._send_fragments(message.__aiter__())
         elif isinstance(message, Iterable):
-            async with self._send_lock:
+            async with self._fragment_lock():
                 await self._send_fragments(_aiter(message))
         else:
             raise TypeError(f"cannot send {type(message).__name__}")
@@ -239,7 +271,7 @@ class Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its low water mark."""
-        if not self._writing_paused or self._lost.done():
+        if not self._writing_paused or self._is_lost:
             return
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
@@ -247,6 +279,9 @@ class Connection(asyncio.Protocol):
 
     async def ping(self, data: bytes | None = None) -> Awaitable[float]:
         """Send a ping; return an awaitable that resolves with the round-trip time."""
+        return self._send_ping(data)
+
+    def _send_ping(self, data: bytes | None) -> asyncio.Future[float]:
         proto = self._open_protocol()
         if data is None:
             data = os.urandom(4)
@@ -278,18 +313,38 @@ class Connection(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed, at most ``close_timeout`` once closing."""
-        if self._lost.done():
+        if self._is_lost:
             return
+        lost = self._lost_waiter()
         if self.protocol is not None and self.protocol.state is sansio.OPEN:
-            await asyncio.shield(self._lost)
+            await asyncio.shield(lost)
             return
         try:
             async with asyncio.timeout(self.close_timeout):
-                await asyncio.shield(self._lost)
+                await asyncio.shield(lost)
         except TimeoutError:
             if self.transport is not None:
                 self.transport.abort()
-            await asyncio.shield(self._lost)
+            await asyncio.shield(lost)
+
+    def _lost_waiter(self) -> asyncio.Future[None]:
+        """A future that completes when the TCP connection is closed."""
+        future = self._lost_future
+        if future is None:
+            future = self._lost_future = self._loop.create_future()
+            if self._is_lost:
+                future.set_result(None)
+        return future
+
+    def _fragmenting(self) -> bool:
+        lock = self._send_lock
+        return lock is not None and lock.locked()
+
+    def _fragment_lock(self) -> asyncio.Lock:
+        lock = self._send_lock
+        if lock is None:
+            lock = self._send_lock = asyncio.Lock()
+        return lock
 
     # Internals: the write funnel.
 
@@ -306,10 +361,10 @@ class Connection(asyncio.Protocol):
             proto is None
             or proto.state is not sansio.OPEN
             or self._writing_paused
-            or self._send_lock.locked()
+            or self._fragmenting()
             or transport is None
             or transport.is_closing()
-            or self._lost.done()
+            or self._is_lost
         ):
             return None
         return proto
@@ -318,7 +373,7 @@ class Connection(asyncio.Protocol):
         proto = self.protocol
         if proto is None:
             raise InvalidState("the opening handshake has not completed")
-        if proto.state is not sansio.OPEN or self._lost.done():
+        if proto.state is not sansio.OPEN or self._is_lost:
             raise self._closed_exception()
         return proto
 
@@ -339,7 +394,7 @@ class Connection(asyncio.Protocol):
 
     def _input_closed(self) -> bool:
         proto = self.protocol
-        return self._lost.done() or (proto is not None and proto.state is sansio.CLOSED)
+        return self._is_lost or (proto is not None and proto.state is sansio.CLOSED)
 
     def _fail(self, code: int, reason: str) -> None:
         """Close without waiting for the peer (keepalive timeout, our own errors)."""
@@ -361,7 +416,7 @@ class Connection(asyncio.Protocol):
         proto.lazy_failure = True
         self.protocol = proto
         if self.ping_interval is not None:
-            self._keepalive_task = self._loop.create_task(self._keepalive())
+            self._keepalive_timer = self._loop.call_later(self.ping_interval, self._keepalive)
         if leftover:
             self._receive(leftover)
 
@@ -458,26 +513,34 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    async def _keepalive(self) -> None:
+    def _keepalive(self) -> None:
         """Ping every ``ping_interval``; fail with 1011 without a pong in ``ping_timeout``."""
-        assert self.ping_interval is not None
+        self._keepalive_timer = None
+        if self.state is not sansio.OPEN:
+            return
         try:
-            while True:
-                await asyncio.sleep(self.ping_interval)
-                if self.state is not sansio.OPEN:
-                    return
-                waiter = await self.ping()
-                if self.ping_timeout is None:
-                    continue
-                try:
-                    async with asyncio.timeout(self.ping_timeout):
-                        await waiter
-                except TimeoutError:
-                    logger.info("no pong within %ss: closing with 1011", self.ping_timeout)
-                    self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                    return
+            waiter = self._send_ping(None)
         except ConnectionClosed:
             return
+        if self.ping_timeout is not None:
+            self._keepalive_timer = self._loop.call_later(
+                self.ping_timeout, self._keepalive_expired, waiter
+            )
+        waiter.add_done_callback(self._keepalive_pong)
+
+    def _keepalive_pong(self, waiter: asyncio.Future[float]) -> None:
+        if waiter.cancelled() or waiter.exception() is not None or self._is_lost:
+            return
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+        assert self.ping_interval is not None
+        self._keepalive_timer = self._loop.call_later(self.ping_interval, self._keepalive)
+
+    def _keepalive_expired(self, waiter: asyncio.Future[float]) -> None:
+        self._keepalive_timer = None
+        if not waiter.done():
+            logger.info("no pong within %ss: closing with 1011", self.ping_timeout)
+            self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
     # asyncio.Protocol callbacks.
 
@@ -504,12 +567,14 @@ class Connection(asyncio.Protocol):
         self._lost_exc = exc
         if self.protocol is not None:
             self.protocol.receive_eof()
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self._is_lost = True
+        if self._lost_future is not None and not self._lost_future.done():
+            self._lost_future.set_result(None)
         if self._close_timer is not None:
             self._close_timer.cancel()
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
         for waiter, _ in self._pings.values():
             if not waiter.done():
                 waiter.set_exception(self._closed_exception())

@@ -39,6 +39,16 @@ ProcessRequest = Callable[
 class ServerConnection(Connection):
     """A connection accepted by a :class:`Server`."""
 
+    __slots__ = (
+        "_early_data",
+        "_http_task",
+        "_open_timer",
+        "_parser",
+        "_pending_requests",
+        "handler_task",
+        "server",
+    )
+
     def __init__(self, server: Server) -> None:
         super().__init__(
             ping_interval=server.ping_interval,
@@ -47,7 +57,9 @@ class ServerConnection(Connection):
             max_queue=server.limits.max_queue,
         )
         self.server = server
-        self._parser = RequestParser(server.limits)
+        # Dropped once the connection is a WebSocket: an idle connection should not hold a
+        # parser it will never use again.
+        self._parser: RequestParser | None = RequestParser(server.limits)
         self._open_timer: asyncio.TimerHandle | None = None
         self._pending_requests: list[Request] = []
         self._http_task: asyncio.Task[None] | None = None
@@ -80,19 +92,21 @@ class ServerConnection(Connection):
             self.transport.abort()
 
     def _handshake_data(self, data: bytes) -> None:
-        if self._parser.upgraded:
+        parser = self._parser
+        assert parser is not None
+        if parser.upgraded:
             # Bytes after an upgrade request that process_request is still looking at.
             self._early_data += data
             return
         try:
-            requests = self._parser.feed(data)
+            requests = parser.feed(data)
         except InvalidRequest as exc:
             self._send_response(ServerHandshake.reject(exc.status, str(exc)), close=True)
             return
         if not requests:
             return
-        if self._parser.upgraded:
-            self._early_data = self._parser.rest
+        if parser.upgraded:
+            self._early_data = parser.rest
         if self.server.process_request is None and not self._pending_requests:
             for request in requests:
                 self._handle(request, None)
@@ -143,6 +157,7 @@ class ServerConnection(Connection):
             self._open_timer = None
         self._write(response.serialize())
         leftover, self._early_data = self._early_data, b""
+        self._parser = None
         self._open(proto, leftover)
         self.handler_task = self._loop.create_task(self.server._run_handler(self))
 
@@ -249,10 +264,10 @@ class Server:
             elif proto is None and connection.transport is not None:
                 connection.transport.close()
         if connections:
-            waits = [asyncio.shield(c._lost) for c in connections]
+            waits = [asyncio.shield(c._lost_waiter()) for c in connections]
             await asyncio.wait(waits, timeout=self.close_timeout)
             for connection in connections:
-                if not connection._lost.done() and connection.transport is not None:
+                if not connection._is_lost and connection.transport is not None:
                     connection.transport.abort()
         tasks = list(self._handler_tasks)
         if tasks:

@@ -103,6 +103,44 @@ _scan_frames = None if compiled is None else compiled.scan_frames
 class Connection:
     """One WebSocket connection after the opening handshake."""
 
+    # Slots: a server holds one of these per client, most of them idle.
+    __slots__ = (
+        "_buffer",
+        "_client",
+        "_discard",
+        "_events",
+        "_failure_code",
+        "_frame_fin",
+        "_frame_first",
+        "_frame_mask",
+        "_frame_offset",
+        "_frame_opcode",
+        "_frame_remaining",
+        "_in_frame",
+        "_max_frame",
+        "_max_size",
+        "_msg_compressed",
+        "_msg_data",
+        "_msg_opcode",
+        "_msg_size",
+        "_msg_validator",
+        "_outgoing",
+        "_scan",
+        "_scan_limit",
+        "_send_opcode",
+        "close_received",
+        "close_sent",
+        "compress_threshold",
+        "deflate",
+        "failure",
+        "failure_pending",
+        "lazy_failure",
+        "limits",
+        "side",
+        "state",
+        "subprotocol",
+    )
+
     def __init__(
         self,
         side: Side,
@@ -158,7 +196,6 @@ class Connection:
         self._frame_mask: bytes | None = None
         self._frame_remaining = 0
         self._frame_offset = 0
-        self._control_payload = b""
 
         # The message being received, across fragments.
         self._msg_opcode = 0  # 0: no message in progress
