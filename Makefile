@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint types unit setup node-deps system-deps
+.PHONY: serve test lint types unit setup node-deps system-deps bench
 
 $(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,12 @@ types: setup
 test: setup node-deps lint types
 	$(BIN)/pytest $(PYTEST_ARGS)
 	BACKCHANNEL_NO_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks: backchannel against websockets, aiohttp and picows (benchmarks/README.md).
+# `make bench BENCH_ARGS=--quick` for a shorter run.
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: setup $(BIN)/.bench-installed
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

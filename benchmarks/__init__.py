@@ -1,0 +1,1 @@
+"""Benchmark harness: WebSocket servers under the same load (``python -m benchmarks.run``)."""
