@@ -65,12 +65,13 @@ async def test_every_client_receives_the_same_frame_object(
         conns = await hub.accept(5)
         writes = record_writes(conns, monkeypatch)
         assert broadcast(conns, message) == []
+        written = list(writes)
         for client in clients:
             assert await client.recv() == message
             await client.close()
-    assert sorted(i for i, _ in writes) == [0, 1, 2, 3, 4]
+    assert sorted(i for i, _ in written) == [0, 1, 2, 3, 4]
     # Encoded once: one bytes object went to all five.
-    assert len({id(frame) for _, frame in writes}) == 1
+    assert len({id(frame) for _, frame in written}) == 1
 
 
 async def test_compression_without_context_takeover_is_shared_and_with_it_is_not(
@@ -88,6 +89,7 @@ async def test_compression_without_context_takeover_is_shared_and_with_it_is_not
             writes = record_writes(conns, monkeypatch)
             for _ in range(2):
                 assert broadcast(conns, message) == []
+            writes = list(writes)
             for client in clients:
                 assert [await client.recv(), await client.recv()] == [message, message]
                 await client.close()
@@ -111,6 +113,7 @@ async def test_mixed_connections_get_the_encoding_each_negotiated(
         conns = await hub.accept(2)
         writes = record_writes(conns, monkeypatch)
         broadcast(conns, message)
+        writes = list(writes)
         assert await compressed.recv() == message
         assert await plain.recv() == message
         await compressed.close()

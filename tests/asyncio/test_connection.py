@@ -189,3 +189,84 @@ async def test_reading_pauses_when_max_queue_messages_wait(
             # Reading paused with at least max_queue messages waiting, and resumed.
             assert pauses and min(pauses) >= 4
             assert not ws._reading_paused
+
+
+def record_flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes, in bytes, of the batches of frames the server writes together."""
+    sizes: list[int] = []
+    original = ServerConnection._flush
+
+    def spy(self: ServerConnection) -> None:
+        if self._pending is not None:
+            sizes.append(sum(map(len, self._pending)))
+        original(self)
+
+    monkeypatch.setattr(ServerConnection, "_flush", spy)
+    return sizes
+
+
+def burst(n: int, size: int = 32) -> bytes:
+    """n masked text frames in one chunk, as a client would send them."""
+    frame = b"\x81" + bytes([0x80 | size]) + b"\x00\x00\x00\x00" + b"m" * size
+    return frame * n
+
+
+async def raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    return reader, writer
+
+
+async def test_answers_to_a_burst_are_written_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = record_flushes(monkeypatch)
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        reader, writer = await raw_client(server.port)
+        writer.write(burst(100))
+        async with asyncio.timeout(5):
+            echoed = await reader.readexactly(100 * 34)
+        writer.close()
+    assert echoed == (b"\x81\x20" + b"m" * 32) * 100
+    # The messages arrived together (in one chunk, or a few), so their answers were
+    # written in a handful of batches, not with one write each.
+    assert sum(sizes) >= 99 * 34 and len(sizes) <= 3
+
+
+async def test_the_answer_to_a_lone_message_is_not_held_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes = record_flushes(monkeypatch)
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        reader, writer = await raw_client(server.port)
+        for _ in range(5):
+            writer.write(burst(1))
+            async with asyncio.timeout(5):
+                assert await reader.readexactly(34) == b"\x81\x20" + b"m" * 32
+        writer.close()
+    assert sizes == []
+
+
+async def test_frames_held_back_stay_under_the_high_water_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes = record_flushes(monkeypatch)
+    big = b"x" * 40_000
+
+    async def answer_big(ws: ServerConnection) -> None:
+        await ws.recv()
+        # Four more messages are queued: these sends are held back, up to a bound.
+        for _ in range(20):
+            await ws.send(big)
+        async for _ in ws:
+            pass
+
+    async with serve(answer_big, "127.0.0.1", 0, compression=None) as server:
+        reader, writer = await raw_client(server.port)
+        writer.write(burst(5))
+        async with asyncio.timeout(5):
+            await reader.readexactly(20 * (len(big) + 4))
+        writer.close()
+    assert sizes and max(sizes) <= WRITE_HIGH_WATER + len(big) + 4

@@ -70,6 +70,8 @@ class Connection(asyncio.Protocol):
         "_lost_exc",
         "_lost_future",
         "_messages",
+        "_pending",
+        "_pending_size",
         "_pings",
         "_reading_paused",
         "_recv_waiter",
@@ -126,6 +128,9 @@ class Connection(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._send_lock: asyncio.Lock | None = None
+        # Frames held back to be written together (see _write), and their size.
+        self._pending: list[bytes] | None = None
+        self._pending_size = 0
         self._lost_exc: BaseException | None = None
 
     # Properties.
@@ -173,7 +178,8 @@ class Connection(asyncio.Protocol):
         """Bytes accepted by :meth:`send` but not yet written to the socket."""
         if self.transport is None or self.transport.is_closing():
             return 0
-        return self.transport.get_write_buffer_size()
+        held = self._pending_size if self._pending is not None else 0
+        return self.transport.get_write_buffer_size() + held
 
     # Receiving.
 
@@ -349,9 +355,38 @@ class Connection(asyncio.Protocol):
     # Internals: the write funnel.
 
     def _write(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is not None:
+            # Held back: see below. The last answer of the batch sends them all.
+            pending.append(data)
+            self._pending_size += len(data)
+            if not self._messages or self._pending_size >= self._write_limit[0]:
+                self._flush()
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._messages:
+            # The application has more received messages to handle, and an application
+            # that answers this one will likely answer those too: hold frames back and
+            # write them with one system call when the queue is empty, or at the latest
+            # on the next turn of the event loop. An answer to a lone message (a round
+            # trip) goes out at once.
+            self._pending = [data]
+            self._pending_size = len(data)
+            self._loop.call_soon(self._flush)
+            return
+        transport.write(data)
+
+    def _flush(self) -> None:
+        """Write the frames held back by :meth:`_write`."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            transport.writelines(pending)
 
     def _broadcast_ready(self) -> sansio.Connection | None:
         """The protocol, when a whole message may be written now without waiting."""
@@ -402,6 +437,7 @@ class Connection(asyncio.Protocol):
         if proto is not None and proto.state is sansio.OPEN:
             self._write(proto.send_close(code, reason))
         if self.transport is not None:
+            self._flush()
             self.transport.close()
             self._arm_close_timer()
 
@@ -427,11 +463,9 @@ class Connection(asyncio.Protocol):
         proto = self.protocol
         assert proto is not None
         events = proto.receive_data(data)
-        out = proto.data_to_send()
-        if out:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.writelines(out)
+        for frame in proto.data_to_send():
+            # Through the funnel, so an automatic reply never overtakes frames held back.
+            self._write(frame)
         if events:
             messages = self._messages
             for event in events:
@@ -464,10 +498,8 @@ class Connection(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         proto.fail()
-        transport = self.transport
-        out = proto.data_to_send()
-        if out and transport is not None and not transport.is_closing():
-            transport.writelines(out)
+        for frame in proto.data_to_send():
+            self._write(frame)
         self._on_protocol_closed(proto)
         self._wake_reader()
 
@@ -478,6 +510,7 @@ class Connection(asyncio.Protocol):
         if proto.failure is not None or proto.side is sansio.SERVER:
             # Section 7.1.1: the server closes TCP first; after a failure, either side
             # closes at once (section 7.1.7).
+            self._flush()
             transport.close()
         # Give the peer (or a write buffer stuck behind a peer that doesn't read) a bounded
         # time to let the TCP connection close.
