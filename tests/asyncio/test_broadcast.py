@@ -6,10 +6,12 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
 from backchannel.asyncio import ClientConnection, ServerConnection, broadcast, connect, serve
+from backchannel.protocol import connection as sansio
 from backchannel.protocol.deflate import DeflateConfig
 
 
@@ -39,39 +41,35 @@ async def hub_server(**kwargs: object) -> AsyncIterator[tuple[Hub, int]]:
             hub.done.set()
 
 
-def record_writes(
-    conns: list[ServerConnection], monkeypatch: pytest.MonkeyPatch
-) -> list[tuple[int, bytes]]:
-    """Spy on the connections' write funnel (still writing): (connection index, frame)."""
-    writes: list[tuple[int, bytes]] = []
-    original = ServerConnection._write
+def record_encodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Spy on the servers' frame encoding (still encoding): every whole-message frame made."""
+    frames: list[bytes] = []
+    for name in ("send_text", "send_binary"):
+        original = getattr(sansio.Connection, name)
 
-    # Connections have slots: spy on the class, recording the connections under test.
-    def spy(self: ServerConnection, data: bytes) -> None:
-        if self in conns:
-            writes.append((conns.index(self), data))
-        original(self, data)
+        def spy(self: sansio.Connection, data: Any, original: Any = original) -> bytes:
+            frame: bytes = original(self, data)
+            if self.side is sansio.SERVER:
+                frames.append(frame)
+            return frame
 
-    monkeypatch.setattr(ServerConnection, "_write", spy)
-    return writes
+        monkeypatch.setattr(sansio.Connection, name, spy)
+    return frames
 
 
 @pytest.mark.parametrize("message", ["héllo everyone", b"\x00\x01binary"], ids=["text", "binary"])
-async def test_every_client_receives_the_same_frame_object(
+async def test_every_client_receives_a_frame_encoded_once(
     message: str | bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with hub_server() as (hub, port):
         clients = [await connect(f"ws://127.0.0.1:{port}/") for _ in range(5)]
         conns = await hub.accept(5)
-        writes = record_writes(conns, monkeypatch)
+        encoded = record_encodes(monkeypatch)
         assert broadcast(conns, message) == []
-        written = list(writes)
+        assert len(encoded) == 1
         for client in clients:
             assert await client.recv() == message
             await client.close()
-    assert sorted(i for i, _ in written) == [0, 1, 2, 3, 4]
-    # Encoded once: one bytes object went to all five.
-    assert len({id(frame) for _, frame in written}) == 1
 
 
 async def test_compression_without_context_takeover_is_shared_and_with_it_is_not(
@@ -86,16 +84,15 @@ async def test_compression_without_context_takeover_is_shared_and_with_it_is_not
             clients = [await connect(f"ws://127.0.0.1:{port}/") for _ in range(3)]
             conns = await hub.accept(3)
             assert all(conn.protocol and conn.protocol.deflate for conn in conns)
-            writes = record_writes(conns, monkeypatch)
+            encoded = record_encodes(monkeypatch)
             for _ in range(2):
                 assert broadcast(conns, message) == []
-            writes = list(writes)
+            frames = list(encoded)
             for client in clients:
                 assert [await client.recv(), await client.recv()] == [message, message]
                 await client.close()
-        frames = {id(frame) for _, frame in writes}
         # Compressed: the frame is far shorter than the message.
-        assert all(len(frame) < 200 for _, frame in writes)
+        assert all(len(frame) < 200 for frame in frames)
         # Shared: one frame per broadcast. Context takeover: one per connection each time.
         assert len(frames) == (2 if shared else 6), config
 
@@ -111,14 +108,13 @@ async def test_mixed_connections_get_the_encoding_each_negotiated(
         compressed = await connect(f"ws://127.0.0.1:{port}/")
         plain = await connect(f"ws://127.0.0.1:{port}/", compression=None)
         conns = await hub.accept(2)
-        writes = record_writes(conns, monkeypatch)
+        encoded = record_encodes(monkeypatch)
         broadcast(conns, message)
-        writes = list(writes)
+        sizes = sorted(len(frame) for frame in encoded)
         assert await compressed.recv() == message
         assert await plain.recv() == message
         await compressed.close()
         await plain.close()
-    sizes = sorted(len(frame) for _, frame in writes)
     assert sizes[0] < 100 and sizes[1] == len(message) + 4
 
 

@@ -42,9 +42,23 @@ def broadcast(
     size = len(payload)
     frames: dict[object, bytes] = {}
     skipped: list[Connection] = []
+    # This loop runs once per subscriber per message: the checks read the connection's
+    # attributes directly rather than through methods. A connection is skipped when it
+    # is not open, is mid-way through a fragmented message, or is over its high water
+    # mark (the transport paused writing).
     for conn in connections:
-        proto = conn._broadcast_ready()
-        if proto is None:
+        proto = conn.protocol
+        transport = conn.transport
+        lock = conn._send_lock
+        if (
+            proto is None
+            or proto.state is not sansio.OPEN
+            or conn._writing_paused
+            or conn._is_lost
+            or transport is None
+            or transport.is_closing()
+            or (lock is not None and lock.locked())
+        ):
             skipped.append(conn)
             continue
         key = proto.shared_encoding(size)
@@ -53,7 +67,10 @@ def broadcast(
             frame = _encode(proto, payload, text)
             if key is not None:
                 frames[key] = frame
-        conn._write(frame)
+        if conn._pending is None:
+            transport.write(frame)
+        else:
+            conn._write(frame)  # after the frames it holds back
     return skipped
 
 

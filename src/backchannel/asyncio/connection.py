@@ -388,22 +388,6 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(pending)
 
-    def _broadcast_ready(self) -> sansio.Connection | None:
-        """The protocol, when a whole message may be written now without waiting."""
-        proto = self.protocol
-        transport = self.transport
-        if (
-            proto is None
-            or proto.state is not sansio.OPEN
-            or self._writing_paused
-            or self._fragmenting()
-            or transport is None
-            or transport.is_closing()
-            or self._is_lost
-        ):
-            return None
-        return proto
-
     def _open_protocol(self) -> sansio.Connection:
         proto = self.protocol
         if proto is None:

@@ -96,6 +96,8 @@ _PONG = Opcode.PONG.value
 _DATA_OPCODES = frozenset({_CONTINUATION, _TEXT, _BINARY})
 _CONTROL_OPCODES = frozenset({_CLOSE, _PING, _PONG})
 _NO_LIMIT = 2**63
+# Received chunks shorter than this are merged into one buffer rather than kept apart.
+_MERGE_BELOW = 4096
 # The accelerator's decoder for runs of simple data frames, or None (see _parse).
 _scan_frames = None if compiled is None else compiled.scan_frames
 
@@ -120,8 +122,8 @@ class Connection:
         "_max_frame",
         "_max_size",
         "_msg_compressed",
-        "_msg_data",
         "_msg_opcode",
+        "_msg_parts",
         "_msg_size",
         "_msg_validator",
         "_outgoing",
@@ -201,7 +203,10 @@ class Connection:
         self._msg_opcode = 0  # 0: no message in progress
         self._msg_compressed = False
         self._msg_size = 0
-        self._msg_data = bytearray()
+        # The message's payload so far: large chunks kept as they came (no copy until
+        # the message is joined), small ones merged into a bytearray, so the number of
+        # parts grows with bytes (at most two per _MERGE_BELOW bytes), not fragments.
+        self._msg_parts: list[bytes | bytearray] = []
         self._msg_validator: TextValidator | None = None
 
         # The message being sent in fragments (0: none).
@@ -575,14 +580,21 @@ class Connection:
             if validator is None:
                 validator = self._msg_validator = Utf8Validator()
             validator.feed(data)
-        self._msg_data += data
+        if data:
+            parts = self._msg_parts
+            if len(data) >= _MERGE_BELOW:
+                parts.append(data)
+            elif parts and type(parts[-1]) is bytearray:
+                parts[-1] += data
+            else:
+                parts.append(bytearray(data))
         if self._frame_remaining == 0:
             self._in_frame = False
             if self._frame_fin:
                 self._end_message()
 
     def _end_message(self) -> None:
-        data = self._msg_data
+        parts = self._msg_parts
         if self._msg_compressed:
             deflate = self.deflate
             assert deflate is not None
@@ -592,11 +604,13 @@ class Connection:
                 if validator is None:
                     validator = self._msg_validator = Utf8Validator()
                 validator.feed(tail)
-            data += tail
+            parts.append(tail)
+        # One copy at most: joining a single bytes part returns it as it is.
+        data = b"".join(parts)
         opcode = self._msg_opcode
         self._msg_opcode = 0
         self._msg_compressed = False
-        self._msg_data = bytearray()
+        self._msg_parts = []
         if opcode == _TEXT:
             validator = self._msg_validator
             self._msg_validator = None
@@ -609,7 +623,7 @@ class Connection:
                 raise InvalidPayload("invalid UTF-8 in text message") from exc
             self._events.append(TextMessage(text))
         else:
-            self._events.append(BinaryMessage(bytes(data)))
+            self._events.append(BinaryMessage(data))
 
     def _end_frame(self, payload: bytes) -> None:
         """A complete control frame, or an empty data frame."""
