@@ -111,10 +111,42 @@ utf8_step(int state, const unsigned char *s, Py_ssize_t n)
             if (i >= n) {
                 break;
             }
-            c = s[i++];
+            c = s[i];
             if (c < 0x80) {
+                i++;
                 continue;
             }
+            /* A whole multi-byte character in the buffer, the common case: check it at
+             * once (the same ranges as the states below). */
+            if (c >= 0xC2 && c < 0xE0 && n - i >= 2) {
+                if ((s[i + 1] & 0xC0) != 0x80) {
+                    return U_REJECT;
+                }
+                i += 2;
+                continue;
+            }
+            if (c >= 0xE0 && c < 0xF0 && n - i >= 3) {
+                unsigned char c1 = s[i + 1];
+                unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+                if (c1 < lo || c1 > hi || (s[i + 2] & 0xC0) != 0x80) {
+                    return U_REJECT;
+                }
+                i += 3;
+                continue;
+            }
+            if (c >= 0xF0 && c <= 0xF4 && n - i >= 4) {
+                unsigned char c1 = s[i + 1];
+                unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+                if (c1 < lo || c1 > hi || (s[i + 2] & 0xC0) != 0x80 ||
+                    (s[i + 3] & 0xC0) != 0x80) {
+                    return U_REJECT;
+                }
+                i += 4;
+                continue;
+            }
+            /* Otherwise one byte at a time: a character cut by the end of the chunk, or
+             * an invalid lead byte. */
+            i++;
             if (c < 0xC2) {
                 return U_REJECT; /* a continuation byte, or C0/C1 (overlong) */
             }
