@@ -105,6 +105,8 @@ class Sizes:
     broadcast_subscribers: int = 2_000
     broadcast_warmup: int = 10
     broadcast_count: int = 100
+    #: Broadcasts in flight at once (see Broadcasts).
+    broadcast_window: int = 8
     memory_baseline: int = 10
     memory_connections: int = 5_000
     handshake_loops: int = 10
@@ -589,39 +591,61 @@ async def bulk(ctx: Context) -> Measurement:
 
 
 class Broadcasts:
-    """Broadcast after broadcast: the next one is sent when every subscriber has its copy
-    and the publisher has its "ok"."""
+    """Broadcasts kept ``window`` in flight: a broadcast is complete once every subscriber
+    has its copy and the publisher has its "ok"; each completion lets the next one go.
 
-    def __init__(self, subscribers: int, reply_len: int) -> None:
+    Several in flight let each subscriber read a few messages at once, which keeps the
+    load generator (one Python process reading 2 000 sockets) from being the limit; the
+    server still writes every delivery to every subscriber.
+    """
+
+    def __init__(self, subscribers: int, reply_len: int, window: int) -> None:
         self.per_round = subscribers * reply_len
+        self.window = window
         self.bytes = 0
-        self.bytes_target = 0
-        self.ok = True
-        self.left = 0
+        self.oks = 0
+        self.sent = 0
         self.completed = 0
+        self.count = 0
+        self._bytes_base = 0
+        self._oks_base = 0
         self.publisher: PublisherClient | None = None
         self.done: asyncio.Future[None] | None = None
 
     def run(self, count: int) -> asyncio.Future[None]:
+        """Send ``count`` broadcasts; the future completes when all are delivered."""
         self.done = asyncio.get_running_loop().create_future()
-        self.left = count
+        self._bytes_base = self.bytes
+        self._oks_base = self.oks
+        self.count = count
+        self.sent = 0
         self.completed = 0
-        self._send()
+        self._top_up()
         return self.done
 
-    def _send(self) -> None:
+    def _top_up(self) -> None:
         assert self.publisher is not None
-        self.ok = False
-        self.bytes_target += self.per_round
-        self.publisher.send()
+        n = min(self.count - self.sent, self.window - (self.sent - self.completed))
+        if n > 0:
+            self.sent += n
+            self.publisher.send(n)
 
-    def advance(self) -> None:
-        self.completed += 1
-        self.left -= 1
-        if self.left > 0:
-            self._send()
-        elif self.done is not None and not self.done.done():
+    def check(self) -> None:
+        """Called on every read: count completed broadcasts and send the next ones."""
+        if self.done is None or self.done.done():
+            return
+        delivered = (self.bytes - self._bytes_base) // self.per_round
+        completed = min(self.oks - self._oks_base, delivered)
+        if self.bytes - self._bytes_base > self.sent * self.per_round:
+            self.fail("subscribers received more bytes than were broadcast")
+            return
+        if completed == self.completed:
+            return
+        self.completed = completed
+        if completed >= self.count:
             self.done.set_result(None)
+        else:
+            self._top_up()
 
     def fail(self, reason: str) -> None:
         if self.done is not None and not self.done.done():
@@ -641,11 +665,8 @@ class SubscriberClient(Client):
         self.last = data
         state = self.state
         state.bytes += size
-        if state.ok and state.bytes >= state.bytes_target:
-            if state.bytes > state.bytes_target:
-                state.fail("subscribers received more bytes than were broadcast")
-            else:
-                state.advance()
+        if state.bytes - state._bytes_base >= (state.completed + 1) * state.per_round:
+            state.check()
 
 
 class PublisherClient(Client):
@@ -657,23 +678,20 @@ class PublisherClient(Client):
         self.pending = 0
         self.last = b""
 
-    def send(self) -> None:
-        self.transport.write(self.frame)
+    def send(self, n: int) -> None:
+        self.transport.write(self.frame * n)
 
     def on_data(self, data: bytes) -> None:
         self.received += len(data)
         self.last = data
         self.pending += len(data)
-        if self.pending < len(OK_FRAME):
-            return
+        oks, self.pending = divmod(self.pending, len(OK_FRAME))
         state = self.state
-        if self.pending > len(OK_FRAME) or state.ok:
+        state.oks += oks
+        if state.oks - state._oks_base > state.sent:
             state.fail("publisher received more than one reply per broadcast")
             return
-        self.pending = 0
-        state.ok = True
-        if state.bytes >= state.bytes_target:
-            state.advance()
+        state.check()
 
 
 async def broadcast(ctx: Context) -> Measurement:
@@ -681,7 +699,7 @@ async def broadcast(ctx: Context) -> Measurement:
     s = ctx.sizes
     payload = b"B" * s.text_size
     reply = server_frame(OP_TEXT, payload)
-    state = Broadcasts(s.broadcast_subscribers, len(reply))
+    state = Broadcasts(s.broadcast_subscribers, len(reply), s.broadcast_window)
     pool = Pool(ctx)
     try:
         ctx.progress.set("connecting", lambda: len(pool.clients), "conn/s")
@@ -712,7 +730,9 @@ async def broadcast(ctx: Context) -> Measurement:
                 raise WorkloadError(
                     f"a subscriber got {sub.received} bytes, expected {rounds * len(reply)}"
                 )
-            if sub.last != reply[-len(sub.last) :]:
+            # The last read may hold several messages, the first of them cut.
+            expected = reply * (len(sub.last) // len(reply) + 2)
+            if sub.last != expected[len(expected) - len(sub.last) :]:
                 raise WorkloadError("a subscriber's stream does not end with the message")
         if publisher.received != rounds * len(OK_FRAME) or publisher.last[-4:] != OK_FRAME:
             raise WorkloadError("the publisher did not get one 'ok' per broadcast")

@@ -41,32 +41,41 @@ def broadcast(
         raise TypeError(f"cannot broadcast {type(message).__name__}")
     size = len(payload)
     frames: dict[object, bytes] = {}
+    plain: bytes | None = None
     skipped: list[Connection] = []
+    open_ = sansio.OPEN
+    server = sansio.SERVER
     # This loop runs once per subscriber per message: the checks read the connection's
     # attributes directly rather than through methods. A connection is skipped when it
-    # is not open, is mid-way through a fragmented message, or is over its high water
-    # mark (the transport paused writing).
+    # is not open (a lost connection's transport is closing), is mid-way through a
+    # fragmented message, or is over its high water mark (the transport paused writing).
     for conn in connections:
         proto = conn.protocol
         transport = conn.transport
         lock = conn._send_lock
         if (
             proto is None
-            or proto.state is not sansio.OPEN
+            or proto.state is not open_
             or conn._writing_paused
-            or conn._is_lost
             or transport is None
             or transport.is_closing()
             or (lock is not None and lock.locked())
         ):
             skipped.append(conn)
             continue
-        key = proto.shared_encoding(size)
-        frame = None if key is None else frames.get(key)
-        if frame is None:
-            frame = _encode(proto, payload, text)
-            if key is not None:
-                frames[key] = frame
+        if proto.deflate is None and proto.side is server:
+            # The common case, a server connection without compression: one frame.
+            if plain is None:
+                plain = _encode(proto, payload, text)
+            frame = plain
+        else:
+            key = proto.shared_encoding(size)
+            cached = None if key is None else frames.get(key)
+            if cached is None:
+                cached = _encode(proto, payload, text)
+                if key is not None:
+                    frames[key] = cached
+            frame = cached
         if conn._pending is None:
             transport.write(frame)
         else:
