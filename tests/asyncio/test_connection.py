@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from backchannel.asyncio import ClientConnection, ServerConnection, connect, serve
 from backchannel.asyncio.connection import WRITE_HIGH_WATER
-from backchannel.exceptions import ConnectionClosedError, InvalidState
+from backchannel.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
 from backchannel.protocol import OPEN
 
 
@@ -270,3 +276,52 @@ async def test_frames_held_back_stay_under_the_high_water_mark(
             await reader.readexactly(20 * (len(big) + 4))
         writer.close()
     assert sizes and max(sizes) <= WRITE_HIGH_WATER + len(big) + 4
+
+
+async def test_send_nowait_and_close_nowait() -> None:
+    arrived: asyncio.Queue[ServerConnection] = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def park(ws: ServerConnection) -> None:
+        await arrived.put(ws)
+        await done.wait()
+
+    async with serve(park, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            conn = await arrived.get()
+            conn.send_nowait("one")
+            conn.send_nowait(b"two")
+            assert [await ws.recv(), await ws.recv()] == ["one", b"two"]
+            conn.close_nowait(1000, "bye")
+            with pytest.raises(ConnectionClosedOK):
+                await ws.recv()
+            assert (ws.close_code, ws.close_reason) == (1000, "bye")
+            async with asyncio.timeout(5):
+                await conn.wait_closed()
+            with pytest.raises(ConnectionClosed):
+                conn.send_nowait("too late")
+        done.set()
+
+
+async def test_send_nowait_refuses_to_cut_into_a_fragmented_message() -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def fragments() -> AsyncIterator[str]:
+        yield "a"
+        started.set()
+        await release.wait()
+        yield "b"
+
+    async def handler(ws: ServerConnection) -> None:
+        sending = asyncio.create_task(ws.send(fragments()))
+        await started.wait()
+        with pytest.raises(InvalidState):
+            ws.send_nowait("whole")
+        release.set()
+        await sending
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            assert await ws.recv() == "ab"

@@ -246,6 +246,29 @@ class Connection(asyncio.Protocol):
         if self._writing_paused:
             await self.drain()
 
+    def send_nowait(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Write a whole message now, without waiting for the buffer to drain.
+
+        For callers that must not wait (a fan-out, a hub replying to a command): check
+        :attr:`buffered_amount` to see whether the peer keeps up. Raise
+        :class:`ConnectionClosed` once the connection is closed.
+        """
+        if self._fragmenting():
+            raise InvalidState("a fragmented message is being sent")
+        self._send_whole(message)
+
+    def close_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake and return; :meth:`wait_closed` waits for the end.
+
+        The TCP connection is dropped if the peer has not completed the handshake within
+        ``close_timeout``.
+        """
+        proto = self.protocol
+        if proto is not None and proto.state is sansio.OPEN:
+            self._write(proto.send_close(code, reason))
+            self._flush()
+            self._arm_close_timer()
+
     def _send_whole(self, message: str | bytes | bytearray | memoryview) -> None:
         proto = self._open_protocol()
         if isinstance(message, str):

@@ -1,0 +1,273 @@
+"""The hub: who is connected to this node, who is subscribed to what, and the fan-out.
+
+A publication reaches this node through the broker (:meth:`Hub.on_publication`, also for
+publications made here), is encoded once, and the same text goes to every local
+subscriber through its transport's ``fan_out`` (for WebSocket: one frame, written to
+every connection). Fan-out never waits: a subscriber whose transport cannot take more
+gets its channel's slow-consumer policy. The node subscribes to a channel on the broker
+while it has local subscribers, and only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from . import codes, wire
+from .broker import Broker, HistoryOptions, MemoryBroker, PublishResult
+from .codes import Disconnect
+from .options import ChannelOptions, HubOptions
+from .session import CommandError, DisconnectRequest, Session, Subscription, Transport
+from .token import TokenVerifier
+from .wire import ClientInfo, Publication
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger("backchannel.hub")
+
+Rpc = Callable[[Session, str, Any], Awaitable[Any]]
+OnSend = Callable[[Session, Any], Awaitable[None]]
+
+
+class Hub:
+    """Channels on this node; ``async with Hub(...)`` starts and stops it."""
+
+    def __init__(
+        self,
+        options: HubOptions | None = None,
+        *,
+        broker: Broker | None = None,
+        tokens: TokenVerifier | None = None,
+        rpc: Rpc | None = None,
+        on_send: OnSend | None = None,
+    ) -> None:
+        self.options = options or HubOptions()
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.tokens = tokens
+        self.rpc = rpc
+        self.on_send = on_send
+        #: Sessions subscribed to each channel on this node (insertion-ordered).
+        self.channels: dict[str, dict[Session, Subscription]] = {}
+        #: Connected sessions by user.
+        self.users: dict[str, set[Session]] = {}
+        self.sessions: set[Session] = set()
+        self._timers: dict[Session, asyncio.TimerHandle] = {}
+        self._presence_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+        self._presence_task = asyncio.get_running_loop().create_task(self._refresh_presence())
+
+    async def close(self) -> None:
+        """Disconnect every session (3000, reconnect) and stop."""
+        for session in list(self.sessions):
+            session.disconnect(codes.SHUTDOWN)
+            await self.close_session(session)
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence_task
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.close()
+
+    # Sessions.
+
+    def open_session(self, transport: Transport) -> Session:
+        """A new session for a connection; it must send connect within connect_timeout."""
+        session = Session(self, transport)
+        self.sessions.add(session)
+        loop = asyncio.get_running_loop()
+        self._timers[session] = loop.call_later(
+            self.options.connect_timeout, self._connect_timeout, session
+        )
+        return session
+
+    def _connect_timeout(self, session: Session) -> None:
+        self._timers.pop(session, None)
+        if not session.connected:
+            session.disconnect(codes.CONNECT_TIMEOUT)
+
+    async def close_session(self, session: Session) -> None:
+        """The connection is gone: forget the session and its subscriptions."""
+        session.closed = True
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        timer = self._timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        users = self.users.get(session.user)
+        if users is not None:
+            users.discard(session)
+            if not users:
+                del self.users[session.user]
+        subscriptions, session.subscriptions = session.subscriptions, {}
+        for sub in subscriptions.values():
+            await self._unsubscribe(session, sub)
+
+    def _register(self, session: Session) -> None:
+        """Connect succeeded: count it against the user's limit, arm token expiry."""
+        users = self.users.setdefault(session.user, set())
+        if session.user and len(users) >= self.options.max_connections_per_user:
+            raise DisconnectRequest(codes.CONNECTION_LIMIT)
+        users.add(session)
+        self._schedule_expiry(session)
+
+    def _schedule_expiry(self, session: Session) -> None:
+        timer = self._timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        if session.expires is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, session.expires - time.time())
+        self._timers[session] = loop.call_later(delay, self._expired, session)
+
+    def _expired(self, session: Session) -> None:
+        self._timers.pop(session, None)
+        session.disconnect(codes.TOKEN_EXPIRED_DISCONNECT)
+
+    # Subscriptions.
+
+    async def _subscribe(self, session: Session, sub: Subscription) -> None:
+        channel = sub.channel
+        local = self.channels.get(channel)
+        if local is None:
+            local = self.channels[channel] = {}
+            local[session] = sub
+            await self.broker.subscribe(channel)
+        else:
+            local[session] = sub
+        if sub.options.presence:
+            await self.broker.add_presence(channel, session.who, self.options.presence_ttl)
+        if sub.options.join_leave:
+            await self.broker.publish_join(channel, session.who)
+
+    async def _unsubscribe(self, session: Session, sub: Subscription) -> None:
+        channel = sub.channel
+        local = self.channels.get(channel)
+        if local is None or local.pop(session, None) is None:
+            return
+        if not local:
+            del self.channels[channel]
+            await self.broker.unsubscribe(channel)
+        if sub.options.presence:
+            await self.broker.remove_presence(channel, session.client)
+        if sub.options.join_leave:
+            await self.broker.publish_leave(channel, session.who)
+
+    async def _refresh_presence(self) -> None:
+        """Re-add this node's presence entries before they expire."""
+        interval = self.options.presence_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            for channel, local in list(self.channels.items()):
+                for session, sub in list(local.items()):
+                    if sub.options.presence:
+                        await self.broker.add_presence(
+                            channel, session.who, self.options.presence_ttl
+                        )
+
+    # Publishing.
+
+    async def publish(self, channel: str, data: Any) -> PublishResult:
+        """Publish from the server (an HTTP API, application code)."""
+        options = self.options.channel(channel.lstrip("$"))
+        if options is None:
+            raise CommandError(codes.UNKNOWN_CHANNEL)
+        return await self._publish(channel, data, options)
+
+    async def _publish(
+        self,
+        channel: str,
+        data: Any,
+        options: ChannelOptions,
+        *,
+        publisher: ClientInfo | None = None,
+        key: str | None = None,
+    ) -> PublishResult:
+        history = None
+        if options.history_size:
+            history = HistoryOptions(options.history_size, options.history_ttl)
+        return await self.broker.publish(
+            channel,
+            data,
+            history=history,
+            publisher=publisher,
+            idempotency_key=key,
+            idempotency_window=self.options.idempotency_window,
+        )
+
+    # BrokerHandler: events for channels this node subscribed to.
+
+    def on_publication(self, publication: Publication) -> None:
+        local = self.channels.get(publication.channel)
+        if not local:
+            return
+        self._fan_out(local, wire.encode_publication(publication), publication.offset)
+
+    def on_join(self, channel: str, who: ClientInfo) -> None:
+        local = self.channels.get(channel)
+        if local:
+            self._fan_out(local, wire.encode_join(channel, who), 0)
+
+    def on_leave(self, channel: str, who: ClientInfo) -> None:
+        local = self.channels.get(channel)
+        if local:
+            self._fan_out(local, wire.encode_leave(channel, who), 0)
+
+    def _fan_out(self, local: dict[Session, Subscription], text: str, offset: int) -> None:
+        """The same text to every live subscriber, by transport kind, without waiting."""
+        groups: dict[type[Transport], list[Transport]] = {}
+        owners: dict[int, tuple[Session, Subscription]] = {}
+        for session, sub in local.items():
+            if session.closed:
+                continue
+            if not sub.live:
+                # Subscribing with recovery: delivered once the reply is out.
+                sub.pending.append((offset, text))
+                continue
+            if offset:
+                if offset <= sub.offset:
+                    continue  # already sent with the recovered publications
+                sub.offset = offset
+            transport = session.transport
+            groups.setdefault(type(transport), []).append(transport)
+            owners[id(transport)] = (session, sub)
+        for kind, transports in groups.items():
+            for slow in kind.fan_out(transports, text):
+                session, sub = owners[id(slow)]
+                self._slow_consumer(session, sub)
+
+    def _slow_consumer(self, session: Session, sub: Subscription) -> None:
+        if sub.options.slow_consumer == "disconnect":
+            logger.info("disconnecting slow consumer %s", session.client)
+            session.disconnect(codes.SLOW_CONSUMER)
+        # "drop": the publication is not sent; the client sees the gap in offsets and
+        # reads it from history.
+
+    def disconnect_user(self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT) -> int:
+        """Disconnect every connection of a user on this node; return how many."""
+        sessions = list(self.users.get(user, ()))
+        for session in sessions:
+            session.disconnect(disconnect)
+        return len(sessions)

@@ -1,0 +1,82 @@
+"""What can be configured in a hub: channel namespaces and the limits of each connection.
+
+Every limit has a default chosen to be safe for a public server, and the reason is next
+to it. docs/protocol.md lists the code a client gets when it passes one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..exceptions import InvalidArgument
+
+__all__ = ["ChannelOptions", "HubOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOptions:
+    """Options of the channels in one namespace (``chat`` for ``chat:*``)."""
+
+    #: Publications kept for history and recovery (0: none), and for how long after the
+    #: last one. Recovery works for a client that was away less than this.
+    history_size: int = 0
+    history_ttl: float = 300.0
+    #: Track who is subscribed; ``presence_count_only`` answers presence with counts, for
+    #: channels too large to list.
+    presence: bool = False
+    presence_count_only: bool = False
+    #: Push join and leave events to subscribers.
+    join_leave: bool = False
+    #: Who may publish: subscribed clients, or only the server (HTTP API, Hub.publish).
+    publish: Literal["clients", "server"] = "clients"
+    #: What a subscriber that cannot keep up gets: disconnected with 3002 (it reconnects
+    #: and recovers), or publications dropped (it sees the gap in offsets and reads
+    #: history).
+    slow_consumer: Literal["disconnect", "drop"] = "disconnect"
+
+    def __post_init__(self) -> None:
+        if self.history_size < 0 or self.history_ttl <= 0:
+            raise InvalidArgument("history_size must be >= 0 and history_ttl > 0")
+        if self.publish not in ("clients", "server"):
+            raise InvalidArgument("publish is 'clients' or 'server'")
+        if self.slow_consumer not in ("disconnect", "drop"):
+            raise InvalidArgument("slow_consumer is 'disconnect' or 'drop'")
+
+
+@dataclass(frozen=True, slots=True)
+class HubOptions:
+    """Options of a hub. Channels named ``ns:rest`` take ``namespaces[ns]``, others
+    ``default``; a namespace that is not configured is refused (error 102)."""
+
+    namespaces: Mapping[str, ChannelOptions] = field(default_factory=dict)
+    default: ChannelOptions = field(default_factory=ChannelOptions)
+    #: Connect without a token (user ""): for demos; off unless configured.
+    anonymous: bool = False
+    #: Subscriptions per connection: each costs memory and fan-out work.
+    max_channels: int = 128
+    #: Bytes of a publication's data (as JSON): larger ones get error 113.
+    max_data_size: int = 64 * 1024
+    #: Publishes per second per connection, with bursts up to ``publish_burst``: a client
+    #: past it gets error 111 and the others are not slowed down.
+    publish_rate: float = 50.0
+    publish_burst: int = 100
+    #: Connections per user: one user opening thousands of tabs or bots is refused (3504).
+    max_connections_per_user: int = 100
+    #: Seconds a connection may take to send its connect command (3005 after).
+    connect_timeout: float = 10.0
+    #: Seconds a presence entry lives unless refreshed; the hub refreshes its own every
+    #: third of it, so a dead node's clients disappear after at most this long.
+    presence_ttl: float = 60.0
+    #: Seconds an idempotency key is remembered.
+    idempotency_window: float = 120.0
+    #: Longest channel name: names are keys in every map and in the broker.
+    max_channel_length: int = 255
+
+    def channel(self, name: str) -> ChannelOptions | None:
+        """The options of a channel, or None when its namespace is not configured."""
+        namespace, sep, _ = name.partition(":")
+        if not sep:
+            return self.default
+        return self.namespaces.get(namespace)

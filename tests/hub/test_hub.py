@@ -1,0 +1,387 @@
+"""The hub end to end over real sockets: channels, recovery, presence, tokens, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import jwt
+import pytest
+from helpers.hub_client import HubClient, ReplyError
+
+from backchannel.asyncio import serve
+from backchannel.hub.hub import Hub
+from backchannel.hub.options import ChannelOptions, HubOptions
+from backchannel.hub.token import TokenVerifier
+from backchannel.hub.websocket import websocket_handler
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+OPTIONS = HubOptions(
+    namespaces={
+        "chat": ChannelOptions(history_size=1000, presence=True, join_leave=True),
+        "feed": ChannelOptions(history_size=10),
+        "news": ChannelOptions(publish="server"),
+        "drop": ChannelOptions(slow_consumer="drop"),
+    },
+    publish_rate=100.0,
+    publish_burst=500,
+    max_channels=50,
+)
+
+
+def token(user: str, *, ttl: float = 3600, secret: str = SECRET, **claims: Any) -> str:
+    payload = {"sub": user, "exp": int(time.time() + ttl), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+@asynccontextmanager
+async def hub_server(
+    options: HubOptions = OPTIONS, **serve_options: Any
+) -> AsyncIterator[tuple[Hub, int]]:
+    async with Hub(options, tokens=TokenVerifier(secret=SECRET)) as hub:
+        async with serve(
+            websocket_handler(hub), "127.0.0.1", 0, compression=None, **serve_options
+        ) as server:
+            yield hub, server.port
+
+
+async def test_two_clients_see_each_others_publications_in_order() -> None:
+    async with hub_server() as (_, port):
+        alice = await HubClient.open(port, token=token("alice"))
+        bob = await HubClient.open(port, token=token("bob"))
+        assert alice.info["user"] == "alice" and alice.info["client"] != bob.info["client"]
+        for client in (alice, bob):
+            await client.call("subscribe", channel="feed:1")
+        acks = []
+        for i in range(5):
+            sender = alice if i % 2 == 0 else bob
+            acks.append(await sender.call("publish", channel="feed:1", data={"n": i}))
+        assert [ack["offset"] for ack in acks] == [1, 2, 3, 4, 5]
+        for client in (alice, bob):
+            pubs = await client.publications(5)
+            assert [p["data"]["n"] for p in pubs] == [0, 1, 2, 3, 4]
+            assert [p["offset"] for p in pubs] == [1, 2, 3, 4, 5]
+            assert pubs[0]["info"]["user"] == "alice" and pubs[1]["info"]["user"] == "bob"
+        await alice.close()
+        await bob.close()
+
+
+async def test_presence_and_join_leave() -> None:
+    async with hub_server() as (_, port):
+        alice = await HubClient.open(port, token=token("alice"))
+        await alice.call("subscribe", channel="chat:room")
+        bob = await HubClient.open(port, token=token("bob"))
+        await bob.call("subscribe", channel="chat:room")
+        joins = [await alice.push(), await alice.push()]
+        assert [p["push"] for p in joins] == ["join", "join"]
+        assert joins[1]["info"]["user"] == "bob"
+        present = await alice.call("presence", channel="chat:room")
+        assert sorted(c["user"] for c in present["clients"].values()) == ["alice", "bob"]
+        await bob.close()
+        leave = await alice.push()
+        assert leave["push"] == "leave" and leave["info"]["user"] == "bob"
+        present = await alice.call("presence", channel="chat:room")
+        assert [c["user"] for c in present["clients"].values()] == ["alice"]
+        await alice.close()
+
+
+async def test_a_client_cut_off_recovers_every_missed_publication_once() -> None:
+    async with hub_server() as (_, port):
+        reader = await HubClient.open(port, token=token("reader"))
+        position = await reader.call("subscribe", channel="chat:news")
+        writer = await HubClient.open(port, token=token("writer"))
+        await writer.call("subscribe", channel="chat:news")
+        await writer.call("publish", channel="chat:news", data=0)
+        (first,) = await reader.publications(1)
+        reader.drop()
+        for n in range(1, 101):
+            await writer.call("publish", channel="chat:news", data=n)
+        back = await HubClient.open(port, token=token("reader"))
+        result = await back.call(
+            "subscribe",
+            channel="chat:news",
+            recover=True,
+            epoch=position["epoch"],
+            offset=first["offset"],
+        )
+        assert result["recovered"] is True
+        assert [p["data"] for p in result["publications"]] == list(range(1, 101))
+        offsets = [p["offset"] for p in result["publications"]]
+        assert offsets == list(range(first["offset"] + 1, first["offset"] + 101))
+        # Live publications continue after the recovered ones, with no duplicate.
+        await writer.call("publish", channel="chat:news", data=101)
+        (live,) = await back.publications(1)
+        assert live["data"] == 101 and live["offset"] == offsets[-1] + 1
+        # Nothing was sent twice: a ping's reply comes after anything already queued.
+        await back.call("ping")
+        extra = [back.pushes.get_nowait() for _ in range(back.pushes.qsize())]
+        assert [p for p in extra if p["push"] == "publication"] == []
+        await back.close()
+        await writer.close()
+
+
+async def test_a_position_older_than_the_history_is_not_recovered() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.open(port, token=token("u"))
+        top = await client.call("subscribe", channel="feed:small")
+        for n in range(15):  # history keeps 10
+            await client.call("publish", channel="feed:small", data=n)
+        await client.call("unsubscribe", channel="feed:small")
+        result = await client.call(
+            "subscribe", channel="feed:small", recover=True, epoch=top["epoch"], offset=0
+        )
+        assert result["recovered"] is False and result["publications"] == []
+        # Another epoch is not recoverable either.
+        await client.call("unsubscribe", channel="feed:small")
+        result = await client.call(
+            "subscribe", channel="feed:small", recover=True, epoch="other", offset=14
+        )
+        assert result["recovered"] is False
+        await client.close()
+
+
+async def test_expired_and_forged_tokens_are_refused_with_their_codes() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.raw(port)
+        # Expired: an error the client answers by getting a new token; it stays connected.
+        with pytest.raises(ReplyError) as info:
+            await client.call("connect", token=token("alice", ttl=-10))
+        assert info.value.code == 109
+        # Forged (signed with another secret): disconnected, not to reconnect.
+        forged = token("alice", secret="y" * 40)
+        await client.send_raw(
+            json.dumps({"id": 9, "method": "connect", "params": {"token": forged}})
+        )
+        push = await client.push()
+        assert push["push"] == "disconnect" and push["code"] == 3500
+        assert push["reconnect"] is False
+        assert await client.closed() == (3500, "invalid token")
+        # alg "none" is refused the same way.
+        other = await HubClient.raw(port)
+        unsigned = jwt.encode({"sub": "alice"}, None, algorithm="none")
+        await other.send_raw(
+            json.dumps({"id": 1, "method": "connect", "params": {"token": unsigned}})
+        )
+        assert (await other.closed())[0] == 3500
+
+
+async def test_user_limited_and_private_channels() -> None:
+    async with hub_server() as (_, port):
+        alice = await HubClient.open(port, token=token("alice"))
+        carol = await HubClient.open(port, token=token("carol"))
+        await alice.call("subscribe", channel="chat:dm#alice,bob")
+        with pytest.raises(ReplyError) as info:
+            await carol.call("subscribe", channel="chat:dm#alice,bob")
+        assert info.value.code == 103
+        # A private channel needs a channel token for this client.
+        with pytest.raises(ReplyError) as info:
+            await alice.call("subscribe", channel="$chat:secret")
+        assert info.value.code == 103
+        good = token("alice", channel="$chat:secret", client=alice.info["client"])
+        await alice.call("subscribe", channel="$chat:secret", token=good)
+        stolen = token("alice", channel="$chat:secret", client=alice.info["client"])
+        with pytest.raises(ReplyError) as info:
+            await carol.call("subscribe", channel="$chat:secret", token=stolen)
+        assert info.value.code == 103
+        await alice.close()
+        await carol.close()
+
+
+async def test_idempotent_publish_is_delivered_once() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.open(port, token=token("u"))
+        await client.call("subscribe", channel="feed:orders")
+        first = await client.call(
+            "publish", channel="feed:orders", data="order 42 shipped", idempotency_key="k42"
+        )
+        again = await client.call(
+            "publish", channel="feed:orders", data="order 42 shipped", idempotency_key="k42"
+        )
+        assert again == {**first, "duplicate": True}
+        await client.call("publish", channel="feed:orders", data="next")
+        pubs = await client.publications(2)
+        assert [p["data"] for p in pubs] == ["order 42 shipped", "next"]
+        await client.close()
+
+
+async def test_server_only_channels_refuse_client_publishes() -> None:
+    async with hub_server() as (hub, port):
+        client = await HubClient.open(port, token=token("u"))
+        await client.call("subscribe", channel="news:today")
+        with pytest.raises(ReplyError) as info:
+            await client.call("publish", channel="news:today", data="hi")
+        assert info.value.code == 103
+        await hub.publish("news:today", "from the server")
+        (pub,) = await client.publications(1)
+        assert pub["data"] == "from the server"
+        await client.close()
+
+
+async def test_a_slow_consumer_is_disconnected_and_the_others_get_everything() -> None:
+    options = HubOptions(
+        namespaces={"feed": ChannelOptions()}, publish_rate=1e9, publish_burst=10**9
+    )
+    async with hub_server(options, close_timeout=1) as (hub, port):
+        fast = await HubClient.open(port, token=token("fast"))
+        await fast.call("subscribe", channel="feed:firehose")
+        # A raw client that subscribes, reads the two replies, and then stops reading.
+        slow = await RawClient.open(port)
+        await slow.command({"id": 1, "method": "connect", "params": {"token": token("slow")}})
+        await slow.command({"id": 2, "method": "subscribe", "params": {"channel": "feed:firehose"}})
+        replies = [json.loads((await slow.read_frame())[1]) for _ in range(2)]
+        assert [reply["id"] for reply in replies] == [1, 2]
+        session = next(s for s in hub.sessions if s.user == "slow")
+        publisher = await HubClient.open(port, token=token("publisher"))
+        await publisher.call("subscribe", channel="feed:firehose")
+        big = "x" * 16_000
+        received = []
+        # Bounded: the stalled socket's buffers fill within a few MiB.
+        for n in range(2000):
+            await publisher.call("publish", channel="feed:firehose", data=[n, big])
+            received += [p["data"][0] for p in await fast.publications(1)]
+            if session.closed:
+                break
+        assert session.closed
+        assert received == list(range(len(received)))
+        # The slow client finds, after what it had not read, the reason and the close.
+        frames = await slow.read_until_close()
+        last_push = json.loads(frames[-2][1])
+        assert last_push["push"] == "disconnect" and last_push["code"] == 3002
+        assert frames[-1][0] == 8 and int.from_bytes(frames[-1][1][:2], "big") == 3002
+        await fast.close()
+        await publisher.close()
+
+
+class RawClient:
+    """A client on a plain socket with a small receive buffer, to stall (it reads only
+    when told to)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        client = cls(sock)
+        await client.loop.sock_connect(sock, ("127.0.0.1", port))
+        await client.loop.sock_sendall(
+            sock,
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        while b"\r\n\r\n" not in client.buffer:
+            client.buffer += await client._recv()
+        client.buffer = client.buffer.split(b"\r\n\r\n", 1)[1]
+        return client
+
+    async def _recv(self) -> bytes:
+        async with asyncio.timeout(10):
+            data = await self.loop.sock_recv(self.sock, 65536)
+        if not data:
+            raise EOFError
+        return data
+
+    async def _exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self.buffer += await self._recv()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    async def command(self, obj: dict[str, Any]) -> None:
+        payload = json.dumps(obj).encode()
+        # Masked with a zero key (allowed; the key is for proxies, not secrecy here).
+        if len(payload) < 126:
+            header = bytes([0x81, 0x80 | len(payload)]) + bytes(4)
+        else:
+            header = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + bytes(4)
+        await self.loop.sock_sendall(self.sock, header + payload)
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        b0, b1 = await self._exactly(2)
+        length = b1 & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self._exactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self._exactly(8), "big")
+        return b0 & 0x0F, await self._exactly(length)
+
+    async def read_until_close(self) -> list[tuple[int, bytes]]:
+        frames = []
+        for _ in range(100_000):
+            frame = await self.read_frame()
+            frames.append(frame)
+            if frame[0] == 8:
+                self.sock.close()
+                return frames
+        raise AssertionError("no close frame")
+
+
+async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed() -> None:
+    options = HubOptions(
+        namespaces={"feed": ChannelOptions()}, max_channels=20, publish_rate=1.0, publish_burst=5
+    )
+    async with hub_server(options, max_size=64 * 1024) as (_, port):
+        bystander = await HubClient.open(port, token=token("bystander"))
+        await bystander.call("subscribe", channel="feed:calm")
+
+        client = await HubClient.open(port, token=token("noisy"))
+        # An unknown method: error 104, the connection stays.
+        with pytest.raises(ReplyError) as info:
+            await client.call("teleport")
+        assert info.value.code == 104
+        # Bad parameters: 107.
+        with pytest.raises(ReplyError) as info:
+            await client.call("subscribe", channel=42)
+        assert info.value.code == 107
+        # Too many channels: 106 once past max_channels, and the first 20 stay.
+        codes = []
+        for n in range(10_000):
+            try:
+                await client.call("subscribe", channel=f"feed:{n}")
+            except ReplyError as exc:
+                codes.append(exc.code)
+                break
+        assert codes == [106] and n == 20
+        # A publish flood: 111 (temporary) after the burst.
+        errors = []
+        for n in range(50):
+            try:
+                await client.call("publish", channel="feed:0", data=n)
+            except ReplyError as exc:
+                errors.append((exc.code, exc.temporary))
+        assert errors and set(errors) == {(111, True)} and len(errors) >= 40
+        # Malformed JSON: nothing to answer, the connection ends with 3501.
+        await client.send_raw("{not json")
+        assert await client.closed() == (3501, "bad protocol")
+
+        # An oversized message: the WebSocket layer closes with 1009.
+        big = await HubClient.open(port, token=token("big"))
+        await big.send_raw(json.dumps({"id": 2, "method": "ping", "params": {}}) + " " * 70_000)
+        assert (await big.closed())[0] == 1009
+
+        # Meanwhile the bystander was served as usual.
+        await bystander.call("publish", channel="feed:calm", data="still here")
+        (pub,) = await bystander.publications(1)
+        assert pub["data"] == "still here"
+        await bystander.close()
+
+
+async def test_commands_before_connect_and_a_connect_timeout() -> None:
+    options = HubOptions(connect_timeout=0.2)
+    async with hub_server(options) as (_, port):
+        client = await HubClient.raw(port)
+        with pytest.raises(ReplyError) as info:
+            await client.call("subscribe", channel="x")
+        assert info.value.code == 114
+        # No connect command: 3005 once connect_timeout passes.
+        assert await client.closed() == (3005, "no connect command in time")
