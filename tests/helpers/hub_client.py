@@ -59,7 +59,7 @@ class HubClient:
     def send_raw(self, text: str) -> asyncio.Future[None]:
         return asyncio.ensure_future(self.ws.send(text))
 
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+    async def call(self, method: str, /, **params: Any) -> dict[str, Any]:
         self._next += 1
         cid = self._next
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

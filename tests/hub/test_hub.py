@@ -14,7 +14,8 @@ import jwt
 import pytest
 from helpers.hub_client import HubClient, ReplyError
 
-from backchannel.asyncio import serve
+from backchannel.asyncio import connect, serve
+from backchannel.exceptions import InvalidStatus
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
@@ -385,3 +386,158 @@ async def test_commands_before_connect_and_a_connect_timeout() -> None:
         assert info.value.code == 114
         # No connect command: 3005 once connect_timeout passes.
         assert await client.closed() == (3005, "no connect command in time")
+
+
+async def test_an_origin_outside_the_allow_list_is_refused_with_403() -> None:
+    async with hub_server(origins=["https://shop.example"]) as (_, port):
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{port}/", origin="https://evil.example")
+        assert info.value.status == 403
+        ws = await connect(f"ws://127.0.0.1:{port}/", origin="https://shop.example")
+        client = HubClient(ws)
+        await client.call("connect", token=token("alice"))
+        await client.close()
+
+
+async def test_a_token_refreshed_before_expiry_keeps_the_connection() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.open(port, token=token("alice", ttl=2))
+        short = client.info["expires"]
+        result = await client.call("refresh", token=token("alice", ttl=3600))
+        assert result["expires"] > short + 3000
+        # Another user's token may not take over the connection.
+        await client.send_raw(
+            json.dumps({"id": 99, "method": "refresh", "params": {"token": token("mallory")}})
+        )
+        assert (await client.closed())[0] == 3500
+
+
+async def test_a_token_that_expires_without_refresh_ends_the_connection() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.open(port, token=token("alice", ttl=1))
+        # The hub's timer fires at exp (at most about a second): 3004, reconnect.
+        push = await client.push()
+        assert push["push"] == "disconnect" and push["code"] == 3004 and push["reconnect"]
+        assert (await client.closed())[0] == 3004
+
+
+async def test_connections_per_user_are_limited() -> None:
+    options = HubOptions(namespaces={"feed": ChannelOptions()}, max_connections_per_user=2)
+    async with hub_server(options) as (_, port):
+        first = await HubClient.open(port, token=token("alice"))
+        second = await HubClient.open(port, token=token("alice"))
+        third = await HubClient.raw(port)
+        await third.send_raw(
+            json.dumps({"id": 1, "method": "connect", "params": {"token": token("alice")}})
+        )
+        assert await third.closed() == (3504, "too many connections for this user")
+        # Another user is not affected.
+        other = await HubClient.open(port, token=token("bob"))
+        assert other.info["user"] == "bob"
+        for client in (first, second, other):
+            await client.close()
+
+
+async def test_count_only_presence_history_rpc_and_send() -> None:
+    received: list[object] = []
+
+    async def rpc(session: Any, method: str, data: Any) -> Any:
+        return {"method": method, "echo": data, "user": session.user}
+
+    async def on_send(session: Any, data: Any) -> None:
+        received.append(data)
+
+    options = HubOptions(
+        namespaces={"big": ChannelOptions(presence=True, presence_count_only=True, history_size=5)}
+    )
+    async with Hub(options, tokens=TokenVerifier(secret=SECRET), rpc=rpc, on_send=on_send) as hub:
+        async with serve(websocket_handler(hub), "127.0.0.1", 0) as server:
+            a = await HubClient.open(server.port, token=token("alice"))
+            b = await HubClient.open(server.port, token=token("alice"))
+            c = await HubClient.open(server.port, token=token("bob"))
+            for client in (a, b, c):
+                await client.call("subscribe", channel="big:room")
+            assert await a.call("presence", channel="big:room") == {"count": 3, "users": 2}
+            for n in range(7):
+                await a.call("publish", channel="big:room", data=n)
+            history = await a.call("history", channel="big:room")
+            assert [p["data"] for p in history["publications"]] == [2, 3, 4, 5, 6]
+            assert history["offset"] == 7 and history["recovered"] is True
+            latest = await a.call("history", channel="big:room", limit=2)
+            assert [p["data"] for p in latest["publications"]] == [5, 6]
+            answer = await a.call("rpc", method="add", data=[1, 2])
+            assert answer == {"data": {"method": "add", "echo": [1, 2], "user": "alice"}}
+            assert await a.call("send", data={"typing": True}) == {}
+            assert received == [{"typing": True}]
+            for client in (a, b, c):
+                await client.close()
+
+
+async def test_the_server_can_unsubscribe_and_disconnect_a_user() -> None:
+    async with hub_server() as (hub, port):
+        alice = await HubClient.open(port, token=token("alice"))
+        bob = await HubClient.open(port, token=token("bob"))
+        for client in (alice, bob):
+            await client.call("subscribe", channel="feed:x")
+        assert await hub.unsubscribe("feed:x", user="alice") == 1
+        push = await alice.push()
+        assert push == {
+            "push": "unsubscribe",
+            "channel": "feed:x",
+            "code": 117,
+            "reason": "unsubscribed by the server",
+        }
+        await hub.publish("feed:x", "only bob")
+        (pub,) = await bob.publications(1)
+        assert pub["data"] == "only bob"
+        # alice no longer gets it: a ping's reply comes after anything queued before it.
+        await alice.call("ping")
+        assert alice.pushes.empty()
+        assert hub.disconnect_user("bob") == 1
+        assert (await bob.closed())[0] == 3503
+        await alice.close()
+
+
+async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> None:
+    options = HubOptions(
+        namespaces={"drop": ChannelOptions(slow_consumer="drop", history_size=10_000)},
+        publish_rate=1e9,
+        publish_burst=10**9,
+    )
+    async with hub_server(options) as (hub, port):
+        fast = await HubClient.open(port, token=token("fast"))
+        await fast.call("subscribe", channel="drop:firehose")
+        slow = await RawClient.open(port)
+        await slow.command({"id": 1, "method": "connect", "params": {"token": token("slow")}})
+        await slow.command({"id": 2, "method": "subscribe", "params": {"channel": "drop:firehose"}})
+        for _ in range(2):
+            await slow.read_frame()
+        session = next(s for s in hub.sessions if s.user == "slow")
+        connection = session.transport.connection  # type: ignore[attr-defined]
+        big = "x" * 16_000
+        dropped = False
+        for n in range(2000):
+            await hub.publish("drop:firehose", [n, big])
+            assert [p["data"][0] for p in await fast.publications(1)] == [n]
+            if connection._writing_paused:
+                # Over the high water mark: this one is dropped for the slow session only.
+                await hub.publish("drop:firehose", [n + 1, big])
+                assert [p["data"][0] for p in await fast.publications(1)] == [n + 1]
+                dropped = True
+                break
+        assert dropped and not session.closed
+        # Reading again, the slow client gets everything up to the dropped publication,
+        # then, after it, a gap in offsets it can fill from history.
+        last_written = n + 1  # offsets start at 1: publication [n] has offset n + 1
+        offsets = []
+        for _ in range(10_000):
+            _, payload = await slow.read_frame()
+            offsets.append(json.loads(payload)["offset"])
+            if offsets[-1] == last_written:
+                break
+        assert offsets == list(range(1, last_written + 1))
+        await hub.publish("drop:firehose", "after the gap")
+        _, payload = await slow.read_frame()
+        assert json.loads(payload)["offset"] == last_written + 2
+        slow.sock.close()
+        await fast.close()

@@ -62,6 +62,7 @@ MESSAGE_TOO_LARGE = Error(113, "message too large")
 NOT_CONNECTED = Error(114, "connect first")
 ALREADY_CONNECTED = Error(115, "already connected")
 UNAVAILABLE = Error(116, "service unavailable", temporary=True)
+UNSUBSCRIBED = Error(117, "unsubscribed by the server")
 
 ERRORS: dict[int, Error] = {
     e.code: e
@@ -83,6 +84,7 @@ ERRORS: dict[int, Error] = {
         NOT_CONNECTED,
         ALREADY_CONNECTED,
         UNAVAILABLE,
+        UNSUBSCRIBED,
     )
 }
 

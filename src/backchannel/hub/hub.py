@@ -265,6 +265,20 @@ class Hub:
         # "drop": the publication is not sent; the client sees the gap in offsets and
         # reads it from history.
 
+    async def unsubscribe(self, channel: str, *, user: str | None = None) -> int:
+        """End this node's subscriptions to a channel (of one user, or all); each client
+        gets an ``unsubscribe`` push (117). Return how many."""
+        local = self.channels.get(channel)
+        if not local:
+            return 0
+        targets = [(s, sub) for s, sub in local.items() if user is None or s.user == user]
+        text = wire.encode_unsubscribe(channel, codes.UNSUBSCRIBED)
+        for session, sub in targets:
+            session.subscriptions.pop(channel, None)
+            session.transport.write(text)
+            await self._unsubscribe(session, sub)
+        return len(targets)
+
     def disconnect_user(self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT) -> int:
         """Disconnect every connection of a user on this node; return how many."""
         sessions = list(self.users.get(user, ()))
