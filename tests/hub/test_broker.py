@@ -139,6 +139,19 @@ async def test_expired_state_is_swept_from_untouched_channels(
     assert broker._presence == {}
 
 
+async def test_streams_made_by_reading_a_position_expire_too(
+    broker: MemoryBroker, clock: ManualClock
+) -> None:
+    # A client may read the position of many channel names that never get a publication.
+    for i in range(100):
+        result = await broker.history(f"quiet{i}", limit=0)
+        assert result.position.offset == 0
+    assert len(broker._streams) == 100
+    clock.advance(MemoryBroker.EMPTY_STREAM_TTL + MemoryBroker.SWEEP_INTERVAL + 1)
+    await broker.publish("other", "triggers the sweep")
+    assert broker._streams == {}
+
+
 async def test_expired_idempotency_keys_are_purged_on_publish(
     broker: MemoryBroker, clock: ManualClock
 ) -> None:

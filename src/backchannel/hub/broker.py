@@ -169,6 +169,9 @@ class MemoryBroker:
     MAX_IDEMPOTENCY_KEYS = 10_000
     #: Seconds (by ``clock``) between sweeps of expired state in all channels.
     SWEEP_INTERVAL = 10.0
+    #: Seconds an empty stream lives (one made by reading a channel's position before any
+    #: publication): without it, reading many channel names would grow memory for good.
+    EMPTY_STREAM_TTL = 300.0
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -326,6 +329,7 @@ class MemoryBroker:
         stream = self._streams.get(channel)
         if stream is None or (stream.expires_at is not None and now > stream.expires_at):
             stream = self._streams[channel] = _Stream()
+            stream.expires_at = now + self.EMPTY_STREAM_TTL
         return stream
 
     def _live_presence(self, channel: str) -> dict[str, tuple[float, ClientInfo]]:
