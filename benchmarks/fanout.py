@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 from backchannel.asyncio import broadcast as real_broadcast
@@ -334,10 +334,10 @@ class Subscriber(asyncio.Protocol):
             self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.shared.transports.append(transport)
-        transport.write(
+        # uvloop's transports do not derive from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        self.shared.transports.append(self.transport)
+        self.transport.write(
             b"GET / HTTP/1.1\r\n"
             b"Host: %s:%d\r\n"
             b"Upgrade: websocket\r\n"

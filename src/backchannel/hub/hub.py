@@ -30,6 +30,9 @@ __all__ = ["Hub"]
 
 logger = logging.getLogger("backchannel.hub")
 
+#: Publications held for a subscriber while its subscribe reads history.
+MAX_PENDING = 1000
+
 Rpc = Callable[[Session, str, Any], Awaitable[Any]]
 OnSend = Callable[[Session, Any], Awaitable[None]]
 
@@ -243,8 +246,12 @@ class Hub:
             if session.closed:
                 continue
             if not sub.live:
-                # Subscribing with recovery: delivered once the reply is out.
-                sub.pending.append((offset, text))
+                # Subscribing: delivered once the reply is out. Bounded like a write
+                # buffer: a subscribe whose history read stalls must not grow memory.
+                if len(sub.pending) >= MAX_PENDING:
+                    self._slow_consumer(session, sub)
+                else:
+                    sub.pending.append((offset, text))
                 continue
             if offset:
                 if offset <= sub.offset:

@@ -203,20 +203,18 @@ class Session:
             raise CommandError(codes.LIMIT_EXCEEDED.with_message("too many channels"))
         options = self._channel_options(channel)
         self._authorize(channel, params.get("token"))
+        since = None
+        if params.get("recover") and options.history_size:
+            epoch, offset = params.get("epoch"), params.get("offset")
+            if not isinstance(epoch, str) or not isinstance(offset, int):
+                raise CommandError(codes.BAD_REQUEST.with_message("recover needs epoch and offset"))
+            since = Position(epoch, offset)
         sub = Subscription(channel, options)
         self.subscriptions[channel] = sub
         try:
             await hub._subscribe(self, sub)
             result: dict[str, Any] = {}
             if options.history_size:
-                since = None
-                if params.get("recover"):
-                    epoch, offset = params.get("epoch"), params.get("offset")
-                    if not isinstance(epoch, str) or not isinstance(offset, int):
-                        raise CommandError(
-                            codes.BAD_REQUEST.with_message("recover needs epoch and offset")
-                        )
-                    since = Position(epoch, offset)
                 history = await hub.broker.history(
                     channel, since=since, limit=None if since is not None else 0
                 )
