@@ -541,3 +541,16 @@ async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> N
         assert json.loads(payload)["offset"] == last_written + 2
         slow.sock.close()
         await fast.close()
+
+
+async def test_anonymous_connections_only_when_allowed() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.raw(port)
+        await client.send_raw(json.dumps({"id": 1, "method": "connect", "params": {}}))
+        assert await client.closed() == (3500, "invalid token")
+    options = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions()})
+    async with hub_server(options) as (_, port):
+        client = await HubClient.open(port)
+        assert client.info["user"] == ""
+        await client.call("subscribe", channel="feed:demo")
+        await client.close()
