@@ -351,6 +351,13 @@ class Subscriber(asyncio.Protocol):
             self._fail(f"a connection was lost: {exc or 'closed by the server'}")
 
     def data_received(self, data: bytes) -> None:
+        # An exception here would only be logged by the loop: fail the run instead.
+        try:
+            self._receive(data)
+        except Exception as exc:
+            self._fail(f"{type(exc).__name__} on a message: {exc}")
+
+    def _receive(self, data: bytes) -> None:
         self.buffer += data
         if not self.upgraded:
             end = self.buffer.find(b"\r\n\r\n")
