@@ -72,6 +72,20 @@ class HubClient:
         result: dict[str, Any] = reply["result"]
         return result
 
+    async def batch(self, commands: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Send several commands in one frame; their raw replies, in order."""
+        futures = []
+        lines = []
+        for method, params in commands:
+            self._next += 1
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._replies[self._next] = future
+            futures.append(future)
+            lines.append(json.dumps({"id": self._next, "method": method, "params": params}))
+        await self.ws.send("\n".join(lines))
+        async with asyncio.timeout(TIMEOUT):
+            return [await future for future in futures]
+
     async def push(self) -> dict[str, Any]:
         async with asyncio.timeout(TIMEOUT):
             return await self.pushes.get()

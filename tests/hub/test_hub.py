@@ -344,15 +344,15 @@ async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed
         with pytest.raises(ReplyError) as info:
             await client.call("subscribe", channel=42)
         assert info.value.code == 107
-        # Too many channels: 106 once past max_channels, and the first 20 stay.
-        codes = []
-        for n in range(10_000):
-            try:
-                await client.call("subscribe", channel=f"feed:{n}")
-            except ReplyError as exc:
-                codes.append(exc.code)
-                break
-        assert codes == [106] and n == 20
+        # 10 000 subscribes (in frames of 100): the first 20 (max_channels) succeed,
+        # every other one gets 106, and the connection stays.
+        replies = []
+        for start in range(0, 10_000, 100):
+            batch = [("subscribe", {"channel": f"feed:{n}"}) for n in range(start, start + 100)]
+            replies += await client.batch(batch)
+        assert all("result" in reply for reply in replies[:20])
+        assert {reply["error"]["code"] for reply in replies[20:]} == {106}
+        assert len(replies) == 10_000
         # A publish flood: 111 (temporary) after the burst.
         errors = []
         for n in range(50):
@@ -553,4 +553,20 @@ async def test_anonymous_connections_only_when_allowed() -> None:
         client = await HubClient.open(port)
         assert client.info["user"] == ""
         await client.call("subscribe", channel="feed:demo")
+        await client.close()
+
+
+async def test_presence_and_history_need_the_feature_and_a_subscription() -> None:
+    async with hub_server() as (_, port):
+        client = await HubClient.open(port, token=token("u"))
+        for method, channel, code in (
+            ("presence", "feed:1", 108),  # feed has no presence
+            ("history", "news:1", 108),  # news has no history
+            ("presence", "chat:1", 103),  # not subscribed
+            ("history", "chat:1", 103),
+            ("history", "nope:1", 102),  # namespace not configured
+        ):
+            with pytest.raises(ReplyError) as info:
+                await client.call(method, channel=channel)
+            assert info.value.code == code, (method, channel)
         await client.close()

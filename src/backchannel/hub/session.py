@@ -288,13 +288,20 @@ class Session:
             raise CommandError(codes.TOO_MANY_REQUESTS)
         self._tokens -= 1
 
-    async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel: str = params["channel"]
+    def _subscribed(self, channel: str, feature: str) -> ChannelOptions:
+        """The options of a channel this session is subscribed to, whose namespace has
+        ``feature`` ("presence" or "history") on."""
         options = self._channel_options(channel)
-        if not options.presence:
+        enabled = options.presence if feature == "presence" else options.history_size > 0
+        if not enabled:
             raise CommandError(codes.NOT_AVAILABLE)
         if channel not in self.subscriptions:
             raise CommandError(codes.PERMISSION_DENIED)
+        return options
+
+    async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel: str = params["channel"]
+        options = self._subscribed(channel, "presence")
         if options.presence_count_only:
             clients, users = await self.hub.broker.presence_count(channel)
             return {"count": clients, "users": users}
@@ -303,11 +310,7 @@ class Session:
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel: str = params["channel"]
-        options = self._channel_options(channel)
-        if not options.history_size:
-            raise CommandError(codes.NOT_AVAILABLE)
-        if channel not in self.subscriptions:
-            raise CommandError(codes.PERMISSION_DENIED)
+        self._subscribed(channel, "history")
         since = None
         if "epoch" in params or "offset" in params:
             since = Position(params.get("epoch", ""), params.get("offset", 0))
