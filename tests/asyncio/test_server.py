@@ -176,3 +176,39 @@ async def test_an_idle_connection_holds_only_what_it_needs() -> None:
         done.set()
         for client in clients:
             await client.close()
+
+
+async def test_process_request_may_take_longer_than_open_timeout() -> None:
+    # A long poll is a complete request whose answer waits for news: open_timeout, which
+    # is for requests that never complete, must not cut it.
+    async def slow(ws: ServerConnection, request: Request) -> Response:
+        await asyncio.sleep(0.3)  # the application's own wait, longer than open_timeout
+        return Response.text(200, "news")
+
+    async with serve(echo, "127.0.0.1", 0, process_request=slow, open_timeout=0.1) as server:
+        response = await http_get(server.port, "/poll")
+    assert response.status == 200 and response.body == b"news"
+
+
+async def test_a_client_that_goes_away_cancels_its_pending_request() -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hold(ws: ServerConnection, request: Request) -> Response:
+        started.set()
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("not reached")
+
+    async with serve(echo, "127.0.0.1", 0, process_request=hold) as server:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            await started.wait()
+        writer.close()
+        await writer.wait_closed()
+        async with asyncio.timeout(5):
+            await cancelled.wait()

@@ -76,6 +76,10 @@ class ServerConnection(Connection):
         self.server.connections.discard(self)
         if self._open_timer is not None:
             self._open_timer.cancel()
+        if self._http_task is not None:
+            # Nobody is left to answer: stop a process_request that is still waiting
+            # (a held long poll, for one).
+            self._http_task.cancel()
 
     def _arm_open_timer(self) -> None:
         if self._open_timer is not None:
@@ -107,6 +111,12 @@ class ServerConnection(Connection):
             return
         if parser.upgraded:
             self._early_data = parser.rest
+        elif self._open_timer is not None:
+            # A complete plain request: answering it may take as long as the application
+            # needs (a long poll waits for news); open_timeout is for requests that never
+            # complete. It is armed again after the response, for the next request.
+            self._open_timer.cancel()
+            self._open_timer = None
         if self.server.process_request is None and not self._pending_requests:
             for request in requests:
                 self._handle(request, None)
