@@ -12,11 +12,12 @@ from typing import Any
 
 import jwt
 import pytest
-from helpers.hub_client import HubClient, ReplyError
+from helpers.hub_client import HubClient, LongPollClient, ReplyError
 
 from backchannel.asyncio import connect, serve
 from backchannel.exceptions import InvalidStatus
 from backchannel.hub.hub import Hub
+from backchannel.hub.longpoll import LongPoll
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
 from backchannel.hub.websocket import websocket_handler
@@ -36,6 +37,19 @@ OPTIONS = HubOptions(
 )
 
 
+# The shared transport suite: these tests run over WebSocket and over long polling.
+ClientType = type[HubClient]
+TRANSPORTS = pytest.mark.parametrize(
+    "client_type", [HubClient, LongPollClient], ids=["websocket", "longpoll"]
+)
+
+
+@pytest.fixture(autouse=True)
+async def release_long_poll_clients() -> AsyncIterator[None]:
+    yield
+    await LongPollClient.release_all()
+
+
 def token(user: str, *, ttl: float = 3600, secret: str = SECRET, **claims: Any) -> str:
     payload = {"sub": user, "exp": int(time.time() + ttl), **claims}
     return jwt.encode(payload, secret, algorithm="HS256")
@@ -46,16 +60,18 @@ async def hub_server(
     options: HubOptions = OPTIONS, **serve_options: Any
 ) -> AsyncIterator[tuple[Hub, int]]:
     async with Hub(options, tokens=TokenVerifier(secret=SECRET)) as hub:
+        serve_options.setdefault("process_request", LongPoll(hub))
         async with serve(
             websocket_handler(hub), "127.0.0.1", 0, compression=None, **serve_options
         ) as server:
             yield hub, server.port
 
 
-async def test_two_clients_see_each_others_publications_in_order() -> None:
+@TRANSPORTS
+async def test_two_clients_see_each_others_publications_in_order(client_type: ClientType) -> None:
     async with hub_server() as (_, port):
-        alice = await HubClient.open(port, token=token("alice"))
-        bob = await HubClient.open(port, token=token("bob"))
+        alice = await client_type.open(port, token=token("alice"))
+        bob = await client_type.open(port, token=token("bob"))
         assert alice.info["user"] == "alice" and alice.info["client"] != bob.info["client"]
         for client in (alice, bob):
             await client.call("subscribe", channel="feed:1")
@@ -73,11 +89,12 @@ async def test_two_clients_see_each_others_publications_in_order() -> None:
         await bob.close()
 
 
-async def test_presence_and_join_leave() -> None:
+@TRANSPORTS
+async def test_presence_and_join_leave(client_type: ClientType) -> None:
     async with hub_server() as (_, port):
-        alice = await HubClient.open(port, token=token("alice"))
+        alice = await client_type.open(port, token=token("alice"))
         await alice.call("subscribe", channel="chat:room")
-        bob = await HubClient.open(port, token=token("bob"))
+        bob = await client_type.open(port, token=token("bob"))
         await bob.call("subscribe", channel="chat:room")
         joins = [await alice.push(), await alice.push()]
         assert [p["push"] for p in joins] == ["join", "join"]
@@ -92,18 +109,21 @@ async def test_presence_and_join_leave() -> None:
         await alice.close()
 
 
-async def test_a_client_cut_off_recovers_every_missed_publication_once() -> None:
+@TRANSPORTS
+async def test_a_client_cut_off_recovers_every_missed_publication_once(
+    client_type: ClientType,
+) -> None:
     async with hub_server() as (_, port):
-        reader = await HubClient.open(port, token=token("reader"))
+        reader = await client_type.open(port, token=token("reader"))
         position = await reader.call("subscribe", channel="chat:news")
-        writer = await HubClient.open(port, token=token("writer"))
+        writer = await client_type.open(port, token=token("writer"))
         await writer.call("subscribe", channel="chat:news")
         await writer.call("publish", channel="chat:news", data=0)
         (first,) = await reader.publications(1)
         reader.drop()
         for n in range(1, 101):
             await writer.call("publish", channel="chat:news", data=n)
-        back = await HubClient.open(port, token=token("reader"))
+        back = await client_type.open(port, token=token("reader"))
         result = await back.call(
             "subscribe",
             channel="chat:news",
@@ -127,9 +147,10 @@ async def test_a_client_cut_off_recovers_every_missed_publication_once() -> None
         await writer.close()
 
 
-async def test_a_position_older_than_the_history_is_not_recovered() -> None:
+@TRANSPORTS
+async def test_a_position_older_than_the_history_is_not_recovered(client_type: ClientType) -> None:
     async with hub_server() as (_, port):
-        client = await HubClient.open(port, token=token("u"))
+        client = await client_type.open(port, token=token("u"))
         top = await client.call("subscribe", channel="feed:small")
         for n in range(15):  # history keeps 10
             await client.call("publish", channel="feed:small", data=n)
@@ -147,9 +168,12 @@ async def test_a_position_older_than_the_history_is_not_recovered() -> None:
         await client.close()
 
 
-async def test_expired_and_forged_tokens_are_refused_with_their_codes() -> None:
+@TRANSPORTS
+async def test_expired_and_forged_tokens_are_refused_with_their_codes(
+    client_type: ClientType,
+) -> None:
     async with hub_server() as (_, port):
-        client = await HubClient.raw(port)
+        client = await client_type.raw(port)
         # Expired: an error the client answers by getting a new token; it stays connected.
         with pytest.raises(ReplyError) as info:
             await client.call("connect", token=token("alice", ttl=-10))
@@ -164,7 +188,7 @@ async def test_expired_and_forged_tokens_are_refused_with_their_codes() -> None:
         assert push["reconnect"] is False
         assert await client.closed() == (3500, "invalid token")
         # alg "none" is refused the same way.
-        other = await HubClient.raw(port)
+        other = await client_type.raw(port)
         unsigned = jwt.encode({"sub": "alice"}, None, algorithm="none")
         await other.send_raw(
             json.dumps({"id": 1, "method": "connect", "params": {"token": unsigned}})
@@ -172,10 +196,11 @@ async def test_expired_and_forged_tokens_are_refused_with_their_codes() -> None:
         assert (await other.closed())[0] == 3500
 
 
-async def test_user_limited_and_private_channels() -> None:
+@TRANSPORTS
+async def test_user_limited_and_private_channels(client_type: ClientType) -> None:
     async with hub_server() as (_, port):
-        alice = await HubClient.open(port, token=token("alice"))
-        carol = await HubClient.open(port, token=token("carol"))
+        alice = await client_type.open(port, token=token("alice"))
+        carol = await client_type.open(port, token=token("carol"))
         await alice.call("subscribe", channel="chat:dm#alice,bob")
         with pytest.raises(ReplyError) as info:
             await carol.call("subscribe", channel="chat:dm#alice,bob")
@@ -194,9 +219,10 @@ async def test_user_limited_and_private_channels() -> None:
         await carol.close()
 
 
-async def test_idempotent_publish_is_delivered_once() -> None:
+@TRANSPORTS
+async def test_idempotent_publish_is_delivered_once(client_type: ClientType) -> None:
     async with hub_server() as (_, port):
-        client = await HubClient.open(port, token=token("u"))
+        client = await client_type.open(port, token=token("u"))
         await client.call("subscribe", channel="feed:orders")
         first = await client.call(
             "publish", channel="feed:orders", data="order 42 shipped", idempotency_key="k42"
@@ -211,9 +237,10 @@ async def test_idempotent_publish_is_delivered_once() -> None:
         await client.close()
 
 
-async def test_server_only_channels_refuse_client_publishes() -> None:
+@TRANSPORTS
+async def test_server_only_channels_refuse_client_publishes(client_type: ClientType) -> None:
     async with hub_server() as (hub, port):
-        client = await HubClient.open(port, token=token("u"))
+        client = await client_type.open(port, token=token("u"))
         await client.call("subscribe", channel="news:today")
         with pytest.raises(ReplyError) as info:
             await client.call("publish", channel="news:today", data="hi")
@@ -377,10 +404,11 @@ async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed
         await bystander.close()
 
 
-async def test_commands_before_connect_and_a_connect_timeout() -> None:
+@TRANSPORTS
+async def test_commands_before_connect_and_a_connect_timeout(client_type: ClientType) -> None:
     options = HubOptions(connect_timeout=0.2)
     async with hub_server(options) as (_, port):
-        client = await HubClient.raw(port)
+        client = await client_type.raw(port)
         with pytest.raises(ReplyError) as info:
             await client.call("subscribe", channel="x")
         assert info.value.code == 114
@@ -473,10 +501,11 @@ async def test_count_only_presence_history_rpc_and_send() -> None:
                 await client.close()
 
 
-async def test_the_server_can_unsubscribe_and_disconnect_a_user() -> None:
+@TRANSPORTS
+async def test_the_server_can_unsubscribe_and_disconnect_a_user(client_type: ClientType) -> None:
     async with hub_server() as (hub, port):
-        alice = await HubClient.open(port, token=token("alice"))
-        bob = await HubClient.open(port, token=token("bob"))
+        alice = await client_type.open(port, token=token("alice"))
+        bob = await client_type.open(port, token=token("bob"))
         for client in (alice, bob):
             await client.call("subscribe", channel="feed:x")
         assert await hub.unsubscribe("feed:x", user="alice") == 1
@@ -543,22 +572,26 @@ async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> N
         await fast.close()
 
 
-async def test_anonymous_connections_only_when_allowed() -> None:
+@TRANSPORTS
+async def test_anonymous_connections_only_when_allowed(client_type: ClientType) -> None:
     async with hub_server() as (_, port):
-        client = await HubClient.raw(port)
+        client = await client_type.raw(port)
         await client.send_raw(json.dumps({"id": 1, "method": "connect", "params": {}}))
         assert await client.closed() == (3500, "invalid token")
     options = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions()})
     async with hub_server(options) as (_, port):
-        client = await HubClient.open(port)
+        client = await client_type.open(port)
         assert client.info["user"] == ""
         await client.call("subscribe", channel="feed:demo")
         await client.close()
 
 
-async def test_presence_and_history_need_the_feature_and_a_subscription() -> None:
+@TRANSPORTS
+async def test_presence_and_history_need_the_feature_and_a_subscription(
+    client_type: ClientType,
+) -> None:
     async with hub_server() as (_, port):
-        client = await HubClient.open(port, token=token("u"))
+        client = await client_type.open(port, token=token("u"))
         for method, channel, code in (
             ("presence", "feed:1", 108),  # feed has no presence
             ("history", "news:1", 108),  # news has no history

@@ -1,8 +1,9 @@
 """The hub: channels, sessions, presence, history, brokers, the wire format, transports.
 
 ``Hub`` holds who is connected to this node and what they subscribe to, and fans
-publications out; ``websocket_handler(hub)`` serves it over ``backchannel.asyncio.serve``;
-the wire format is in :mod:`.wire` and docs/protocol.md.
+publications out; ``websocket_handler(hub)`` serves it over ``backchannel.asyncio.serve``
+and ``LongPoll(hub)`` (as ``process_request``) over HTTP long polling; the wire format is
+in :mod:`.wire` and docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from .broker import Broker, BrokerHandler, HistoryOptions, MemoryBroker
 from .codes import Disconnect, Error
 from .hub import Hub
+from .longpoll import LongPoll, LongPollTransport
 from .options import ChannelOptions, HubOptions
 from .session import Session, Transport
 from .token import TokenVerifier
@@ -24,6 +26,8 @@ __all__ = [
     "HistoryOptions",
     "Hub",
     "HubOptions",
+    "LongPoll",
+    "LongPollTransport",
     "MemoryBroker",
     "Session",
     "TokenVerifier",

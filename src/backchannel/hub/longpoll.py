@@ -1,0 +1,259 @@
+"""The long-polling transport: the hub over plain HTTP, for clients whose WebSocket
+upgrade does not get through (docs/protocol.md, "Long polling").
+
+Three requests, all under one path (``/lp`` by default) on the server's port:
+
+* ``POST /lp`` opens a session. The body is a wire frame that starts with a connect
+  command; the answer is ``{"sid": ..., "ack": 0}``. The replies come by polling.
+* ``GET /lp?sid=S&ack=N`` polls. It is held until there is something to deliver or
+  ``poll_timeout`` passes, then answered with a batch: a first line ``{"batch": K}``
+  followed by wire lines (replies and pushes). The next poll carries ``ack=K``. A batch
+  that was not acknowledged is sent again, so a response lost on the way loses nothing.
+* ``POST /lp?sid=S`` sends commands; it is answered at once with ``{"sid": S}`` and the
+  replies come by polling.
+* ``DELETE /lp?sid=S`` ends the session (a client that is leaving).
+
+Session ids are 128 bits from the OS's CSPRNG; whoever holds one holds the session (it
+was opened with a valid connect token, and refresh keeps to its user). A session that is
+not polled for ``idle_timeout`` seconds is closed and freed. A held poll is a future: no
+CPU while waiting; a publication wakes only the polls of its subscribers, and they share
+the same encoded text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..asyncio import ServerConnection
+from ..protocol.http11 import Headers, Request, Response
+from . import codes
+from .codes import Disconnect
+from .hub import Hub
+from .session import Session
+
+__all__ = ["LongPoll", "LongPollTransport"]
+
+logger = logging.getLogger("backchannel.hub")
+
+#: Bytes waiting for a session's next poll before it counts as a slow consumer: a tab
+#: that stopped polling must not hold memory without bound.
+MAX_PENDING = 1024 * 1024
+
+
+class LongPollTransport:
+    """A session's transport over long polling: a queue of wire lines and numbered
+    batches waiting to be acknowledged."""
+
+    __slots__ = (
+        "_idle",
+        "_waiter",
+        "batches",
+        "closing",
+        "endpoint",
+        "pending",
+        "pending_size",
+        "seq",
+        "session",
+        "sid",
+    )
+
+    def __init__(self, endpoint: LongPoll, sid: str) -> None:
+        self.endpoint = endpoint
+        self.sid = sid
+        self.session: Session | None = None
+        #: Lines not yet in a batch, and their size.
+        self.pending: list[str] = []
+        self.pending_size = 0
+        #: Batches sent but not acknowledged: (number, body).
+        self.batches: deque[tuple[int, bytes]] = deque()
+        self.seq = 0
+        self.closing: Disconnect | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    def write(self, text: str) -> None:
+        self.pending.append(text)
+        self.pending_size += len(text)
+        self._wake()
+
+    def close(self, disconnect: Disconnect) -> None:
+        # The disconnect push is already queued: the client learns why on its next poll.
+        self.closing = disconnect
+        self._wake()
+        session = self.session
+        if session is not None:
+            self.endpoint._spawn(self.endpoint.hub.close_session(session))
+
+    @classmethod
+    def fan_out(cls, transports: Sequence[LongPollTransport], text: str) -> list[LongPollTransport]:
+        slow = []
+        for transport in transports:
+            if transport.pending_size > MAX_PENDING:
+                slow.append(transport)
+            else:
+                transport.write(text)  # the same str for every poll
+        return slow
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def acknowledge(self, ack: int) -> bool:
+        """Forget batches up to ``ack``; False if ``ack`` names a batch never sent."""
+        if ack > self.seq:
+            return False
+        while self.batches and self.batches[0][0] <= ack:
+            self.batches.popleft()
+        return True
+
+    def next_batch(self) -> tuple[int, bytes] | None:
+        """The oldest unacknowledged batch, else a new one from pending lines."""
+        if self.batches:
+            return self.batches[0]
+        if not self.pending:
+            return None
+        self.seq += 1
+        body = "\n".join([json.dumps({"batch": self.seq}), *self.pending]).encode()
+        self.pending = []
+        self.pending_size = 0
+        self.batches.append((self.seq, body))
+        return self.seq, body
+
+
+class LongPoll:
+    """The long-polling endpoint; use it as (or from) ``serve(process_request=...)``."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        path: str = "/lp",
+        poll_timeout: float = 25.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.hub = hub
+        self.path = path
+        #: Seconds a poll is held when there is nothing to deliver: under the 30 to 60 s
+        #: after which proxies commonly cut an idle request.
+        self.poll_timeout = poll_timeout
+        #: Seconds without a poll after which a session is closed and freed.
+        self.idle_timeout = idle_timeout
+        self.sessions: dict[str, LongPollTransport] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path != self.path:
+            return None
+        query = parse_qs(url.query)
+        sid = query.get("sid", [None])[0]
+        if request.method == "POST" and sid is None:
+            return await self._open(request)
+        transport = self.sessions.get(sid) if sid is not None else None
+        if transport is None:
+            return _json(404, {"error": "unknown session", "reconnect": True})
+        if request.method == "POST":
+            return await self._send(transport, request)
+        if request.method == "GET":
+            try:
+                ack = int(query.get("ack", ["0"])[0])
+            except ValueError:
+                return _json(400, {"error": "ack must be an integer"})
+            return await self._poll(transport, ack)
+        if request.method == "DELETE":
+            # The client is leaving (a tab closing): free the session now, not at idle.
+            transport._wake()
+            self._forget(transport)
+            return _json(200, {"sid": transport.sid})
+        return _json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
+
+    async def _open(self, request: Request) -> Response:
+        sid = secrets.token_urlsafe(16)
+        transport = LongPollTransport(self, sid)
+        session = self.hub.open_session(transport)
+        transport.session = session
+        self.sessions[sid] = transport
+        self._arm_idle(transport)
+        await session.handle(request.body)
+        return _json(200, {"sid": sid, "ack": 0})
+
+    async def _send(self, transport: LongPollTransport, request: Request) -> Response:
+        session = transport.session
+        if session is None or transport.closing is not None:
+            return _json(410, {"error": "session closed", "reconnect": True})
+        await session.handle(request.body)
+        return _json(200, {"sid": transport.sid})
+
+    async def _poll(self, transport: LongPollTransport, ack: int) -> Response:
+        if not transport.acknowledge(ack):
+            return _json(400, {"error": "ack names a batch that was not sent"})
+        if transport._waiter is not None:
+            # A newer poll replaces a held one (the client gave up on it).
+            transport._wake()
+        if transport._idle is not None:
+            transport._idle.cancel()
+            transport._idle = None
+        try:
+            batch = transport.next_batch()
+            if batch is None and transport.closing is None:
+                waiter = transport._waiter = asyncio.get_running_loop().create_future()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_timeout):
+                        await waiter
+                if transport._waiter is waiter:
+                    transport._waiter = None
+                batch = transport.next_batch()
+        finally:
+            self._arm_idle(transport)
+        if batch is not None:
+            _, body = batch
+            headers = Headers([("Content-Type", "text/plain; charset=utf-8")])
+            return Response(200, headers, body)
+        if transport.closing is not None:
+            # Everything was delivered, the disconnect push included: forget it.
+            self._forget(transport)
+            return _json(410, {"error": "session closed", "reconnect": True})
+        return _json(200, {"batch": transport.seq})
+
+    def _arm_idle(self, transport: LongPollTransport) -> None:
+        if transport._idle is not None:
+            transport._idle.cancel()
+        transport._idle = asyncio.get_running_loop().call_later(
+            self.idle_timeout, self._expire, transport
+        )
+
+    def _expire(self, transport: LongPollTransport) -> None:
+        transport._idle = None
+        session = transport.session
+        if session is not None and not session.closed:
+            logger.info("long-poll session %s idle: closing", transport.sid)
+            session.disconnect(codes.IDLE_TIMEOUT)
+        self._forget(transport)
+
+    def _forget(self, transport: LongPollTransport) -> None:
+        self.sessions.pop(transport.sid, None)
+        if transport._idle is not None:
+            transport._idle.cancel()
+            transport._idle = None
+        session = transport.session
+        if session is not None:
+            self._spawn(self.hub.close_session(session))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _json(status: int, obj: dict[str, Any]) -> Response:
+    headers = Headers([("Content-Type", "application/json")])
+    return Response(status, headers, json.dumps(obj, separators=(",", ":")).encode())

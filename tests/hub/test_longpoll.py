@@ -1,0 +1,174 @@
+"""The long-polling transport's own rules: batches, acknowledgements, ids, timeouts.
+
+The hub's behaviour over long polling (the same as over WebSocket) is tested by the shared
+transport suite in test_hub.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from backchannel.asyncio import serve
+from backchannel.hub.hub import Hub
+from backchannel.hub.longpoll import LongPoll, LongPollTransport
+from backchannel.hub.options import ChannelOptions, HubOptions
+from backchannel.hub.websocket import websocket_handler
+
+OPTIONS = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions(history_size=10)})
+
+
+class Http:
+    """One kept-alive HTTP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Http:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def request(self, method: str, target: str, body: str = "") -> tuple[int, str]:
+        data = body.encode()
+        self.writer.write(
+            f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        async with asyncio.timeout(10):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            return int(head.split(b" ")[1]), (await self.reader.readexactly(length)).decode()
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@asynccontextmanager
+async def endpoint(**options: Any) -> AsyncIterator[tuple[Hub, LongPoll, int]]:
+    async with Hub(OPTIONS) as hub:
+        long_poll = LongPoll(hub, **options)
+        async with serve(websocket_handler(hub), "127.0.0.1", 0, process_request=long_poll) as s:
+            yield hub, long_poll, s.port
+
+
+def command(cid: int, method: str, **params: Any) -> str:
+    return json.dumps({"id": cid, "method": method, "params": params})
+
+
+def lines(body: str) -> tuple[int, list[dict[str, Any]]]:
+    first, _, rest = body.partition("\n")
+    return json.loads(first)["batch"], [json.loads(line) for line in rest.split("\n") if rest]
+
+
+async def test_a_batch_not_acknowledged_is_sent_again() -> None:
+    async with endpoint() as (_, _, port):
+        http = await Http.open(port)
+        status, body = await http.request("POST", "/lp", command(1, "connect"))
+        assert status == 200
+        sid = json.loads(body)["sid"]
+        # 128 bits from the CSPRNG, URL-safe: 22 characters.
+        assert len(sid) == 22
+        status, first = await http.request("GET", f"/lp?sid={sid}&ack=0")
+        batch, replies = lines(first)
+        assert status == 200 and batch == 1 and replies[0]["id"] == 1
+        # The response was lost on the way: the client polls again with the same ack.
+        status, again = await http.request("GET", f"/lp?sid={sid}&ack=0")
+        assert again == first
+        # Acknowledged, the next batch is new.
+        await http.request("POST", f"/lp?sid={sid}", command(2, "ping"))
+        status, body = await http.request("GET", f"/lp?sid={sid}&ack=1")
+        batch, replies = lines(body)
+        assert batch == 2 and replies == [{"id": 2, "result": {}}]
+        # An ack for a batch never sent is refused.
+        status, _ = await http.request("GET", f"/lp?sid={sid}&ack=7")
+        assert status == 400
+        await http.close()
+
+
+async def test_unknown_sessions_and_methods() -> None:
+    async with endpoint() as (_, _, port):
+        http = await Http.open(port)
+        status, body = await http.request("GET", "/lp?sid=not-a-session&ack=0")
+        assert status == 404 and json.loads(body)["reconnect"] is True
+        status, body = await http.request("POST", "/lp", command(1, "connect"))
+        sid = json.loads(body)["sid"]
+        status, _ = await http.request("PUT", f"/lp?sid={sid}")
+        assert status == 405
+        status, _ = await http.request("GET", f"/lp?sid={sid}&ack=x")
+        assert status == 400
+        await http.close()
+
+
+async def test_an_idle_poll_is_answered_empty_after_the_poll_timeout() -> None:
+    async with endpoint(poll_timeout=0.1) as (_, _, port):
+        http = await Http.open(port)
+        status, body = await http.request("POST", "/lp", command(1, "connect"))
+        sid = json.loads(body)["sid"]
+        await http.request("GET", f"/lp?sid={sid}&ack=0")
+        status, body = await http.request("GET", f"/lp?sid={sid}&ack=1")
+        assert status == 200 and body == '{"batch":1}'
+        await http.close()
+
+
+async def test_a_session_not_polled_within_idle_timeout_is_closed_and_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expired = asyncio.Event()
+    original = LongPoll._expire
+
+    def spy(self: LongPoll, transport: LongPollTransport) -> None:
+        original(self, transport)
+        expired.set()
+
+    monkeypatch.setattr(LongPoll, "_expire", spy)
+    async with endpoint(idle_timeout=0.2) as (hub, long_poll, port):
+        http = await Http.open(port)
+        status, body = await http.request("POST", "/lp", command(1, "connect"))
+        sid = json.loads(body)["sid"]
+        assert sid in long_poll.sessions and len(hub.sessions) == 1
+        async with asyncio.timeout(5):
+            await expired.wait()
+        assert sid not in long_poll.sessions
+        status, _ = await http.request("GET", f"/lp?sid={sid}&ack=0")
+        assert status == 404
+        await http.close()
+
+
+async def test_a_publication_is_the_same_text_for_every_waiting_session() -> None:
+    async with endpoint() as (hub, long_poll, port):
+        http = await Http.open(port)
+        sids = []
+        for _ in range(3):
+            body = "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:a")])
+            _, answer = await http.request("POST", "/lp", body)
+            sids.append(json.loads(answer)["sid"])
+            await http.request("GET", f"/lp?sid={sids[-1]}&ack=0")  # the two replies
+        await hub.publish("feed:a", {"n": 1})
+        pending = [long_poll.sessions[sid].pending for sid in sids]
+        assert all(len(p) == 1 for p in pending)
+        assert pending[0][0] is pending[1][0] is pending[2][0]
+        for sid in sids:
+            _, body = await http.request("GET", f"/lp?sid={sid}&ack=1")
+            batch, pushes = lines(body)
+            assert batch == 2 and pushes[0]["data"] == {"n": 1}
+        await http.close()
+
+
+async def test_leaving_frees_the_session_at_once() -> None:
+    async with endpoint() as (_, long_poll, port):
+        http = await Http.open(port)
+        _, body = await http.request("POST", "/lp", command(1, "connect"))
+        sid = json.loads(body)["sid"]
+        status, _ = await http.request("DELETE", f"/lp?sid={sid}")
+        assert status == 200 and sid not in long_poll.sessions
+        await http.close()
