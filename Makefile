@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint types unit setup node-deps system-deps bench
+.PHONY: serve test lint types unit setup node-deps system-deps bench js-test
 
 $(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,13 @@ lint: setup
 types: setup
 	$(BIN)/mypy --strict src
 
+# The browser client's unit tests: node's own test runner, no dependencies.
+js-test: system-deps
+	cd js && node --test test/
+
 # The whole suite runs twice: on the compiled accelerator, then on the pure-Python path
 # that runs where it could not be built (docs/design.md, "The accelerator").
-test: setup node-deps lint types
+test: setup node-deps lint types js-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 	BACKCHANNEL_NO_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
 

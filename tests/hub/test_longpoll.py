@@ -172,3 +172,20 @@ async def test_leaving_frees_the_session_at_once() -> None:
         status, _ = await http.request("DELETE", f"/lp?sid={sid}")
         assert status == 200 and sid not in long_poll.sessions
         await http.close()
+
+
+async def test_after_the_disconnect_push_the_session_is_gone_with_the_same_advice() -> None:
+    async with Hub(HubOptions()) as hub:  # not anonymous: connect without a token is 3500
+        long_poll = LongPoll(hub)
+        async with serve(websocket_handler(hub), "127.0.0.1", 0, process_request=long_poll) as s:
+            http = await Http.open(s.port)
+            _, body = await http.request("POST", "/lp", command(1, "connect"))
+            sid = json.loads(body)["sid"]
+            _, body = await http.request("GET", f"/lp?sid={sid}&ack=0")
+            batch, pushes = lines(body)
+            assert pushes[-1]["push"] == "disconnect" and pushes[-1]["code"] == 3500
+            status, body = await http.request("GET", f"/lp?sid={sid}&ack={batch}")
+            assert status == 410 and json.loads(body)["reconnect"] is False
+            status, _ = await http.request("GET", f"/lp?sid={sid}&ack={batch}")
+            assert status == 404
+            await http.close()

@@ -189,7 +189,8 @@ class LongPoll:
     async def _send(self, transport: LongPollTransport, request: Request) -> Response:
         session = transport.session
         if session is None or transport.closing is not None:
-            return _json(410, {"error": "session closed", "reconnect": True})
+            reconnect = transport.closing is None or transport.closing.reconnect
+            return _json(410, {"error": "session closed", "reconnect": reconnect})
         await session.handle(request.body)
         return _json(200, {"sid": transport.sid})
 
@@ -219,9 +220,11 @@ class LongPoll:
             headers = Headers([("Content-Type", "text/plain; charset=utf-8")])
             return Response(200, headers, body)
         if transport.closing is not None:
-            # Everything was delivered, the disconnect push included: forget it.
+            # Everything was delivered, the disconnect push included: forget it. The
+            # answer repeats the disconnect's advice, so a client cannot read it otherwise.
+            reconnect = transport.closing.reconnect
             self._forget(transport)
-            return _json(410, {"error": "session closed", "reconnect": True})
+            return _json(410, {"error": "session closed", "reconnect": reconnect})
         return _json(200, {"batch": transport.seq})
 
     def _arm_idle(self, transport: LongPollTransport) -> None:

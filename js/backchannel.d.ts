@@ -1,0 +1,281 @@
+// Types of the public API of backchannel.js (the browser client of backchannel's hub).
+
+export type ClientState = "disconnected" | "connecting" | "connected" | "closed";
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
+export type TransportName = "websocket" | "longpoll";
+
+/** A connection, as the hub describes it. */
+export interface ClientInfo {
+  client: string;
+  user: string;
+  info?: unknown;
+}
+
+/** A publication in a channel. */
+export interface Publication {
+  channel: string;
+  data: any;
+  /** Its offset in the channel's stream (channels with history). */
+  offset?: number;
+  /** The stream's epoch (with offset). */
+  epoch?: string;
+  /** The publisher, when known. */
+  info?: ClientInfo;
+}
+
+export interface DisconnectInfo {
+  /** 3000-4999 from the hub; 1000 closed by the client; 1006 connection lost. */
+  code: number;
+  reason: string;
+  reconnect: boolean;
+}
+
+export interface StreamPosition {
+  epoch: string;
+  offset: number;
+}
+
+export interface ClientOptions {
+  /** The connection token (JWT). */
+  token?: string;
+  /**
+   * Gets a new token: before connecting without one, when the hub says the token
+   * expired (109, 3004), and before it expires (refresh at 90% of its remaining time).
+   * A rejection is reported as an `error` and tried again later; an empty string
+   * closes the client (unauthorized, 101).
+   */
+  getToken?: () => Promise<string>;
+  /** Allowed transports; WebSocket is tried first. Default ["websocket", "longpoll"]. */
+  transports?: TransportName[];
+  /** Default: the url's host, with http(s) and path /lp. */
+  longPollUrl?: string;
+  /** ms, default 500. */
+  minReconnectDelay?: number;
+  /** ms, default 20000. */
+  maxReconnectDelay?: number;
+  /** ms a WebSocket has to bring its first message before falling back; default 3000. */
+  fallbackTimeout?: number;
+  /** A name the client gives itself (connect's `name`). */
+  name?: string;
+  /** ms a command waits for its reply (and for a connection); default 10000. */
+  timeout?: number;
+  /** ms between ping commands over WebSocket; default 25000 (or the connect result's `ping`). */
+  pingInterval?: number;
+  /** ms a ping may stay unanswered; default pingInterval + 10000. */
+  pingTimeout?: number;
+  /** The server's long-poll hold time, ms; default 25000 (dead after 2x + 10 s of silence). */
+  pollTimeout?: number;
+  /** The WebSocket class; default globalThis.WebSocket. */
+  WebSocket?: unknown;
+  /** The fetch function; default globalThis.fetch. */
+  fetch?: (input: string, init?: Record<string, any>) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (id: any) => void;
+  /** A number in [0, 1); default Math.random. */
+  random?: () => number;
+  /** ms since the epoch; default Date.now. */
+  now?: () => number;
+  /**
+   * Where "online" and "visibilitychange" are heard (default: the window, in a browser).
+   * null turns it off.
+   */
+  lifecycleTarget?: EventTarget | null;
+}
+
+export interface SubscribedContext {
+  channel: string;
+  /** Whether the subscribe asked for recovery. */
+  recovering: boolean;
+  /** null when not recovering. */
+  recovered: boolean | null;
+  epoch: string | null;
+  offset: number | null;
+}
+
+export interface SubscriptionOptions {
+  /** Each publication, in order, recovered ones included, never twice. */
+  onPublication?: (pub: Publication) => void;
+  onJoin?: (ctx: { channel: string; info: ClientInfo }) => void;
+  onLeave?: (ctx: { channel: string; info: ClientInfo }) => void;
+  /**
+   * The subscription ended: by unsubscribe() (code 0), by the server (its code), or
+   * after an error that trying again cannot fix (the error's code).
+   */
+  onUnsubscribe?: (ctx: { channel: string; code: number; reason: string }) => void;
+  /** Each time it is (re)subscribed. */
+  onSubscribed?: (ctx: SubscribedContext) => void;
+  /**
+   * After a reconnection, the missed publications could not all be recovered: reload
+   * the state by other means. Without it, onError gets error 112.
+   */
+  onRecoveryFailed?: (ctx: { channel: string; epoch: string | null; offset: number | null }) => void;
+  onError?: (err: BackchannelError) => void;
+  /** A token for this channel (private channels). */
+  token?: string;
+  /** Gets a channel token, once per connection and when the hub says it expired. */
+  getToken?: (ctx: { channel: string; client: string | null }) => Promise<string>;
+  /** A position to recover from on the first subscribe. */
+  since?: StreamPosition;
+}
+
+export interface PublishResult {
+  offset: number;
+  epoch?: string;
+  duplicate?: boolean;
+}
+
+export interface PresenceResult {
+  clients?: Record<string, ClientInfo>;
+  count?: number;
+  users?: number;
+}
+
+export interface HistoryResult {
+  publications: Publication[];
+  epoch: string;
+  offset: number;
+  recovered: boolean;
+}
+
+export interface ClientEvents {
+  state: (state: ClientState, previous: ClientState) => void;
+  error: (err: BackchannelError) => void;
+  disconnect: (info: DisconnectInfo) => void;
+  transport: (name: TransportName) => void;
+}
+
+export const PROTOCOL_VERSION: 1;
+export const MAX_BATCH: 100;
+export const MAX_DEPTH: 32;
+
+export const ErrorCode: Readonly<{
+  TIMEOUT: 1;
+  CLIENT_CLOSED: 2;
+  CONNECTION_LOST: 3;
+  SUBSCRIPTION_CLOSED: 4;
+  BAD_ARGUMENT: 5;
+  BAD_RESPONSE: 6;
+  INTERNAL: 100;
+  UNAUTHORIZED: 101;
+  UNKNOWN_CHANNEL: 102;
+  PERMISSION_DENIED: 103;
+  METHOD_NOT_FOUND: 104;
+  ALREADY_SUBSCRIBED: 105;
+  LIMIT_EXCEEDED: 106;
+  BAD_REQUEST: 107;
+  NOT_AVAILABLE: 108;
+  TOKEN_EXPIRED: 109;
+  NOT_SUBSCRIBED: 110;
+  TOO_MANY_REQUESTS: 111;
+  UNRECOVERABLE_POSITION: 112;
+  MESSAGE_TOO_LARGE: 113;
+  NOT_CONNECTED: 114;
+  ALREADY_CONNECTED: 115;
+  UNAVAILABLE: 116;
+  UNSUBSCRIBED: 117;
+}>;
+
+export const DisconnectCode: Readonly<{
+  NORMAL_CLOSURE: 1000;
+  CONNECTION_LOST: 1006;
+  SHUTDOWN: 3000;
+  SERVER_ERROR: 3001;
+  SLOW_CONSUMER: 3002;
+  IDLE_TIMEOUT: 3003;
+  TOKEN_EXPIRED: 3004;
+  CONNECT_TIMEOUT: 3005;
+  FORCE_RECONNECT: 3006;
+  INVALID_TOKEN: 3500;
+  BAD_PROTOCOL: 3501;
+  UNSUPPORTED_VERSION: 3502;
+  FORCE_DISCONNECT: 3503;
+  CONNECTION_LIMIT: 3504;
+  FLOOD: 3505;
+}>;
+
+/** An error answering a command, or one the client raises itself. */
+export class BackchannelError extends Error {
+  constructor(code: number, message: string, temporary?: boolean, context?: string);
+  code: number;
+  temporary: boolean;
+  /** Where it happened: "connect", "refresh", "subscribe", "publish", ... */
+  context: string | undefined;
+}
+
+/** A reply to a command. */
+export type Reply =
+  | { id: number; result: Record<string, any> }
+  | { id: number; error: { code: number; message: string; temporary: boolean } };
+
+/** A push: `push` names its kind. */
+export interface Push {
+  push: string;
+  [member: string]: any;
+}
+
+/** Whether a disconnect code asks the client to connect again. */
+export function shouldReconnect(code: number): boolean;
+/** One command as a line of wire text; throws BackchannelError (BAD_ARGUMENT) for what the hub refuses. */
+export function encodeCommand(id: number, method: string, params?: Record<string, any>): string;
+/** Encoded commands joined into one frame (1 to MAX_BATCH). */
+export function encodeFrame(lines: string[]): string;
+/** One line of a server frame; null for a blank line; throws BackchannelError (BAD_RESPONSE). */
+export function decodeLine(line: string): Reply | Push | null;
+/** A whole server frame. */
+export function decodeFrame(text: string): Array<Reply | Push>;
+/** The long-polling URL for a WebSocket URL: same host, http(s), path /lp. */
+export function defaultLongPollUrl(url: string): string | null;
+/** Forgets that this page fell back to long polling (for tests). */
+export function resetTransportMemory(): void;
+/** Whether clients of this page currently start with long polling. */
+export function usingLongPollFallback(): boolean;
+
+export class Client {
+  constructor(url: string, options?: ClientOptions);
+  readonly url: string;
+  readonly state: ClientState;
+  /** The client id of the current connection. */
+  readonly clientId: string | null;
+  /** The user the token names ("" when anonymous). */
+  readonly user: string | null;
+  /** The transport of the current connection. */
+  readonly transport: TransportName | null;
+  /** When the token expires (Unix seconds). */
+  readonly expires: number | null;
+
+  on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
+  off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
+
+  /** Resolves once connected; rejects if closed first or refused for good. */
+  connect(): Promise<void>;
+  /** Closes and stops reconnecting; subscriptions come back on connect(). */
+  close(): void;
+
+  /** Subscribes to a channel (one subscription per channel). */
+  subscribe(channel: string, options?: SubscriptionOptions): Subscription;
+  getSubscription(channel: string): Subscription | undefined;
+  /** Resolves with what the procedure returned. */
+  rpc(method: string, data?: unknown): Promise<any>;
+  /** Resolves once acknowledged. */
+  send(data: unknown): Promise<void>;
+}
+
+export class Subscription {
+  private constructor();
+  readonly client: Client;
+  readonly channel: string;
+  readonly state: SubscriptionState;
+  /** The epoch of the last publication seen (or of the subscribe result). */
+  readonly epoch: string | null;
+  /** The offset of the last publication seen (or of the subscribe result). */
+  readonly offset: number | null;
+
+  /** Resolves once subscribed; rejects if it ends or the client closes first. */
+  ready(): Promise<void>;
+  /** Rejects with a BackchannelError {code, message, temporary}. */
+  publish(data: unknown, options?: { idempotencyKey?: string }): Promise<PublishResult>;
+  presence(): Promise<PresenceResult>;
+  history(options?: { limit?: number; since?: StreamPosition }): Promise<HistoryResult>;
+  /** Ends the subscription (onUnsubscribe with code 0). */
+  unsubscribe(): void;
+}
