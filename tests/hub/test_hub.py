@@ -603,3 +603,26 @@ async def test_presence_and_history_need_the_feature_and_a_subscription(
                 await client.call(method, channel=channel)
             assert info.value.code == code, (method, channel)
         await client.close()
+
+
+@TRANSPORTS
+async def test_connect_and_refresh_give_the_time_left_and_109_restarts_the_connect_clock(
+    client_type: ClientType,
+) -> None:
+    async with hub_server() as (hub, port):
+        client = await client_type.raw(port)
+        with pytest.raises(ReplyError) as info:
+            await client.call("connect", token=token("alice", ttl=-10))
+        assert info.value.code == 109
+        (session,) = hub.sessions
+        before = hub._timers[session]
+        # A second refusal restarts the time allowed to connect again, for a new token.
+        with pytest.raises(ReplyError):
+            await client.call("connect", token=token("alice", ttl=-10))
+        after = hub._timers[session]
+        assert after is not before and before.cancelled() and after.when() >= before.when()
+        result = await client.call("connect", token=token("alice", ttl=600))
+        assert 590 <= result["ttl"] <= 600 and result["expires"] - time.time() > 590
+        refreshed = await client.call("refresh", token=token("alice", ttl=1200))
+        assert 1190 <= refreshed["ttl"] <= 1200
+        await client.close()

@@ -98,11 +98,18 @@ class Hub:
         """A new session for a connection; it must send connect within connect_timeout."""
         session = Session(self, transport)
         self.sessions.add(session)
-        loop = asyncio.get_running_loop()
-        self._timers[session] = loop.call_later(
+        self._arm_connect_timeout(session)
+        return session
+
+    def _arm_connect_timeout(self, session: Session) -> None:
+        """(Re)start the time the session has to connect: again after a connect refused
+        with an expired token, so a client has time to fetch a new one."""
+        timer = self._timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        self._timers[session] = asyncio.get_running_loop().call_later(
             self.options.connect_timeout, self._connect_timeout, session
         )
-        return session
 
     def _connect_timeout(self, session: Session) -> None:
         self._timers.pop(session, None)

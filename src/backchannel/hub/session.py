@@ -171,8 +171,14 @@ class Session:
             "v": wire.PROTOCOL_VERSION,
         }
         if self.expires is not None:
-            result["expires"] = self.expires
+            result.update(self._expiry())
         return result
+
+    def _expiry(self) -> dict[str, int]:
+        """When the token expires: absolute (``expires``), and in seconds from now
+        (``ttl``), which a client with a wrong clock can still use."""
+        assert self.expires is not None
+        return {"expires": self.expires, "ttl": max(0, self.expires - int(time.time()))}
 
     def _verify(self, token: str) -> Any:
         tokens = self.hub.tokens
@@ -180,6 +186,8 @@ class Session:
         try:
             return tokens.verify(token)
         except TokenExpired as exc:
+            if not self.connected:
+                self.hub._arm_connect_timeout(self)
             raise CommandError(codes.TOKEN_EXPIRED) from exc
         except TokenError as exc:
             raise DisconnectRequest(codes.INVALID_TOKEN) from exc
@@ -192,7 +200,7 @@ class Session:
             raise DisconnectRequest(codes.INVALID_TOKEN)
         self.expires = claims.expires
         self.hub._schedule_expiry(self)
-        return {} if self.expires is None else {"expires": self.expires}
+        return {} if self.expires is None else self._expiry()
 
     async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel: str = params["channel"]
