@@ -10,7 +10,9 @@ PORT ?= 8000
 
 .PHONY: serve test lint types unit setup node-deps system-deps bench js-test
 
+# gcc builds the accelerator (the install goes on without it, but CI tests it).
 $(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c
+	@command -v gcc >/dev/null || (apt-get update && apt-get install -y gcc)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -442,8 +442,9 @@ async def test_a_token_refreshed_before_expiry_keeps_the_connection() -> None:
 
 async def test_a_token_that_expires_without_refresh_ends_the_connection() -> None:
     async with hub_server() as (_, port):
-        client = await HubClient.open(port, token=token("alice", ttl=1))
-        # The hub's timer fires at exp (at most about a second): 3004, reconnect.
+        # exp is whole seconds: ttl=2 leaves at least one second to connect first.
+        client = await HubClient.open(port, token=token("alice", ttl=2))
+        # The hub's timer fires at exp (at most two seconds): 3004, reconnect.
         push = await client.push()
         assert push["push"] == "disconnect" and push["code"] == 3004 and push["reconnect"]
         assert (await client.closed())[0] == 3004
