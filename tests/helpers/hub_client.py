@@ -56,15 +56,18 @@ class HubClient:
                     else:
                         self.pushes.put_nowait(obj)
 
+    async def _send_text(self, text: str) -> None:
+        await self.ws.send(text)
+
     def send_raw(self, text: str) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self.ws.send(text))
+        return asyncio.ensure_future(self._send_text(text))
 
     async def call(self, method: str, /, **params: Any) -> dict[str, Any]:
         self._next += 1
         cid = self._next
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[cid] = future
-        await self.ws.send(json.dumps({"id": cid, "method": method, "params": params}))
+        await self._send_text(json.dumps({"id": cid, "method": method, "params": params}))
         async with asyncio.timeout(TIMEOUT):
             reply = await future
         if "error" in reply:
@@ -82,7 +85,7 @@ class HubClient:
             self._replies[self._next] = future
             futures.append(future)
             lines.append(json.dumps({"id": self._next, "method": method, "params": params}))
-        await self.ws.send("\n".join(lines))
+        await self._send_text("\n".join(lines))
         async with asyncio.timeout(TIMEOUT):
             return [await future for future in futures]
 
@@ -203,22 +206,6 @@ class LongPollClient(HubClient):
             return
         finally:
             self._gone.set()
-
-    def send_raw(self, text: str) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._send_text(text))
-
-    async def call(self, method: str, /, **params: Any) -> dict[str, Any]:
-        self._next += 1
-        cid = self._next
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[cid] = future
-        await self._send_text(json.dumps({"id": cid, "method": method, "params": params}))
-        async with asyncio.timeout(TIMEOUT):
-            reply = await future
-        if "error" in reply:
-            raise ReplyError(reply["error"])
-        result: dict[str, Any] = reply["result"]
-        return result
 
     async def closed(self) -> tuple[int, str]:
         """Wait for the server to end the session: the disconnect push's code and reason."""

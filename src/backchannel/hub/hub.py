@@ -260,10 +260,8 @@ class Hub:
                 else:
                     sub.pending.append((offset, text))
                 continue
-            if offset:
-                if offset <= sub.offset:
-                    continue  # already sent with the recovered publications
-                sub.offset = offset
+            if not sub.advance(offset):
+                continue  # already sent with the recovered publications
             transport = session.transport
             groups.setdefault(type(transport), []).append(transport)
             owners[id(transport)] = (session, sub)

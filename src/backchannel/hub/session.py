@@ -75,6 +75,15 @@ class Subscription:
     #: The offset of the last publication sent, to skip one seen twice during recovery.
     offset: int = 0
 
+    def advance(self, offset: int) -> bool:
+        """Whether a publication at ``offset`` is new to this subscriber (0: a channel
+        without history, or a join/leave: always); moves the position on."""
+        if offset:
+            if offset <= self.offset:
+                return False
+            self.offset = offset
+        return True
+
 
 class Session:
     """One connected client (see the module docstring)."""
@@ -245,17 +254,8 @@ class Session:
         sub.live = True
         pending, sub.pending = sub.pending, []
         for offset, text in pending:
-            self.deliver(sub, offset, text)
-
-    def deliver(self, sub: Subscription, offset: int, text: str) -> bool:
-        """Write one publication to this session unless already sent (recovery);
-        return whether it is to be written."""
-        if offset:
-            if offset <= sub.offset:
-                return False
-            sub.offset = offset
-        self.transport.write(text)
-        return True
+            if sub.advance(offset):
+                self.transport.write(text)
 
     async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         sub = self.subscriptions.pop(params["channel"], None)
