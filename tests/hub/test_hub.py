@@ -16,6 +16,7 @@ from helpers.hub_client import HubClient, LongPollClient, ReplyError
 
 from backchannel.asyncio import connect, serve
 from backchannel.exceptions import InvalidStatus
+from backchannel.hub.broker import HistoryOptions, HistoryResult, MemoryBroker
 from backchannel.hub.hub import Hub
 from backchannel.hub.longpoll import LongPoll
 from backchannel.hub.options import ChannelOptions, HubOptions
@@ -627,3 +628,41 @@ async def test_connect_and_refresh_give_the_time_left_and_109_restarts_the_conne
         refreshed = await client.call("refresh", token=token("alice", ttl=1200))
         assert 1190 <= refreshed["ttl"] <= 1200
         await client.close()
+
+
+class RacingBroker(MemoryBroker):
+    """A MemoryBroker where a publication lands while a subscriber's history is read,
+    as when another node publishes at that moment."""
+
+    racing: str | None = None
+
+    async def history(self, channel: str, **kwargs: Any) -> HistoryResult:
+        if channel == self.racing:
+            self.racing = None
+            await self.publish(channel, "raced", history=HistoryOptions(1000, 300))
+        return await super().history(channel, **kwargs)
+
+
+async def test_a_publication_during_recovery_is_delivered_once() -> None:
+    broker = RacingBroker()
+    async with Hub(OPTIONS, broker=broker, tokens=TokenVerifier(secret=SECRET)) as hub:
+        async with serve(websocket_handler(hub), "127.0.0.1", 0) as server:
+            client = await HubClient.open(server.port, token=token("u"))
+            top = await client.call("subscribe", channel="chat:race")
+            await client.call("publish", channel="chat:race", data="before")
+            await client.publications(1)
+            await client.call("unsubscribe", channel="chat:race")
+            broker.racing = "chat:race"
+            result = await client.call(
+                "subscribe", channel="chat:race", recover=True, epoch=top["epoch"], offset=1
+            )
+            # The raced publication is in the recovered ones (history was read after it)
+            # and it was also fanned out while the subscribe was pending: sent once only.
+            assert [p["data"] for p in result["publications"]] == ["raced"]
+            await client.call("ping")
+            extra = [client.pushes.get_nowait() for _ in range(client.pushes.qsize())]
+            assert [p for p in extra if p["push"] == "publication"] == []
+            await client.call("publish", channel="chat:race", data="after")
+            (live,) = await client.publications(1)
+            assert live["data"] == "after" and live["offset"] == 3
+            await client.close()
