@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from backchannel.asyncio import ClientConnection, connect
 from backchannel.exceptions import ConnectionClosed
+from helpers.http import Http
 
 TIMEOUT = 10
 
@@ -138,7 +139,7 @@ class LongPollClient(HubClient):
         self.disconnect: dict[str, Any] | None = None
         self._gone = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
-        self._streams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self._streams: dict[str, Http] = {}
 
     @classmethod
     async def open(cls, port: int, **connect_params: Any) -> LongPollClient:  # type: ignore[override]
@@ -155,19 +156,10 @@ class LongPollClient(HubClient):
     ) -> tuple[int, bytes]:
         """One request on a kept-alive connection of its own per role (poll, send)."""
         if role not in self._streams:
-            self._streams[role] = await asyncio.open_connection("127.0.0.1", self.port)
-        reader, writer = self._streams[role]
-        writer.write(
-            f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        return status, await reader.readexactly(length)
+            self._streams[role] = await Http.open(self.port)
+        # No timeout here: a poll is held by the server for as long as it likes.
+        reply = await self._streams[role].exchange(method, target, body, wait=None)
+        return reply.status, reply.body
 
     async def _send_text(self, text: str) -> None:
         if self.sid is None:
@@ -222,8 +214,8 @@ class LongPollClient(HubClient):
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        for _, writer in self._streams.values():
-            writer.close()
+        for http in self._streams.values():
+            http.writer.close()
 
     @classmethod
     async def release_all(cls) -> None:
@@ -234,14 +226,13 @@ class LongPollClient(HubClient):
                 client._poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await client._poller
-            for _, writer in client._streams.values():
-                writer.close()
+            for http in client._streams.values():
                 with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
+                    await http.close()
 
     def drop(self) -> None:
         """Stop polling and forget the session, as a tab that navigated away."""
         if self._poller is not None:
             self._poller.cancel()
-        for _, writer in self._streams.values():
-            writer.transport.abort()
+        for http in self._streams.values():
+            http.writer.transport.abort()

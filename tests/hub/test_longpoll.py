@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers.http import Http
 
 from backchannel.asyncio import serve
 from backchannel.hub.hub import Hub
@@ -21,36 +22,6 @@ from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.websocket import websocket_handler
 
 OPTIONS = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions(history_size=10)})
-
-
-class Http:
-    """One kept-alive HTTP connection."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Http:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def request(self, method: str, target: str, body: str = "") -> tuple[int, str]:
-        data = body.encode()
-        self.writer.write(
-            f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-            + data
-        )
-        async with asyncio.timeout(10):
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            return int(head.split(b" ")[1]), (await self.reader.readexactly(length)).decode()
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,12 +20,12 @@ from types import TracebackType
 from typing import Any
 
 from . import codes, wire
-from .broker import Broker, HistoryOptions, MemoryBroker, PublishResult
+from .broker import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from .codes import Disconnect
 from .options import ChannelOptions, HubOptions
 from .session import CommandError, DisconnectRequest, Session, Subscription, Transport
 from .token import TokenVerifier
-from .wire import ClientInfo, Publication
+from .wire import ClientInfo, Position, Publication
 
 __all__ = ["Hub"]
 
@@ -199,12 +200,48 @@ class Hub:
 
     # Publishing.
 
-    async def publish(self, channel: str, data: Any) -> PublishResult:
-        """Publish from the server (an HTTP API, application code)."""
+    def channel_options(self, channel: str) -> ChannelOptions:
+        """The options of a channel; CommandError for a bad name or an unknown namespace."""
+        if not channel or len(channel) > self.options.max_channel_length:
+            raise CommandError(codes.BAD_REQUEST.with_message("invalid channel name"))
         options = self.options.channel(channel.lstrip("$"))
         if options is None:
             raise CommandError(codes.UNKNOWN_CHANNEL)
-        return await self._publish(channel, data, options)
+        return options
+
+    def check_data(self, data: Any, *, from_wire: bool = False) -> None:
+        """CommandError unless ``data`` can be published: JSON that can be sent on (no
+        NaN, no lone surrogate, not too deep; a command's params were checked when
+        decoded, ``from_wire``) and no larger than ``max_data_size``."""
+        problem = "" if from_wire else wire.check_value(data)
+        if problem:
+            raise CommandError(codes.BAD_REQUEST.with_message(problem))
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self.options.max_data_size:
+            raise CommandError(codes.MESSAGE_TOO_LARGE)
+
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> PublishResult:
+        """Publish from the server (the HTTP API, application code), with the checks a
+        client's publish gets; CommandError when refused."""
+        options = self.channel_options(channel)
+        self.check_data(data)
+        return await self._publish(channel, data, options, key=idempotency_key)
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is subscribed to a channel with presence, on every node."""
+        if not self.channel_options(channel).presence:
+            raise CommandError(codes.NOT_AVAILABLE)
+        return await self.broker.presence(channel)
+
+    async def history(
+        self, channel: str, *, since: Position | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """A channel's kept publications (after ``since``, at most ``limit``)."""
+        if not self.channel_options(channel).history_size:
+            raise CommandError(codes.NOT_AVAILABLE)
+        return await self.broker.history(channel, since=since, limit=limit)
 
     async def _publish(
         self,

@@ -28,7 +28,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -139,6 +139,7 @@ class LongPoll:
         path: str = "/lp",
         poll_timeout: float = 25.0,
         idle_timeout: float = 60.0,
+        origins: Collection[str] = (),
     ) -> None:
         self.hub = hub
         self.path = path
@@ -147,6 +148,9 @@ class LongPoll:
         self.poll_timeout = poll_timeout
         #: Seconds without a poll after which a session is closed and freed.
         self.idle_timeout = idle_timeout
+        #: Origins of pages on other sites that may use this endpoint (CORS); "*" for
+        #: any. Pages of the server's own origin need nothing.
+        self.origins = frozenset(origins)
         self.sessions: dict[str, LongPollTransport] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -154,27 +158,46 @@ class LongPoll:
         url = urlsplit(request.path)
         if url.path != self.path:
             return None
-        query = parse_qs(url.query)
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and ("*" in self.origins or origin in self.origins)
+        if request.method == "OPTIONS":
+            # A CORS preflight (DELETE, or a POST a browser does not count as simple).
+            if not allowed:
+                return Response.json(403, {"error": "origin not allowed"})
+            response = Response(204)
+            response.headers.add("Access-Control-Allow-Methods", "GET, POST, DELETE")
+            response.headers.add("Access-Control-Allow-Headers", "Content-Type")
+            response.headers.add("Access-Control-Max-Age", "600")
+        else:
+            response = await self._answer(request, url.query)
+        if allowed:
+            assert origin is not None
+            response.headers.set("Access-Control-Allow-Origin", origin)
+            response.headers.add("Vary", "Origin")
+        return response
+
+    async def _answer(self, request: Request, query_string: str) -> Response:
+        query = parse_qs(query_string)
         sid = query.get("sid", [None])[0]
         if request.method == "POST" and sid is None:
             return await self._open(request)
         transport = self.sessions.get(sid) if sid is not None else None
         if transport is None:
-            return _json(404, {"error": "unknown session", "reconnect": True})
+            return Response.json(404, {"error": "unknown session", "reconnect": True})
         if request.method == "POST":
             return await self._send(transport, request)
         if request.method == "GET":
             try:
                 ack = int(query.get("ack", ["0"])[0])
             except ValueError:
-                return _json(400, {"error": "ack must be an integer"})
+                return Response.json(400, {"error": "ack must be an integer"})
             return await self._poll(transport, ack)
         if request.method == "DELETE":
             # The client is leaving (a tab closing): free the session now, not at idle.
             transport._wake()
             self._forget(transport)
-            return _json(200, {"sid": transport.sid})
-        return _json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
+            return Response.json(200, {"sid": transport.sid})
+        return Response.json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
 
     async def _open(self, request: Request) -> Response:
         sid = secrets.token_urlsafe(16)
@@ -184,19 +207,19 @@ class LongPoll:
         self.sessions[sid] = transport
         self._arm_idle(transport)
         await session.handle(request.body)
-        return _json(200, {"sid": sid, "ack": 0})
+        return Response.json(200, {"sid": sid, "ack": 0})
 
     async def _send(self, transport: LongPollTransport, request: Request) -> Response:
         session = transport.session
         if session is None or transport.closing is not None:
             reconnect = transport.closing is None or transport.closing.reconnect
-            return _json(410, {"error": "session closed", "reconnect": reconnect})
+            return Response.json(410, {"error": "session closed", "reconnect": reconnect})
         await session.handle(request.body)
-        return _json(200, {"sid": transport.sid})
+        return Response.json(200, {"sid": transport.sid})
 
     async def _poll(self, transport: LongPollTransport, ack: int) -> Response:
         if not transport.acknowledge(ack):
-            return _json(400, {"error": "ack names a batch that was not sent"})
+            return Response.json(400, {"error": "ack names a batch that was not sent"})
         if transport._waiter is not None:
             # A newer poll replaces a held one (the client gave up on it).
             transport._wake()
@@ -224,8 +247,8 @@ class LongPoll:
             # answer repeats the disconnect's advice, so a client cannot read it otherwise.
             reconnect = transport.closing.reconnect
             self._forget(transport)
-            return _json(410, {"error": "session closed", "reconnect": reconnect})
-        return _json(200, {"batch": transport.seq})
+            return Response.json(410, {"error": "session closed", "reconnect": reconnect})
+        return Response.json(200, {"batch": transport.seq})
 
     def _arm_idle(self, transport: LongPollTransport) -> None:
         if transport._idle is not None:
@@ -255,8 +278,3 @@ class LongPoll:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _json(status: int, obj: dict[str, Any]) -> Response:
-    headers = Headers([("Content-Type", "application/json")])
-    return Response(status, headers, json.dumps(obj, separators=(",", ":")).encode())

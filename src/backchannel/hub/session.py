@@ -8,7 +8,6 @@ fan-out. Sessions do not know whether they are behind a WebSocket or long pollin
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -218,7 +217,7 @@ class Session:
             raise CommandError(codes.ALREADY_SUBSCRIBED)
         if len(self.subscriptions) >= hub.options.max_channels:
             raise CommandError(codes.LIMIT_EXCEEDED.with_message("too many channels"))
-        options = self._channel_options(channel)
+        options = self.hub.channel_options(channel)
         self._authorize(channel, params.get("token"))
         since = None
         if params.get("recover") and options.history_size:
@@ -266,14 +265,12 @@ class Session:
 
     async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         channel: str = params["channel"]
-        options = self._channel_options(channel)
+        options = self.hub.channel_options(channel)
         if options.publish != "clients" or channel not in self.subscriptions:
             raise CommandError(codes.PERMISSION_DENIED)
         self._take_publish_token()
         data = params["data"]
-        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > self.hub.options.max_data_size:
-            raise CommandError(codes.MESSAGE_TOO_LARGE)
+        self.hub.check_data(data, from_wire=True)
         result = await self.hub._publish(
             channel, data, options, publisher=self.who, key=params.get("idempotency_key")
         )
@@ -299,7 +296,7 @@ class Session:
     def _subscribed(self, channel: str, feature: str) -> ChannelOptions:
         """The options of a channel this session is subscribed to, whose namespace has
         ``feature`` ("presence" or "history") on."""
-        options = self._channel_options(channel)
+        options = self.hub.channel_options(channel)
         enabled = options.presence if feature == "presence" else options.history_size > 0
         if not enabled:
             raise CommandError(codes.NOT_AVAILABLE)
@@ -347,14 +344,6 @@ class Session:
         return {}
 
     # Authorization.
-
-    def _channel_options(self, channel: str) -> ChannelOptions:
-        if not channel or len(channel) > self.hub.options.max_channel_length:
-            raise CommandError(codes.BAD_REQUEST.with_message("invalid channel name"))
-        options = self.hub.options.channel(channel.lstrip("$"))
-        if options is None:
-            raise CommandError(codes.UNKNOWN_CHANNEL)
-        return options
 
     def _authorize(self, channel: str, token: str | None) -> None:
         # User-limited channels: "chat#alice,bob" admits only those users.

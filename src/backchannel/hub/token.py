@@ -12,6 +12,7 @@ with the RSA public key as its secret): a key is only ever used with its own alg
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import jwt
 
 from ..exceptions import InvalidArgument
 
-__all__ = ["Claims", "TokenError", "TokenExpired", "TokenVerifier"]
+__all__ = ["Claims", "TokenError", "TokenExpired", "TokenVerifier", "make_token"]
 
 
 class TokenError(Exception):
@@ -93,3 +94,27 @@ class TokenVerifier:
         if client is not None and not isinstance(client, str):
             raise TokenError("invalid claims")
         return Claims(sub, exp, claims.get("info"), channel, client)
+
+
+def make_token(
+    secret: str | bytes,
+    user: str,
+    *,
+    ttl: float | None = None,
+    info: Any = None,
+    channel: str | None = None,
+    client: str | None = None,
+    now: float | None = None,
+) -> str:
+    """An HS256 token for ``user`` (a channel token with ``channel``), valid ``ttl``
+    seconds from ``now`` (default: the current time) or without expiry."""
+    claims: dict[str, Any] = {"sub": user}
+    if ttl is not None:
+        claims["exp"] = int((time.time() if now is None else now) + ttl)
+    if info is not None:
+        claims["info"] = info
+    if channel is not None:
+        claims["channel"] = channel
+    if client is not None:
+        claims["client"] = client
+    return jwt.encode(claims, secret, algorithm="HS256")

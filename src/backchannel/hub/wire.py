@@ -165,7 +165,7 @@ def _decode_command(line: str) -> Command:
     try:
         # NaN and Infinity are not JSON (RFC 8259 section 6): refuse them here, or they
         # would be accepted now and fail when the publication is encoded for others.
-        obj = json.loads(line, parse_constant=_refuse_constant)
+        obj = json.loads(line, parse_constant=refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise InvalidMessage("malformed JSON") from exc
     if not isinstance(obj, dict):
@@ -184,13 +184,13 @@ def _decode_command(line: str) -> Command:
         return Command(cid, method, {}, error)
     if not isinstance(params, dict):
         return Command(cid, method, {}, codes.BAD_REQUEST.with_message("params is an object"))
-    problem = _check_params(params, schema) or _check_value(params, 0)
+    problem = check_params(params, schema) or _check_value(params, 0)
     if problem:
         return Command(cid, method, {}, codes.BAD_REQUEST.with_message(problem))
     return Command(cid, method, params)
 
 
-def _check_params(
+def check_params(
     params: Mapping[str, Any], schema: Mapping[str, tuple[type | tuple[type, ...], bool]]
 ) -> str:
     for name, (kind, required) in schema.items():
@@ -211,7 +211,13 @@ def _check_params(
     return ""
 
 
-def _refuse_constant(name: str) -> Any:
+def check_value(value: Any) -> str:
+    """Why a value could not be sent as wire JSON (NaN, a lone surrogate, nested deeper
+    than MAX_DEPTH), or "" when it can."""
+    return _check_value(value, 0)
+
+
+def refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 

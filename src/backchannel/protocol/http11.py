@@ -7,9 +7,11 @@ the limits of :class:`~backchannel.protocol.limits.Limits` and turns its callbac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -131,6 +133,14 @@ class Response:
         body = text.encode()
         response = cls(status, Headers(headers), body)
         response.headers.set("Content-Type", "text/plain; charset=utf-8")
+        return response
+
+    @classmethod
+    def json(cls, status: int, obj: Any, headers: Headers | None = None) -> Response:
+        """A compact JSON response."""
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        response = cls(status, Headers(headers), body)
+        response.headers.set("Content-Type", "application/json")
         return response
 
     def serialize(self) -> bytes:
