@@ -20,10 +20,11 @@ $(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c
 
 setup: $(BIN)/.installed
 
-# node and npm run the interop peers (node's `ws`).
+# node and npm run the interop peers (node's `ws`); Debian's Chromium runs the browser
+# tests (driven by Playwright, which downloads no browser of its own).
 system-deps:
-	@command -v node >/dev/null && command -v npm >/dev/null || \
-		(apt-get update && apt-get install -y nodejs npm)
+	@command -v node >/dev/null && command -v npm >/dev/null && command -v chromium >/dev/null || \
+		(apt-get update && apt-get install -y nodejs npm chromium)
 
 node-deps: system-deps tests/interop/node_modules/.installed
 
@@ -32,7 +33,7 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 	touch $@
 
 serve: setup
-	$(BIN)/backchannel echo --host $(HOST) --port $(PORT)
+	$(BIN)/backchannel serve --host $(HOST) --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check src tests

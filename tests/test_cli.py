@@ -1,4 +1,4 @@
-"""The command line: ``backchannel echo`` and ``backchannel connect``, as processes."""
+"""The command line (``serve``, ``token``, ``echo``, ``connect``), as processes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from helpers.http import Http
+from helpers.hub_client import HubClient
 
 from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.hub import TokenVerifier
 from backchannel.protocol.http11 import Request, Response
 
 CLI = [sys.executable, "-m", "backchannel"]
@@ -120,3 +125,90 @@ async def test_connect_reports_an_invalid_handshake_response() -> None:
         await server.wait_closed()
     assert returncode == 1
     assert stderr.startswith(b"error: response lacks Upgrade: websocket"), stderr
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def test_serve_runs_the_hub_the_api_and_the_demo_until_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "backchannel.toml"
+    config.write_text('[api]\nkey = "k-from-file"\n[channels.news]\nhistory_size = 5\n')
+    env = {"BACKCHANNEL_AUTH_SECRET": "s" * 32}
+    with _serve("--config", str(config), env=env) as process:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
+        assert match, banner
+        port = int(match.group(1))
+        making = await asyncio.create_subprocess_exec(
+            *CLI,
+            "token",
+            "--sub",
+            "alice",
+            "--ttl",
+            "60",
+            stdout=subprocess.PIPE,
+            env={**os.environ, **env},
+        )
+        async with asyncio.timeout(30):
+            token = (await making.communicate())[0].decode().strip()
+        client = await HubClient.open(port, path="/ws", token=token)
+        assert client.info["user"] == "alice"
+        await client.call("subscribe", channel="news:today")
+        http = await Http.open(port)
+        reply = await http.exchange(
+            "POST",
+            "/api/publish",
+            '{"channel": "news:today", "data": "extra"}',
+            [("Authorization", "apikey k-from-file")],
+        )
+        assert reply.status == 200, reply.text
+        [publication] = await client.publications(1)
+        assert publication["data"] == "extra"
+        assert (await http.exchange("GET", "/")).status == 200  # the demo page
+        await http.close()
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=15)
+        # The hub tells its clients to come back later (3000) as it stops.
+        assert await client.closed() == (3000, "server shutting down")
+    assert "shutting down" in stdout
+    assert process.returncode == 0
+
+
+def test_serve_refuses_a_config_with_a_mistake(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nprot = 8000\n")
+    with _serve("--config", str(config)) as process:
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "[server] prot: no such setting" in stderr
+
+
+def test_token_prints_a_token_signed_with_the_configured_secret() -> None:
+    secret = "t" * 32
+    result = subprocess.run(
+        [*CLI, "token", "--sub", "bob", "--ttl", "120", "--info", '{"name": "Bob"}'],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BACKCHANNEL_AUTH_SECRET": secret},
+        check=True,
+    )
+    claims = TokenVerifier(secret=secret).verify(result.stdout.strip())
+    assert claims.user == "bob" and claims.info == {"name": "Bob"}
+    assert claims.expires is not None and 100 < claims.expires - time.time() <= 120
+
+
+def test_token_without_a_secret_says_where_to_set_one() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BACKCHANNEL_AUTH_SECRET"}
+    result = subprocess.run(
+        [*CLI, "token", "--sub", "bob"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    assert "BACKCHANNEL_AUTH_SECRET" in result.stderr

@@ -1,4 +1,4 @@
-"""The ``backchannel`` command line: ``echo`` and ``connect``."""
+"""The ``backchannel`` command line: ``serve``, ``token``, ``echo`` and ``connect``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,26 @@ import argparse
 import asyncio
 import contextlib
 import importlib.resources
+import json
+import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
+from .app import App, Config, load_config
 from .asyncio import ServerConnection, connect, serve
-from .exceptions import BackchannelError, ConnectionClosed, InvalidStatus
+from .exceptions import BackchannelError, ConnectionClosed, InvalidArgument, InvalidStatus
+from .hub.token import make_token
 from .protocol.deflate import DeflateConfig
 from .protocol.handshake import is_upgrade_request
 from .protocol.http11 import Request, Response
 from .protocol.limits import Limits
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _size(text: str) -> int:
@@ -34,6 +41,23 @@ def _size(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backchannel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "serve", help="run the hub: WebSocket, long polling, HTTP API, demo chat page"
+    )
+    run.add_argument("--config", help="TOML file (docs/config.md); BACKCHANNEL_* overrides it")
+    run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (default 8000)")
+    run.add_argument("--tls-cert", help="PEM certificate chain; serves https:// and wss://")
+    run.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    run.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+
+    token = commands.add_parser("token", help="print a connection token (for testing)")
+    token.add_argument("--sub", required=True, help="the user id")
+    token.add_argument("--ttl", type=float, help="seconds until it expires (default: never)")
+    token.add_argument("--info", help="JSON shown to others in presence")
+    token.add_argument("--channel", help="make a channel token for this private channel")
+    token.add_argument("--config", help="TOML file with [auth] secret")
 
     echo = commands.add_parser("echo", help="run an echo server (every message back)")
     echo.add_argument("--host", default="127.0.0.1")
@@ -94,10 +118,7 @@ async def _run_echo(args: argparse.Namespace) -> None:
     ) as server:
         scheme = "https" if context else "http"
         print(f"echo server on {scheme}://{args.host}:{server.port}/", flush=True)
-        stop = asyncio.get_running_loop().create_future()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
-        await stop
+        await _until_signal()
         print("shutting down", flush=True)
 
 
@@ -160,15 +181,70 @@ async def _run_connect(args: argparse.Namespace) -> int:
     return 0 if ws.close_code in (1000, 1001, 1005) else 1
 
 
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        config = load_config(args.config, os.environ)
+    except InvalidArgument as exc:
+        sys.exit(f"error: {exc}")
+    for name in ("host", "port", "tls_cert", "tls_key"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(config.server, name, value)
+    return config
+
+
+async def _run_serve(config: Config) -> None:
+    app = App(config)
+    async with app.run() as server:
+        for line in app.banner(server):
+            print(line, flush=True)
+        await _until_signal()
+        print("shutting down", flush=True)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    await stop
+
+
+def _token(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.auth.secret:
+        print(
+            "error: no secret to sign with: set [auth] secret in --config, or "
+            "BACKCHANNEL_AUTH_SECRET (the server must use the same one)",
+            file=sys.stderr,
+        )
+        return 2
+    info = None
+    if args.info is not None:
+        try:
+            info = json.loads(args.info)
+        except ValueError:
+            print("error: --info must be JSON", file=sys.stderr)
+            return 2
+    print(make_token(config.auth.secret, args.sub, ttl=args.ttl, info=info, channel=args.channel))
+    return 0
+
+
+def _run(main: Coroutine[Any, Any, T], loop: str) -> T:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``backchannel`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "echo":
-        if args.loop == "uvloop":
-            import uvloop
-
-            uvloop.run(_run_echo(args))
-        else:
-            asyncio.run(_run_echo(args))
+    if args.command == "serve":
+        _run(_run_serve(_load(args)), args.loop)
+    elif args.command == "token":
+        sys.exit(_token(args))
+    elif args.command == "echo":
+        _run(_run_echo(args), args.loop)
     else:
         sys.exit(asyncio.run(_run_connect(args)))

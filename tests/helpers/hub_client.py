@@ -34,16 +34,16 @@ class HubClient:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def open(cls, port: int, **connect_params: Any) -> HubClient:
-        ws = await connect(f"ws://127.0.0.1:{port}/", ping_interval=None)
+    async def open(cls, port: int, *, path: str = "/", **connect_params: Any) -> HubClient:
+        ws = await connect(f"ws://127.0.0.1:{port}{path}", ping_interval=None)
         client = cls(ws)
         client.info = await client.call("connect", **connect_params)
         return client
 
     @classmethod
-    async def raw(cls, port: int) -> HubClient:
+    async def raw(cls, port: int, *, path: str = "/") -> HubClient:
         """A client that has not sent connect yet."""
-        return cls(await connect(f"ws://127.0.0.1:{port}/", ping_interval=None))
+        return cls(await connect(f"ws://127.0.0.1:{port}{path}", ping_interval=None))
 
     async def _read(self) -> None:
         with contextlib.suppress(ConnectionClosed):

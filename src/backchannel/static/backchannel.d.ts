@@ -1,0 +1,1 @@
+../../../js/backchannel.d.ts

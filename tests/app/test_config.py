@@ -1,0 +1,119 @@
+"""The server's configuration: TOML file, environment overrides, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backchannel.app.config import load_config
+from backchannel.exceptions import InvalidArgument
+from backchannel.hub import ChannelOptions
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "backchannel.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_serve_the_demo_on_loopback() -> None:
+    config = load_config(None, {})
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
+    assert config.server.demo and config.server.websocket
+    options = config.hub_options()
+    chat = options.channel("chat:lobby")
+    assert chat is not None and chat.presence and chat.history_size == 100
+    assert options.channel("nope:x") is None
+
+
+def test_a_file_sets_sections_hub_limits_and_channels(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[server]
+port = 9001
+origins = ["https://shop.example"]
+demo = false
+
+[auth]
+secret = "s3cret"
+anonymous = true
+
+[api]
+key = "k"
+
+[longpoll]
+poll_timeout = 10
+
+[hub]
+max_channels = 8
+
+[channels.orders]
+history_size = 50
+publish = "server"
+
+[channels.default]
+presence = true
+""",
+    )
+    config = load_config(path, {})
+    assert config.server.port == 9001 and config.server.origins == ["https://shop.example"]
+    assert config.longpoll.poll_timeout == 10.0 and isinstance(config.longpoll.poll_timeout, float)
+    options = config.hub_options()
+    assert options.anonymous and options.max_channels == 8
+    assert options.channel("orders:42") == ChannelOptions(history_size=50, publish="server")
+    assert options.channel("plain") == ChannelOptions(presence=True)
+    # A file with [channels] replaces the demo's namespaces.
+    assert options.channel("chat:lobby") is None
+
+
+def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 9001\n[api]\nkey = 'from-file'\n")
+    environ = {
+        "BACKCHANNEL_SERVER_PORT": "9002",
+        "BACKCHANNEL_API_KEY": "from-env",
+        "BACKCHANNEL_SERVER_WEBSOCKET": "false",
+        "BACKCHANNEL_SERVER_ORIGINS": "https://a.example, https://b.example",
+        "BACKCHANNEL_HUB_MAX_CHANNELS": "4",
+        "BACKCHANNEL_LONGPOLL_IDLE_TIMEOUT": "5.5",
+    }
+    config = load_config(path, environ)
+    assert config.server.port == 9002 and config.api.key == "from-env"
+    assert config.server.websocket is False
+    assert config.server.origins == ["https://a.example", "https://b.example"]
+    assert config.longpoll.idle_timeout == 5.5
+    assert config.hub_options().max_channels == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nprot = 1\n", "no such setting"),
+        ("[sever]\nport = 1\n", "unknown section [sever]"),
+        ("[server]\nport = '80'\n", "expected int"),
+        ("[server]\nport = true\n", "expected int"),
+        ("[server]\norigins = 'x'\n", "expected list"),
+        ("[hub]\nmax_chanels = 3\n", "[hub] has no setting 'max_chanels'"),
+        ("[channels.chat]\nhistory = 3\n", "[channels.chat] has no setting 'history'"),
+        ("[channels.chat]\npublish = 'anyone'\n", "publish is 'clients' or 'server'"),
+        ("[server\n", "cannot read config"),
+    ],
+)
+def test_mistakes_in_the_file_are_errors_that_name_the_setting(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(write(tmp_path, text), {})
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(InvalidArgument, match="BACKCHANNEL_SERVER_PORT"):
+        load_config(None, {"BACKCHANNEL_SERVER_PORT": "eighty"})
+    with pytest.raises(InvalidArgument, match="BACKCHANNEL_SERVER_DEMO"):
+        load_config(None, {"BACKCHANNEL_SERVER_DEMO": "maybe"})
+
+
+def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="cannot read config"):
+        load_config(tmp_path / "absent.toml", {})

@@ -1,0 +1,132 @@
+"""The standalone server's routes: hub on /ws and /lp, files, demo tokens, limits, CORS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers.http import Http
+from helpers.hub_client import HubClient, LongPollClient
+
+from backchannel.asyncio import connect
+from backchannel.exceptions import InvalidStatus
+from backchannel.hub.token import make_token
+
+from .conftest import SECRET, make_config, running
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def get(port: int, target: str, method: str = "GET", body: str = "") -> tuple[int, bytes]:
+    http = await Http.open(port)
+    try:
+        reply = await http.exchange(method, target, body)
+        return reply.status, reply.body
+    finally:
+        await http.close()
+
+
+async def test_the_browser_client_and_the_demo_page_are_served() -> None:
+    async with running() as (_, port):
+        status, body = await get(port, "/js/backchannel.js")
+        assert status == 200 and body == (ROOT / "js" / "backchannel.js").read_bytes()
+        status, body = await get(port, "/js/backchannel.d.ts")
+        assert status == 200 and body == (ROOT / "js" / "backchannel.d.ts").read_bytes()
+        status, body = await get(port, "/")
+        assert status == 200 and b'from "/js/backchannel.js"' in body
+        assert (await get(port, "/healthz")) == (200, b'{"status":"ok"}')
+        assert (await get(port, "/nothing-here"))[0] == 404
+        assert (await get(port, "/ws"))[0] == 426
+
+
+async def test_without_the_demo_there_is_no_page_and_no_token() -> None:
+    async with running(make_config(demo=False)) as (_, port):
+        assert (await get(port, "/"))[0] == 404
+        assert (await get(port, "/demo/token", "POST", '{"user": "a"}'))[0] == 404
+        assert (await get(port, "/js/backchannel.js"))[0] == 200
+
+
+async def test_a_demo_token_connects_as_that_user() -> None:
+    async with running() as (_, port):
+        status, body = await get(port, "/demo/token", "POST", '{"user": "alice"}')
+        assert status == 200
+        token = json.loads(body)["token"]
+        client = await HubClient.open(port, path="/ws", token=token)
+        assert client.info["user"] == "alice" and client.info["ttl"] > 3000
+        await client.close()
+        for bad in ('{"user": ""}', '{"user": "a b"}', '{"user": "<b>"}', "[]", "x"):
+            status, body = await get(port, "/demo/token", "POST", bad)
+            assert status == 400 and json.loads(body)["error"]["code"] == 107
+        assert (await get(port, "/demo/token"))[0] == 405
+
+
+async def test_the_hub_is_on_ws_and_lp_and_upgrades_elsewhere_are_refused() -> None:
+    token = make_token(SECRET, "bob", ttl=600)
+    async with running() as (_, port):
+        ws = await HubClient.open(port, path="/ws", token=token)
+        lp = await LongPollClient.open(port, token=token)
+        await lp.call("subscribe", channel="chat:x")
+        await ws.call("subscribe", channel="chat:x")
+        await ws.call("publish", channel="chat:x", data="both")
+        [publication] = await lp.publications(1)
+        assert publication["data"] == "both"
+        with pytest.raises(InvalidStatus) as caught:
+            await connect(f"ws://127.0.0.1:{port}/elsewhere")
+        assert caught.value.status == 404
+        await ws.close()
+        await lp.close()
+
+
+async def test_with_websocket_disabled_upgrades_get_403_and_long_polling_works() -> None:
+    async with running(make_config(websocket=False)) as (_, port):
+        with pytest.raises(InvalidStatus) as caught:
+            await connect(f"ws://127.0.0.1:{port}/ws")
+        assert caught.value.status == 403
+        client = await LongPollClient.open(port, token=make_token(SECRET, "carol", ttl=600))
+        assert client.info["user"] == "carol"
+        await client.close()
+
+
+async def test_a_flood_of_opens_from_one_address_gets_429_and_spares_open_sessions() -> None:
+    config = make_config(open_rate=0.001, open_burst=3)
+    token = make_token(SECRET, "dave", ttl=600)
+    async with running(config) as (_, port):
+        established = await HubClient.open(port, path="/ws", token=token)  # 1
+        await established.call("subscribe", channel="chat:flood")
+        http = await Http.open(port)
+        connect_frame = json.dumps({"id": 1, "method": "connect", "params": {"token": token}})
+        statuses = [(await http.exchange("POST", "/lp", connect_frame)).status for _ in range(4)]
+        assert statuses == [200, 200, 429, 429]  # 2 and 3, then refused
+        refused = await http.exchange("POST", "/lp", connect_frame)
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == 111
+        with pytest.raises(InvalidStatus) as caught:
+            await connect(f"ws://127.0.0.1:{port}/ws")
+        assert caught.value.status == 429
+        # The session opened before the flood is not disturbed.
+        assert (await established.call("publish", channel="chat:flood", data=1))["offset"] == 1
+        await established.close()
+        await http.close()
+
+
+async def test_cross_origin_long_polling_needs_an_allowed_origin() -> None:
+    async with running(make_config(origins=["https://shop.example"])) as (_, port):
+        http = await Http.open(port)
+        allowed = [("Origin", "https://shop.example")]
+        preflight = await http.exchange("OPTIONS", "/lp?sid=x", headers=allowed)
+        assert preflight.status == 204
+        assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "DELETE" in preflight.headers["access-control-allow-methods"]
+        answer = await http.exchange("GET", "/lp?sid=x&ack=0", headers=allowed)
+        assert answer.status == 404
+        assert answer.headers["access-control-allow-origin"] == "https://shop.example"
+        other = [("Origin", "https://evil.example")]
+        assert (await http.exchange("OPTIONS", "/lp?sid=x", headers=other)).status == 403
+        answer = await http.exchange("GET", "/lp?sid=x&ack=0", headers=other)
+        assert "access-control-allow-origin" not in answer.headers
+        await http.close()
+        # The WebSocket handshake checks the same list.
+        with pytest.raises(InvalidStatus) as caught:
+            await connect(f"ws://127.0.0.1:{port}/ws", origin="https://evil.example")
+        assert caught.value.status == 403
