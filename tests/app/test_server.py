@@ -130,3 +130,21 @@ async def test_cross_origin_long_polling_needs_an_allowed_origin() -> None:
         with pytest.raises(InvalidStatus) as caught:
             await connect(f"ws://127.0.0.1:{port}/ws", origin="https://evil.example")
         assert caught.value.status == 403
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() -> None:
+    config = make_config(open_rate=0.001, open_burst=1, trusted_proxies=["127.0.0.1"])
+    frame = json.dumps({"id": 1, "method": "connect", "params": {"token": "x"}})
+    async with running(config) as (_, port):
+        http = await Http.open(port)
+
+        async def open_from(forwarded: str) -> int:
+            headers = [("X-Forwarded-For", forwarded)]
+            return (await http.exchange("POST", "/lp", frame, headers)).status
+
+        assert await open_from("203.0.113.1") == 200
+        assert await open_from("203.0.113.1") == 429
+        assert await open_from("203.0.113.2") == 200
+        # A client cannot pick its bucket: only the last hop before the proxy counts.
+        assert await open_from("198.51.100.9, 203.0.113.1") == 429
+        await http.close()

@@ -20,6 +20,7 @@ from backchannel.hub.hub import Hub
 from backchannel.hub.longpoll import LongPoll, LongPollTransport
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.websocket import websocket_handler
+from backchannel.protocol.limits import Limits
 
 OPTIONS = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions(history_size=10)})
 
@@ -160,3 +161,59 @@ async def test_after_the_disconnect_push_the_session_is_gone_with_the_same_advic
             status, _ = await http.request("GET", f"/lp?sid={sid}&ack={batch}")
             assert status == 404
             await http.close()
+
+
+async def test_hostile_requests_get_their_answer_and_leave_other_sessions_alone() -> None:
+    """Forged, reused and oversized requests: 404 and 413, and a session that is being
+    used meanwhile loses nothing."""
+    async with Hub(OPTIONS) as hub:
+        long_poll = LongPoll(hub)
+        async with serve(
+            websocket_handler(hub),
+            "127.0.0.1",
+            0,
+            process_request=long_poll,
+            limits=Limits(max_body_size=4096),
+        ) as server:
+            port = server.port
+            victim = await Http.open(port)
+            body = "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:v")])
+            sid = json.loads((await victim.request("POST", "/lp", body))[1])["sid"]
+            _, replies = lines((await victim.request("GET", f"/lp?sid={sid}&ack=0"))[1])
+            assert [r["id"] for r in replies] == [1, 2]
+
+            attacker = await Http.open(port)
+            forged = sid[:-1] + ("A" if sid[-1] != "A" else "B")
+            for method, target in [
+                ("GET", f"/lp?sid={forged}&ack=0"),
+                ("POST", f"/lp?sid={forged}"),
+                ("DELETE", f"/lp?sid={forged}"),
+                ("GET", "/lp?ack=0"),
+                ("GET", f"/lp?sid={sid.upper()}&ack=0"),
+            ]:
+                status, answer = await attacker.request(method, target, command(9, "ping"))
+                assert (status, json.loads(answer)["error"]) == (404, "unknown session")
+
+            # A session that left is gone for good: its id is never answered again, and
+            # new sessions get new ids.
+            own = json.loads((await attacker.request("POST", "/lp", command(1, "connect")))[1])
+            assert (await attacker.request("DELETE", f"/lp?sid={own['sid']}"))[0] == 200
+            assert (await attacker.request("GET", f"/lp?sid={own['sid']}&ack=0"))[0] == 404
+            fresh = json.loads((await attacker.request("POST", "/lp", command(1, "connect")))[1])
+            assert fresh["sid"] not in (own["sid"], sid)
+
+            # Bodies over the limit are refused before they are read whole: 413, and the
+            # connection is closed (its remaining bytes are not a request).
+            for target in ("/lp", f"/lp?sid={sid}"):
+                big = await Http.open(port)
+                status, _ = await big.request("POST", target, command(3, "send", data="x" * 8000))
+                assert status == 413
+                assert await big.reader.read() == b""
+                await big.close()
+
+            # The victim's session is intact: it still gets what is published.
+            await hub.publish("feed:v", "still here")
+            _, pushes = lines((await victim.request("GET", f"/lp?sid={sid}&ack=1"))[1])
+            assert [p["data"] for p in pushes] == ["still here"]
+            await victim.close()
+            await attacker.close()

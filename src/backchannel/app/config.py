@@ -40,6 +40,10 @@ class ServerConfig:
     #: sessions. 429 past it.
     open_rate: float = 20.0
     open_burst: int = 100
+    #: Addresses of your reverse proxies. For a request from one of them, the client's
+    #: address (what rate limits count by) is the last X-Forwarded-For entry that is not
+    #: a proxy; otherwise every client would share the proxy's bucket.
+    trusted_proxies: list[str] = field(default_factory=list)
     #: Largest body of an HTTP request (API, long-poll send): 1 MiB. 413 past it.
     max_body_size: int = 2**20
     #: Serve the demo chat page at ``/`` and ``POST /demo/token``, which gives anyone a

@@ -127,7 +127,7 @@ class App:
     ) -> Response | None:
         """Route one HTTP request; None lets a WebSocket upgrade through."""
         path = request.path.partition("?")[0]
-        address = _address(connection)
+        address = self._address(connection, request)
         if is_upgrade_request(request):
             if path != "/ws":
                 return Response.text(404, "Not Found: the hub's WebSocket is at /ws\n")
@@ -171,6 +171,21 @@ class App:
         token = make_token(self.secret, user, ttl=DEMO_TOKEN_TTL, info={"name": user})
         return Response.json(200, {"token": token, "user": user})
 
+    def _address(self, connection: ServerConnection, request: Request) -> str:
+        """The client's address: the peer's, or behind a trusted proxy, the last address
+        in X-Forwarded-For that is not one of the proxies (earlier entries are whatever
+        the client chose to send)."""
+        peer: Any = connection.remote_address
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        trusted = self.config.server.trusted_proxies
+        if address not in trusted:
+            return address
+        forwarded = ",".join(request.headers.get_all("X-Forwarded-For"))
+        for hop in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
+            if hop not in trusted:
+                return hop
+        return address
+
     def banner(self, server: Server) -> list[str]:
         """What ``backchannel serve`` prints at start."""
         scheme = "https" if self.config.server.tls_cert else "http"
@@ -184,11 +199,6 @@ class App:
                 "demo mode: /demo/token gives anyone a token; set server.demo = false in production"
             )
         return lines
-
-
-def _address(connection: ServerConnection) -> str:
-    address: Any = connection.remote_address
-    return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
 def _too_many() -> Response:
