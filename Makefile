@@ -21,10 +21,12 @@ $(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c
 setup: $(BIN)/.installed
 
 # node and npm run the interop peers (node's `ws`); Debian's Chromium runs the browser
-# tests (driven by Playwright, which downloads no browser of its own).
+# tests (driven by Playwright, which downloads no browser of its own); the Redis broker's
+# tests start Debian's redis-server themselves, on a free loopback port.
 system-deps:
-	@command -v node >/dev/null && command -v npm >/dev/null && command -v chromium >/dev/null || \
-		(apt-get update && apt-get install -y nodejs npm chromium)
+	@command -v node >/dev/null && command -v npm >/dev/null && command -v chromium >/dev/null \
+		&& command -v redis-server >/dev/null || \
+		(apt-get update && apt-get install -y nodejs npm chromium redis-server)
 
 node-deps: system-deps tests/interop/node_modules/.installed
 

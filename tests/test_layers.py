@@ -95,3 +95,13 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
         "backchannel.asyncio.connect",
         "time",
     ]
+
+
+def test_only_the_redis_broker_imports_redis() -> None:
+    """Redis is an optional extra: nothing else may need it to import."""
+    importers = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if any(name.split(".")[0] == "redis" for name in _imports(path))
+    )
+    assert importers == ["hub/redis_broker.py"]

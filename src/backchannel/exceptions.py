@@ -19,7 +19,8 @@ Whose fault it is decides where an exception sits::
     │   ├── ConnectionClosedOK     closed with 1000 or 1001
     │   └── ConnectionClosedError  any other way
     ├── HandshakeTimeout           the opening handshake did not complete in time
-    └── ProxyError                 an HTTP proxy refused or broke the tunnel
+    ├── ProxyError                 an HTTP proxy refused or broke the tunnel
+    └── BrokerUnavailable          the hub's broker (Redis) cannot be reached
 
 Peer faults never escape the protocol core's ``receive_data``: they become a close
 frame with the mapped code, and the exception is kept on the connection.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackchannelError",
+    "BrokerUnavailable",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -146,3 +148,9 @@ class ProxyError(BackchannelError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class BrokerUnavailable(BackchannelError):
+    """The broker cannot be reached (Redis is down): nothing was published or read.
+
+    Temporary: clients get error 116 and the HTTP API 503; retrying later may succeed."""

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from backchannel.hub.broker import Broker, HistoryOptions
 from backchannel.hub.wire import ClientInfo, Position, Publication
 
-__all__ = ["BrokerContract", "Clock", "Recorder"]
+__all__ = ["BrokerContract", "Clock", "ManualClock", "Recorder"]
 
 HISTORY = HistoryOptions(size=10, ttl=2.0)
 ALICE = ClientInfo("c1", "alice")
@@ -39,6 +39,19 @@ class Clock(Protocol):
     """Moves the broker's time forward."""
 
     def advance(self, seconds: float) -> None: ...
+
+
+class ManualClock:
+    """A clock (in seconds) that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class Recorder:
@@ -56,6 +69,9 @@ class Recorder:
 
     def on_leave(self, channel: str, who: ClientInfo) -> None:
         self._record(("leave", channel, who))
+
+    def on_lost(self, channel: str) -> None:
+        self._record(("lost", channel))
 
     def _record(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
@@ -471,7 +487,11 @@ class BrokerContract:
     @settings(
         max_examples=100,
         deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
+        # One contract, several brokers: each subclass runs it (differing executors).
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
     )
     @given(
         size=st.integers(min_value=0, max_value=6),

@@ -6,23 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
-from hub.broker_contract import HISTORY, BrokerContract, Recorder
+from hub.broker_contract import HISTORY, BrokerContract, ManualClock, Recorder
 
 from backchannel.hub.broker import HistoryOptions, MemoryBroker
 from backchannel.hub.wire import ClientInfo, Publication
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..exceptions import BrokerUnavailable
 from ..hub import Hub, codes, wire
 from ..hub.codes import Disconnect, Error
 from ..hub.session import CommandError
@@ -102,6 +103,9 @@ class HttpApi:
             result = await method(params)
         except CommandError as exc:
             return _error(_STATUS.get(exc.error.code, 400), exc.error)
+        except BrokerUnavailable:
+            # Redis is unreachable: nothing was published; the backend retries later.
+            return _error(503, codes.UNAVAILABLE)
         except Exception:
             # The broker failing (e.g. Redis unreachable) must give the backend an answer
             # it can act on: retry later. Nothing was published.

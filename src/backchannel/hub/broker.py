@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
@@ -74,6 +74,10 @@ class BrokerHandler(Protocol):
     def on_join(self, channel: str, who: ClientInfo) -> None: ...
 
     def on_leave(self, channel: str, who: ClientInfo) -> None: ...
+
+    def on_lost(self, channel: str) -> None:
+        """Events of this channel may have been lost (the broker lost its connection
+        and could not read them back): its subscribers should recover by themselves."""
 
 
 class Broker(Protocol):
@@ -278,23 +282,7 @@ class MemoryBroker:
         now = self._clock()
         self._maybe_sweep(now)
         stream = self._stream(channel, now)
-        kept = stream.publications
-        position = Position(stream.epoch, stream.top)
-        if since is None:
-            start = 0 if limit is None else max(0, len(kept) - limit)
-            return HistoryResult(list(islice(kept, start, None)), position)
-        # The offset just before the first kept publication is still a valid position:
-        # everything after it is kept.
-        oldest_position = stream.top - len(kept)
-        if (
-            since.epoch != stream.epoch
-            or since.offset < oldest_position
-            or since.offset > stream.top
-        ):
-            return HistoryResult([], position, recovered=False)
-        start = since.offset - oldest_position
-        stop = None if limit is None else start + limit
-        return HistoryResult(list(islice(kept, start, stop)), position)
+        return select_history(stream.publications, stream.epoch, stream.top, since, limit)
 
     async def remove_history(self, channel: str) -> None:
         self._streams.pop(channel, None)
@@ -358,6 +346,29 @@ class MemoryBroker:
             _purge_presence(clients, now)
             if not clients:
                 del self._presence[channel]
+
+
+def select_history(
+    kept: Sequence[Publication],
+    epoch: str,
+    top: int,
+    since: Position | None,
+    limit: int | None,
+) -> HistoryResult:
+    """What :meth:`Broker.history` answers from a stream's kept publications (oldest
+    first, the last at offset ``top``), for any broker."""
+    position = Position(epoch, top)
+    if since is None:
+        start = 0 if limit is None else max(0, len(kept) - limit)
+        return HistoryResult(list(islice(kept, start, None)), position)
+    # The offset just before the first kept publication is still a valid position:
+    # everything after it is kept.
+    oldest_position = top - len(kept)
+    if since.epoch != epoch or since.offset < oldest_position or since.offset > top:
+        return HistoryResult([], position, recovered=False)
+    start = since.offset - oldest_position
+    stop = None if limit is None else start + limit
+    return HistoryResult(list(islice(kept, start, stop)), position)
 
 
 def _purge_front(keys: OrderedDict[str, tuple[float, PublishResult]], now: float) -> None:

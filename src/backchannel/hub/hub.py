@@ -282,6 +282,12 @@ class Hub:
         if local:
             self._fan_out(local, wire.encode_leave(channel, who), 0)
 
+    def on_lost(self, channel: str) -> None:
+        # Reconnecting makes each client resubscribe with recovery: it gets what history
+        # still has, or learns (recovered: false) that it must reload.
+        for session in list(self.channels.get(channel, ())):
+            session.disconnect(codes.FORCE_RECONNECT)
+
     def _fan_out(self, local: dict[Session, Subscription], text: str, offset: int) -> None:
         """The same text to every live subscriber, by transport kind, without waiting."""
         groups: dict[type[Transport], list[Transport]] = {}

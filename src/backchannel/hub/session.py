@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..exceptions import BrokerUnavailable
 from . import codes, wire
 from .codes import Disconnect, Error
 from .options import ChannelOptions
@@ -138,6 +139,10 @@ class Session:
             return
         except DisconnectRequest as exc:
             self.disconnect(exc.disconnect)
+            return
+        except BrokerUnavailable:
+            # Nothing was done; the client may retry later (116 is temporary).
+            self.transport.write(wire.encode_error(command.id, codes.UNAVAILABLE))
             return
         except Exception:
             logger.exception("error in %s command", command.method)
