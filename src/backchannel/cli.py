@@ -8,9 +8,13 @@ import contextlib
 import importlib.resources
 import json
 import os
+import secrets
 import signal
+import socket
 import ssl
+import subprocess
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -51,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-cert", help="PEM certificate chain; serves https:// and wss://")
     run.add_argument("--tls-key", help="PEM private key for --tls-cert")
     run.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="N processes on one port (SO_REUSEPORT); needs the Redis broker",
+    )
+    # Set by --workers for its children: bind with SO_REUSEPORT, print one line.
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     token = commands.add_parser("token", help="print a connection token (for testing)")
     token.add_argument("--sub", required=True, help="the user id")
@@ -193,13 +205,74 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _run_serve(config: Config) -> None:
+async def _run_serve(config: Config, worker: bool = False) -> None:
     app = App(config)
-    async with app.run() as server:
-        for line in app.banner(server):
+    async with app.run(reuse_port=worker) as server:
+        lines = app.banner(server)
+        for line in lines[:1] if worker else lines:
             print(line, flush=True)
         await _until_signal()
         print("shutting down", flush=True)
+
+
+def _serve_workers(args: argparse.Namespace, config: Config) -> int:
+    """Run ``--workers N`` children of this command on one port, restart one that dies,
+    and stop them all on SIGINT or SIGTERM."""
+    if not config.broker.url:
+        print(
+            "error: --workers needs the Redis broker, or each process would be a hub of "
+            "its own: set [broker] url, or BACKCHANNEL_BROKER_URL",
+            file=sys.stderr,
+        )
+        return 2
+    # One secret and one API key for all: a token or key must work on every worker.
+    env = dict(os.environ)
+    env["BACKCHANNEL_AUTH_SECRET"] = config.auth.secret or secrets.token_urlsafe(32)
+    env["BACKCHANNEL_API_KEY"] = api_key = config.api.key or secrets.token_urlsafe(24)
+    # The port is chosen here (when 0) and held with SO_REUSEPORT, so that every worker
+    # binds the same one.
+    holder = socket.socket(socket.AF_INET6 if ":" in config.server.host else socket.AF_INET)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((config.server.host, config.server.port))
+    port = holder.getsockname()[1]
+    command = [sys.executable, "-m", "backchannel", "serve", "--worker", "--port", str(port)]
+    for flag in ("config", "host", "tls_cert", "tls_key"):
+        value = getattr(args, flag)
+        if value is not None:
+            command += [f"--{flag.replace('_', '-')}", str(value)]
+    command += ["--loop", args.loop]
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    scheme = "https" if config.server.tls_cert else "http"
+    print(f"backchannel on {scheme}://{config.server.host}:{port}/ ({args.workers} workers)")
+    if not config.api.key:
+        print(f"HTTP API key (made for this run; set api.key): {api_key}", flush=True)
+    try:
+        while not stopping:
+            for i, child in enumerate(children):
+                if child.poll() is not None and not stopping:
+                    print(f"worker {child.pid} exited ({child.returncode}); restarting")
+                    children[i] = subprocess.Popen(command, env=env)
+            time.sleep(0.5)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        holder.close()
+    print("shutting down", flush=True)
+    return 0
 
 
 async def _until_signal() -> None:
@@ -241,7 +314,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``backchannel`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        _run(_run_serve(_load(args)), args.loop)
+        config = _load(args)
+        if args.workers > 1:
+            sys.exit(_serve_workers(args, config))
+        _run(_run_serve(config, args.worker), args.loop)
     elif args.command == "token":
         sys.exit(_token(args))
     elif args.command == "echo":

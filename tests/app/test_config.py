@@ -77,12 +77,15 @@ def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
         "BACKCHANNEL_SERVER_ORIGINS": "https://a.example, https://b.example",
         "BACKCHANNEL_HUB_MAX_CHANNELS": "4",
         "BACKCHANNEL_LONGPOLL_IDLE_TIMEOUT": "5.5",
+        "BACKCHANNEL_BROKER_URL": "redis://127.0.0.1:6379/0",
     }
     config = load_config(path, environ)
     assert config.server.port == 9002 and config.api.key == "from-env"
     assert config.server.websocket is False
     assert config.server.origins == ["https://a.example", "https://b.example"]
     assert config.longpoll.idle_timeout == 5.5
+    assert config.broker.url == "redis://127.0.0.1:6379/0"
+    assert config.broker.prefix == "backchannel"
     assert config.hub_options().max_channels == 4
 
 

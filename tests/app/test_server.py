@@ -28,14 +28,15 @@ async def get(port: int, target: str, method: str = "GET", body: str = "") -> tu
 
 
 async def test_the_browser_client_and_the_demo_page_are_served() -> None:
-    async with running() as (_, port):
+    async with running() as (app, port):
         status, body = await get(port, "/js/backchannel.js")
         assert status == 200 and body == (ROOT / "js" / "backchannel.js").read_bytes()
         status, body = await get(port, "/js/backchannel.d.ts")
         assert status == 200 and body == (ROOT / "js" / "backchannel.d.ts").read_bytes()
         status, body = await get(port, "/")
         assert status == 200 and b'from "/js/backchannel.js"' in body
-        assert (await get(port, "/healthz")) == (200, b'{"status":"ok"}')
+        status, body = await get(port, "/healthz")
+        assert status == 200 and json.loads(body) == {"status": "ok", "node": app.node}
         assert (await get(port, "/nothing-here"))[0] == 404
         assert (await get(port, "/ws"))[0] == 426
 

@@ -19,7 +19,15 @@ from typing import Any
 from ..exceptions import InvalidArgument
 from ..hub import ChannelOptions, HubOptions
 
-__all__ = ["ApiConfig", "AuthConfig", "Config", "LongPollConfig", "ServerConfig", "load_config"]
+__all__ = [
+    "ApiConfig",
+    "AuthConfig",
+    "BrokerConfig",
+    "Config",
+    "LongPollConfig",
+    "ServerConfig",
+    "load_config",
+]
 
 
 @dataclass(slots=True)
@@ -73,6 +81,15 @@ class ApiConfig:
 
 
 @dataclass(slots=True)
+class BrokerConfig:
+    #: Redis URL (``redis://``, ``rediss://`` for TLS, ``redis://:password@host:6379/0``):
+    #: several nodes then act as one hub. Empty: the in-memory broker (one process).
+    url: str = ""
+    #: Prefix of every key and pub/sub channel: deployments sharing one Redis stay apart.
+    prefix: str = "backchannel"
+
+
+@dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
     idle_timeout: float = 60.0
@@ -98,6 +115,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     longpoll: LongPollConfig = field(default_factory=LongPollConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -120,6 +138,7 @@ _SECTIONS = {
     "auth": AuthConfig,
     "api": ApiConfig,
     "longpoll": LongPollConfig,
+    "broker": BrokerConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type

@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
+import os
 import re
 import secrets
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..asyncio import Server, ServerConnection, serve
-from ..hub import Hub, LongPoll, TokenVerifier, websocket_handler
+from ..exceptions import InvalidArgument
+from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, websocket_handler
 from ..hub.token import make_token
 from ..protocol.handshake import is_upgrade_request
 from ..protocol.http11 import Headers, Request, Response
@@ -69,8 +72,11 @@ class App:
         #: Without a configured secret, tokens are signed with one made for this process.
         self.secret = auth.secret or secrets.token_urlsafe(32)
         public_key = Path(auth.public_key_file).read_bytes() if auth.public_key_file else None
+        #: This process's name in a cluster (in /healthz and the logs).
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
         self.hub = Hub(
             config.hub_options(),
+            broker=_broker(config),
             tokens=TokenVerifier(secret=self.secret, public_key=public_key),
         )
         self.longpoll = LongPoll(
@@ -91,7 +97,7 @@ class App:
             self._files["/"] = self._files["/index.html"] = page
 
     @asynccontextmanager
-    async def run(self) -> AsyncIterator[Server]:
+    async def run(self, *, reuse_port: bool = False) -> AsyncIterator[Server]:
         """Start the hub and serve until the block exits."""
         server_config = self.config.server
         context = None
@@ -110,6 +116,7 @@ class App:
                 origins=None if not origins or "*" in origins else [*origins, None],
                 limits=Limits(max_body_size=server_config.max_body_size),
                 process_request=self.process_request,
+                reuse_port=reuse_port,
             ) as server:
                 try:
                     yield server
@@ -144,7 +151,7 @@ class App:
         if path.startswith(self.api.prefix):
             return await self.api.handle(request, address)
         if path == "/healthz":
-            return Response.json(200, {"status": "ok"})
+            return Response.json(200, {"status": "ok", "node": self.node})
         if path == "/demo/token" and self.config.server.demo:
             return self._demo_token(request, address)
         file = self._files.get(path)
@@ -199,6 +206,18 @@ class App:
                 "demo mode: /demo/token gives anyone a token; set server.demo = false in production"
             )
         return lines
+
+
+def _broker(config: Config) -> Broker:
+    if not config.broker.url:
+        return MemoryBroker()
+    try:
+        from ..hub.redis_broker import RedisBroker
+    except ImportError as exc:
+        raise InvalidArgument(
+            "broker.url needs the redis package: pip install 'backchannel[redis]'"
+        ) from exc
+    return RedisBroker(config.broker.url, prefix=config.broker.prefix)
 
 
 def _too_many() -> Response:
