@@ -7,18 +7,22 @@ transport suite in test_hub.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.http import Http
+from helpers.redis_server import RedisServer, require_redis
 
 from backchannel.asyncio import serve
 from backchannel.hub.hub import Hub
 from backchannel.hub.longpoll import LongPoll, LongPollTransport
 from backchannel.hub.options import ChannelOptions, HubOptions
+from backchannel.hub.redis_broker import RedisBroker
 from backchannel.hub.websocket import websocket_handler
 from backchannel.protocol.limits import Limits
 
@@ -217,3 +221,73 @@ async def test_hostile_requests_get_their_answer_and_leave_other_sessions_alone(
             assert [p["data"] for p in pushes] == ["still here"]
             await victim.close()
             await attacker.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    require_redis()
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@asynccontextmanager
+async def node(redis_url: str) -> AsyncIterator[tuple[Hub, int]]:
+    """One node of a cluster: a hub on the Redis broker, long polling relayed."""
+    broker = RedisBroker(redis_url, prefix="lp")
+    async with Hub(OPTIONS, broker=broker) as hub:
+        long_poll = LongPoll(hub, relay=broker)
+        async with serve(websocket_handler(hub), "127.0.0.1", 0, process_request=long_poll) as s:
+            yield hub, s.port
+
+
+async def test_polls_that_land_on_other_nodes_get_everything_once_in_order(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server.url) as (hub_a, port_a), node(redis_server.url) as (_, port_b):
+        http = {port_a: await Http.open(port_a), port_b: await Http.open(port_b)}
+        ports = itertools.cycle([port_b, port_a])
+        body = "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:x")])
+        status, answer = await http[port_a].request("POST", "/lp", body)
+        sid = json.loads(answer)["sid"]
+        ack, received = 0, []
+        for round_ in range(6):
+            # A send through one node, a publication on the other, polls on both.
+            port = next(ports)
+            status, _ = await http[port].request(
+                "POST", f"/lp?sid={sid}", command(10 + round_, "ping")
+            )
+            assert status == 200
+            await hub_a.publish("feed:x", round_)
+            port = next(ports)
+            status, body = await http[port].request("GET", f"/lp?sid={sid}&ack={ack}")
+            assert status == 200, body
+            if round_ == 2:
+                # The answer is "lost": the next poll, on the other node, gets it again.
+                port = next(ports)
+                status, again = await http[port].request("GET", f"/lp?sid={sid}&ack={ack}")
+                assert again == body
+            ack, lines_ = lines(body)
+            received += [line["data"] for line in lines_ if line.get("push") == "publication"]
+        while len(received) < 6:
+            port = next(ports)
+            _, body = await http[port].request("GET", f"/lp?sid={sid}&ack={ack}")
+            ack, lines_ = lines(body)
+            received += [line["data"] for line in lines_ if line.get("push") == "publication"]
+        assert received == list(range(6))
+        for connection in http.values():
+            await connection.close()
+
+
+async def test_a_session_whose_node_is_gone_is_unknown_everywhere(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server.url) as (_, port_b):
+        async with node(redis_server.url) as (_, port_a):
+            http = await Http.open(port_a)
+            sid = json.loads((await http.request("POST", "/lp", command(1, "connect")))[1])["sid"]
+            await http.close()
+        # Node A stopped: node B does not wait for it.
+        other = await Http.open(port_b)
+        status, body = await other.request("GET", f"/lp?sid={sid}&ack=0")
+        assert (status, json.loads(body)["reconnect"]) == (404, True)
+        await other.close()

@@ -30,6 +30,7 @@ from typing import Any
 from ..asyncio import Server, ServerConnection, serve
 from ..exceptions import InvalidArgument
 from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, websocket_handler
+from ..hub.longpoll import SessionRelay
 from ..hub.token import make_token
 from ..protocol.handshake import is_upgrade_request
 from ..protocol.http11 import Headers, Request, Response
@@ -74,9 +75,10 @@ class App:
         public_key = Path(auth.public_key_file).read_bytes() if auth.public_key_file else None
         #: This process's name in a cluster (in /healthz and the logs).
         self.node = f"{socket.gethostname()}:{os.getpid()}"
+        broker = _broker(config)
         self.hub = Hub(
             config.hub_options(),
-            broker=_broker(config),
+            broker=broker,
             tokens=TokenVerifier(secret=self.secret, public_key=public_key),
         )
         self.longpoll = LongPoll(
@@ -84,6 +86,8 @@ class App:
             poll_timeout=config.longpoll.poll_timeout,
             idle_timeout=config.longpoll.idle_timeout,
             origins=config.server.origins,
+            # With Redis, a poll may reach any node: it is relayed to the session's.
+            relay=broker if isinstance(broker, SessionRelay) else None,
         )
         self.api_key = config.api.key or secrets.token_urlsafe(24)
         self.api = HttpApi(self.hub, self.api_key, RateLimiter(config.api.rate, config.api.burst))

@@ -28,8 +28,8 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 from ..asyncio import ServerConnection
@@ -39,7 +39,7 @@ from .codes import Disconnect
 from .hub import Hub
 from .session import Session
 
-__all__ = ["LongPoll", "LongPollTransport"]
+__all__ = ["Answer", "LongPoll", "LongPollTransport", "SessionRelay"]
 
 logger = logging.getLogger("backchannel.hub")
 
@@ -129,6 +129,31 @@ class LongPollTransport:
         return self.seq, body
 
 
+#: What a relayed request gets back: status, content type, body.
+Answer = tuple[int, str, bytes]
+
+
+@runtime_checkable
+class SessionRelay(Protocol):
+    """Carries long-poll requests to the node that holds their session, so that a poll
+    may land on any node behind a load balancer (the Redis broker is one)."""
+
+    async def claim_session(self, sid: str, ttl: float) -> None:
+        """Record that this node holds ``sid`` (for ``ttl`` seconds unless claimed again)."""
+
+    async def release_session(self, sid: str) -> None:
+        """``sid`` is gone from this node."""
+
+    async def forward_session(
+        self, sid: str, method: str, target: str, body: bytes, wait: float
+    ) -> Answer | None:
+        """Have the node holding ``sid`` answer this request; None when no live node
+        holds it, or it did not answer within ``wait`` seconds."""
+
+    def serve_sessions(self, handler: Callable[[str, str, bytes], Awaitable[Answer]]) -> None:
+        """Answer requests forwarded to this node with ``handler(method, target, body)``."""
+
+
 class LongPoll:
     """The long-polling endpoint; use it as (or from) ``serve(process_request=...)``."""
 
@@ -140,6 +165,7 @@ class LongPoll:
         poll_timeout: float = 25.0,
         idle_timeout: float = 60.0,
         origins: Collection[str] = (),
+        relay: SessionRelay | None = None,
     ) -> None:
         self.hub = hub
         self.path = path
@@ -153,6 +179,10 @@ class LongPoll:
         self.origins = frozenset(origins)
         self.sessions: dict[str, LongPollTransport] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: With several nodes, requests for sessions held elsewhere go through the relay.
+        self.relay = relay
+        if relay is not None:
+            relay.serve_sessions(self._relayed)
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -176,13 +206,28 @@ class LongPoll:
             response.headers.add("Vary", "Origin")
         return response
 
-    async def _answer(self, request: Request, query_string: str) -> Response:
+    async def _relayed(self, method: str, target: str, body: bytes) -> Answer:
+        """Answer a request another node received for a session held here."""
+        request = Request(method, target, Headers(), body)
+        response = await self._answer(request, urlsplit(target).query, relayed=True)
+        return response.status, response.headers.get("Content-Type") or "", response.body
+
+    async def _answer(
+        self, request: Request, query_string: str, *, relayed: bool = False
+    ) -> Response:
         query = parse_qs(query_string)
         sid = query.get("sid", [None])[0]
         if request.method == "POST" and sid is None:
             return await self._open(request)
         transport = self.sessions.get(sid) if sid is not None else None
         if transport is None:
+            if sid is not None and self.relay is not None and not relayed:
+                answer = await self.relay.forward_session(
+                    sid, request.method, request.path, request.body, self.poll_timeout + 10
+                )
+                if answer is not None:
+                    status, kind, body = answer
+                    return Response(status, Headers([("Content-Type", kind)]), body)
             return Response.json(404, {"error": "unknown session", "reconnect": True})
         if request.method == "POST":
             return await self._send(transport, request)
@@ -206,6 +251,8 @@ class LongPoll:
         transport.session = session
         self.sessions[sid] = transport
         self._arm_idle(transport)
+        if self.relay is not None:
+            await self.relay.claim_session(sid, self.idle_timeout)
         await session.handle(request.body)
         return Response.json(200, {"sid": sid, "ack": 0})
 
@@ -226,6 +273,9 @@ class LongPoll:
         if transport._idle is not None:
             transport._idle.cancel()
             transport._idle = None
+        if self.relay is not None:
+            # Still here: other nodes keep forwarding to this one.
+            await self.relay.claim_session(transport.sid, self.idle_timeout)
         try:
             batch = transport.next_batch()
             if batch is None and transport.closing is None:
@@ -266,7 +316,8 @@ class LongPoll:
         self._forget(transport)
 
     def _forget(self, transport: LongPollTransport) -> None:
-        self.sessions.pop(transport.sid, None)
+        if self.sessions.pop(transport.sid, None) is not None and self.relay is not None:
+            self._spawn(self.relay.release_session(transport.sid))
         if transport._idle is not None:
             transport._idle.cancel()
             transport._idle = None

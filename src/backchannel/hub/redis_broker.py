@@ -16,6 +16,11 @@ deployments can share one Redis (docs/howto/cluster.md):
   (hash, client id -> who): presence. Entries expire by score, so a dead node's clients
   disappear after the presence TTL.
 * ``{prefix}:i:{channel}:{key}``: an idempotency key and the result it gave.
+* Long polling across nodes (the broker is also a
+  :class:`~backchannel.hub.longpoll.SessionRelay`): ``{prefix}:lp:{sid}`` names the node
+  that holds a session, ``{prefix}:alive:{node}`` says the node is up (refreshed every
+  few seconds), and ``{prefix}:n:{node}`` is the node's pub/sub channel, on which other
+  nodes forward the requests they get for its sessions and it sends the answers back.
 
 Expiry is decided by timestamps stored in the data, read against ``clock`` (wall-clock
 time by default, shared by the nodes); Redis TTLs only collect what nobody reads any more.
@@ -35,8 +40,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -49,12 +54,19 @@ from ..exceptions import BrokerUnavailable
 from .broker import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
 from .wire import ClientInfo, Position, Publication
 
+if TYPE_CHECKING:
+    from .longpoll import Answer
+
 __all__ = ["RedisBroker"]
 
 logger = logging.getLogger("backchannel.hub")
 
 # Redis errors that mean "not reachable now" rather than a bug.
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+#: How long (ms) a node counts as up after its last sign of life (refreshed every third
+#: of it): a killed node's long-poll sessions are given up within this long.
+ALIVE_TTL_MS = 10_000
 
 #: Extra time (ms) Redis keeps a key after its logical expiry: the data says when it
 #: expires; the Redis TTL only frees keys nobody touches again.
@@ -186,20 +198,36 @@ class RedisBroker:
         self._channels: dict[str, Position | None] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._channel_prefix = f"{prefix}:c:"
+        #: This node, for long-poll sessions: unique per process.
+        self.node = secrets.token_hex(8)
+        self._node_channel = self._key("n", self.node)
+        self._session_handler: Callable[[str, str, bytes], Awaitable[Answer]] | None = None
+        self._forwarded: dict[str, asyncio.Future[Answer]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._alive: asyncio.Task[None] | None = None
 
     # Lifecycle.
 
     async def start(self, handler: BrokerHandler) -> None:
+        """Connect and begin delivering; BrokerUnavailable when Redis cannot be reached."""
         self._handler = handler
         self._pubsub = self._redis.pubsub()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        async with _reachable():
+            await self._pubsub.subscribe(self._node_channel)
+            await self._redis.set(self._key("alive", self.node), 1, px=ALIVE_TTL_MS)
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read())
+        self._alive = loop.create_task(self._keep_alive())
 
     async def close(self) -> None:
         self._handler = None
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._alive, *self._tasks):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(self._key("alive", self.node))
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
@@ -351,11 +379,6 @@ class RedisBroker:
         backoff, subscribe again, and catch up from history."""
         while True:
             try:
-                if not self._pubsub.subscribed:
-                    # Nothing to read until the first subscribe (get_message would return
-                    # at once): poll for one, cheaply.
-                    await asyncio.sleep(0.05)
-                    continue
                 message = await self._pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
@@ -382,8 +405,8 @@ class RedisBroker:
                 await old.aclose()
             channels = list(self._channels)
             try:
-                if channels:
-                    await self._pubsub.subscribe(*[self._key("c", c) for c in channels])
+                names = [self._key("c", c) for c in channels]
+                await self._pubsub.subscribe(self._node_channel, *names)
                 for channel in channels:
                     await self._catch_up(channel)
             except (*_DOWN, BrokerUnavailable) as exc:
@@ -410,6 +433,10 @@ class RedisBroker:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         name = _text(message.get("channel", b""))
+        if name == self._node_channel:
+            if kind == "message":
+                self._on_node_message(message["data"])
+            return
         channel = name[len(self._channel_prefix) :]
         if kind == "subscribe":
             confirmed = self._confirmations.get(channel)
@@ -444,6 +471,84 @@ class RedisBroker:
                     return  # delivered before (a catch-up overlapping live messages)
             self._channels[publication.channel] = Position(publication.epoch, publication.offset)
         _call(handler.on_publication, publication)
+
+    # Long-poll sessions across nodes (SessionRelay).
+
+    async def claim_session(self, sid: str, ttl: float) -> None:
+        async with _reachable():
+            await self._redis.set(self._key("lp", sid), self.node, px=int(ttl * 1000))
+
+    async def release_session(self, sid: str) -> None:
+        with contextlib.suppress(*_DOWN):
+            await self._redis.delete(self._key("lp", sid))
+
+    def serve_sessions(self, handler: Callable[[str, str, bytes], Awaitable[Answer]]) -> None:
+        self._session_handler = handler
+
+    async def forward_session(
+        self, sid: str, method: str, target: str, body: bytes, wait: float
+    ) -> Answer | None:
+        """Ask the node holding ``sid`` to answer; None when no live node holds it."""
+        try:
+            async with _reachable():
+                owner = await self._redis.get(self._key("lp", sid))
+                if owner is None:
+                    return None
+                owner = _text(owner)
+                if owner == self.node or not await self._redis.exists(self._key("alive", owner)):
+                    return None  # gone from here, or its node died: the client reconnects
+                request_id = secrets.token_hex(8)
+                answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+                self._forwarded[request_id] = answer
+                request = ["q", request_id, self.node, method, target, body.decode("latin-1")]
+                receivers = await self._redis.publish(self._key("n", owner), _dumps(request))
+        except BrokerUnavailable:
+            return None
+        try:
+            if not receivers:
+                return None
+            async with asyncio.timeout(wait):
+                return await answer
+        except TimeoutError:
+            return None
+        finally:
+            self._forwarded.pop(request_id, None)
+
+    def _on_node_message(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            if message[0] == "q":
+                _, request_id, reply_to, method, target, body = message
+                task = asyncio.get_running_loop().create_task(
+                    self._answer_forwarded(request_id, reply_to, method, target, body)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif message[0] == "a":
+                _, request_id, status, kind, body = message
+                answer = self._forwarded.get(request_id)
+                if answer is not None and not answer.done():
+                    answer.set_result((status, kind, body.encode("latin-1")))
+        except (ValueError, TypeError, IndexError):
+            logger.warning("ignoring a malformed node message")
+
+    async def _answer_forwarded(
+        self, request_id: str, reply_to: str, method: str, target: str, body: str
+    ) -> None:
+        handler = self._session_handler
+        if handler is None:
+            status, kind, answer = 404, "application/json", b'{"error":"unknown session"}'
+        else:
+            status, kind, answer = await handler(method, target, body.encode("latin-1"))
+        reply = ["a", request_id, status, kind, answer.decode("latin-1")]
+        with contextlib.suppress(*_DOWN):
+            await self._redis.publish(self._key("n", reply_to), _dumps(reply))
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(ALIVE_TTL_MS / 3000)
+            with contextlib.suppress(*_DOWN):
+                await self._redis.set(self._key("alive", self.node), 1, px=ALIVE_TTL_MS)
 
     # Helpers.
 
