@@ -152,16 +152,9 @@ class HttpApi:
         return {"clients": {client: who.to_json() for client, who in present.items()}}
 
     async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
-        since = None
-        if "epoch" in params or "offset" in params:
-            since = wire.Position(params.get("epoch", ""), params.get("offset", 0))
+        since = wire.Position.from_params(params)
         history = await self.hub.history(params["channel"], since=since, limit=params.get("limit"))
-        return {
-            "publications": [p.to_json() for p in history.publications],
-            "epoch": history.position.epoch,
-            "offset": history.position.offset,
-            "recovered": history.recovered,
-        }
+        return history.to_json()
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         self.hub.channel_options(params["channel"])

@@ -63,6 +63,15 @@ class HistoryResult:
     position: Position
     recovered: bool = True
 
+    def to_json(self) -> dict[str, Any]:
+        """The result of a history command (docs/protocol.md, "history")."""
+        return {
+            "publications": [p.to_json() for p in self.publications],
+            "epoch": self.position.epoch,
+            "offset": self.position.offset,
+            "recovered": self.recovered,
+        }
+
 
 class BrokerHandler(Protocol):
     """What a broker calls when an event arrives for a channel this node subscribed to.

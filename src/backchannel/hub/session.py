@@ -321,16 +321,9 @@ class Session:
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel: str = params["channel"]
         self._subscribed(channel, "history")
-        since = None
-        if "epoch" in params or "offset" in params:
-            since = Position(params.get("epoch", ""), params.get("offset", 0))
+        since = Position.from_params(params)
         history = await self.hub.broker.history(channel, since=since, limit=params.get("limit"))
-        return {
-            "publications": [p.to_json() for p in history.publications],
-            "epoch": history.position.epoch,
-            "offset": history.position.offset,
-            "recovered": history.recovered,
-        }
+        return history.to_json()
 
     async def _cmd_rpc(self, params: dict[str, Any]) -> dict[str, Any]:
         handler = self.hub.rpc

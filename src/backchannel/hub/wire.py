@@ -104,6 +104,13 @@ class Position:
     epoch: str
     offset: int
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Position | None:
+        """The position a command's ``epoch`` and ``offset`` name, if any."""
+        if "epoch" not in params and "offset" not in params:
+            return None
+        return cls(params.get("epoch", ""), params.get("offset", 0))
+
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
