@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,3 +213,13 @@ def test_token_without_a_secret_says_where_to_set_one() -> None:
     )
     assert result.returncode == 2
     assert "BACKCHANNEL_AUTH_SECRET" in result.stderr
+
+
+def test_serve_says_when_redis_cannot_be_reached() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with _serve(env={"BACKCHANNEL_BROKER_URL": f"redis://127.0.0.1:{port}/0"}) as process:
+            _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("error: Redis is unreachable"), stderr

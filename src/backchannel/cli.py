@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 
 from .app import App, Config, load_config
 from .asyncio import ServerConnection, connect, serve
-from .exceptions import BackchannelError, ConnectionClosed, InvalidArgument, InvalidStatus
+from .exceptions import (
+    BackchannelError,
+    BrokerUnavailable,
+    ConnectionClosed,
+    InvalidArgument,
+    InvalidStatus,
+)
 from .hub.token import make_token
 from .protocol.deflate import DeflateConfig
 from .protocol.handshake import is_upgrade_request
@@ -317,7 +323,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = _load(args)
         if args.workers > 1:
             sys.exit(_serve_workers(args, config))
-        _run(_run_serve(config, args.worker), args.loop)
+        try:
+            _run(_run_serve(config, args.worker), args.loop)
+        except (BrokerUnavailable, InvalidArgument, OSError) as exc:
+            # Redis down, a port in use, a missing certificate: say so, no traceback.
+            sys.exit(f"error: {exc}")
     elif args.command == "token":
         sys.exit(_token(args))
     elif args.command == "echo":
