@@ -881,6 +881,8 @@ export class Client {
     this.transport = null;
     /** When the connection's token expires (Unix seconds), from connect or refresh. @type {number | null} */
     this.expires = null;
+    /** The same, in this machine's Date.now() time (from the hub's ttl). @type {number | null} */
+    this._expiresAt = null;
 
     const o = options;
     if (o.token !== undefined && typeof o.token !== "string") throw new TypeError("options.token is a string");
@@ -1111,7 +1113,20 @@ export class Client {
   _needToken() {
     if (!this._getToken) return false;
     if (this._token === null || this._tokenStale) return true;
-    return this.expires !== null && this._now() >= this.expires * 1000;
+    return this._expiresAt !== null && this._now() >= this._expiresAt;
+  }
+
+  /**
+   * Takes the token's expiry from a connect or refresh result. The hub's `ttl` (seconds
+   * left) is counted on this machine's clock, so a wrong clock does not matter; `expires`
+   * alone is used when there is no `ttl`.
+   * @param {any} result
+   */
+  _setExpiry(result) {
+    this.expires = Number.isFinite(result.expires) ? result.expires : null;
+    if (this.expires === null) this._expiresAt = null;
+    else if (Number.isFinite(result.ttl)) this._expiresAt = this._now() + result.ttl * 1000;
+    else this._expiresAt = this.expires * 1000;
   }
 
   /** @returns {Promise<string | null>} */
@@ -1305,7 +1320,7 @@ export class Client {
     this._connectTimer = null;
     this.clientId = typeof result.client === "string" ? result.client : null;
     this.user = typeof result.user === "string" ? result.user : null;
-    this.expires = Number.isFinite(result.expires) ? result.expires : null;
+    this._setExpiry(result);
     this._pingInterval =
       Number.isFinite(result.ping) && result.ping > 0 ? result.ping * 1000 : this._pingIntervalOption;
     this._attempt = 0;
@@ -1644,8 +1659,8 @@ export class Client {
     this._clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
     this._refreshAt = null;
-    if (this.expires === null || !this._getToken) return;
-    const remaining = this.expires * 1000 - this._now();
+    if (this._expiresAt === null || !this._getToken) return;
+    const remaining = this._expiresAt - this._now();
     let delay = remaining * 0.9;
     if (delay < 1000) {
       // Expired already by our clock (or about to): skewed clocks must not make a loop.
@@ -1691,7 +1706,7 @@ export class Client {
       this._token = token;
       const result = await this._call("refresh", { token });
       if (gen !== this._gen) return;
-      this.expires = Number.isFinite(result.expires) ? result.expires : null;
+      this._setExpiry(result);
       this._refreshing = false;
       this._scheduleRefresh();
     } catch (err) {

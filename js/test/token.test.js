@@ -54,6 +54,21 @@ test("refresh at 90% of the token's remaining time, then again after each refres
   ctx.client.close();
 });
 
+test("the hub's ttl is counted on the local clock: a clock far off refreshes on time", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "t0", getToken, pingInterval: 3_600_000 });
+  ctx.client.connect();
+  // By this machine's clock the token expired an hour ago; the hub says 100 s are left.
+  const nowS = ctx.clock.now / 1000;
+  const ws = await acceptWebSocket(ctx, { client: "c", user: "u", v: 1, expires: nowS - 3600, ttl: 100 });
+  await ctx.clock.advance(89999);
+  assert.equal(getToken.calls, 0);
+  await ctx.clock.advance(1);
+  assert.equal(getToken.calls, 1);
+  assert.deepEqual(ws.lastCommand("refresh").params, { token: "t1" });
+  ctx.client.close();
+});
+
 test("a refresh that fails is reported and tried again", async () => {
   const getToken = tokens();
   const ctx = setup({ token: "t0", getToken, pingInterval: 3_600_000 });
