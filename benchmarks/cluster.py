@@ -1,0 +1,963 @@
+"""One publication to N subscribers spread over several ``backchannel serve`` nodes on Redis.
+
+``python -m benchmarks.cluster [--subscribers N] [--publications K] [--quick] [--json FILE]``.
+One ``redis-server`` (no persistence) on a free loopback port, then, per scenario, fresh
+``python -m backchannel serve`` processes (on uvloop when it is installed) with the broker
+settings in their environment and a prefix of their own, and this process as the load
+generator (raw asyncio protocols, pinned to the last CPU):
+
+* ``memory``: one node with the in-memory broker (no Redis), N subscribers: the baseline.
+* ``redis-1``: one node on Redis, N subscribers (scenario A).
+* ``redis-2``: two nodes on the same Redis, N / 2 subscribers each (scenario B).
+
+Every subscriber is an anonymous WebSocket client on ``/ws`` that sends ``connect`` and
+``subscribe`` to ``bench:all`` in one frame, answers the server's pings, and checks and
+stamps each publication as it arrives. Then K publications (after a warm-up), one at a
+time, each by ``POST /api/publish`` on node 0 over one kept-alive connection: the time of
+one is from writing the POST to the last delivery, and the next waits until every
+subscriber has it and the API has answered, so each figure is one isolated fan-out. With
+Redis, node 0 runs the publish script, Redis PUBLISHes to every node subscribed to the
+channel (node 0 included) and each node fans out to its own subscribers.
+
+The nodes' and Redis's CPU time (``/proc/<pid>/stat``) is read around each publication.
+On a 2-core machine the nodes, Redis and the generator cannot each have a core: the
+generator is pinned, the servers are left to the scheduler (or, with ``--pin-servers``,
+share the first CPU), so ``redis-2`` against ``redis-1`` shows what a second node costs or
+gains on the same machine, not what a second machine would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import ctypes
+import gc
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, cast
+
+from backchannel.protocol import speedups
+
+from .fanout import (
+    WS_GUID,
+    BenchError,
+    client_text_frame,
+    cpu_model,
+    mask_payload,
+    pin,
+    raise_open_files,
+)
+from .loadgen import process_cpu
+from .longpoll import (
+    CHANNEL,
+    CLIENT_BOUND,
+    FIN_TEXT,
+    MAX_HEAD,
+    OPCODE_CLOSE,
+    OPEN_COMMANDS,
+    OTHER_LOAD_WARNING,
+    BenchClient,
+    Tally,
+    content_length,
+    machine_cpu,
+    med_max,
+    note,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+REDIS_SERVER = "/usr/bin/redis-server"
+OPCODE_PING = 0x9
+PONG = 0x8A  # FIN + pong
+#: Sessions opening at the same time: quick, and well under the listen backlog.
+OPEN_CONCURRENCY = 200
+#: File descriptors kept free for the loop, the pipes and the interpreter.
+SPARE_FDS = 100
+#: Pause after each publication, outside the measured delivery window but inside the CPU
+#: cycle: what a node still does after the last write (freeing, GC) is charged to it.
+GAP = 0.05
+#: Seconds a node or Redis gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 15.0
+#: The banner ``backchannel serve`` prints first.
+BANNER = re.compile(rb"^backchannel on http://127\.0\.0\.1:(\d+)/")
+#: Configuration a node must not inherit from this shell: each scenario sets its own.
+CONFIG_ENV = re.compile(r"^BACKCHANNEL_(SERVER|AUTH|API|LONGPOLL|BROKER|HUB)_")
+
+#: The nodes' file: a namespace without history or presence, no demo, and new
+#: connections from one address not rate-limited (the generator opens N of them).
+NODE_CONFIG = """\
+[server]
+demo = false
+open_rate = 1000000.0
+open_burst = 1000000
+
+[channels.bench]
+"""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    nodes: int
+    redis: bool
+
+
+SCENARIOS = {
+    "memory": Scenario("memory", 1, False),
+    "redis-1": Scenario("redis-1", 1, True),
+    "redis-2": Scenario("redis-2", 2, True),
+}
+
+
+# --- child processes ----------------------------------------------------------------------
+
+
+def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    """What a child runs before exec: its CPUs (set explicitly, since the driver's own
+    pinning would otherwise be inherited), and SIGTERM when the driver dies, even by
+    SIGKILL, so that no node or Redis outlives a run that could not clean up."""
+
+    def setup() -> None:
+        if cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cpus)
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+class Process:
+    """A node or Redis: its CPU time from /proc, SIGTERM then SIGKILL to stop it."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log = log
+
+    @staticmethod
+    async def spawn(
+        argv: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None,
+        cpus: set[int] | None,
+        *,
+        banner: bool,
+    ) -> asyncio.subprocess.Process:
+        """Start a child; what it prints goes to ``log``, except stdout with ``banner``
+        (a pipe, for the node's first line)."""
+        with log.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if banner else err,
+                stderr=err,
+                cwd=ROOT,
+                env=env,
+                # Ctrl-C reaches the driver only, which then stops every child in order.
+                start_new_session=True,
+                preexec_fn=_child_setup(cpus),
+            )
+        return proc
+
+    def cpu(self) -> float:
+        try:
+            return process_cpu(self.proc.pid)
+        except OSError:
+            raise BenchError(
+                f"{self.name} exited (code {self.proc.returncode}){self.tail()}"
+            ) from None
+
+    def tail(self) -> str:
+        """The end of the child's stderr, for an error message."""
+        with contextlib.suppress(OSError):
+            text = self.log.read_text(errors="replace").strip()
+            if text:
+                return ":\n  " + "\n  ".join(text.splitlines()[-8:])
+        return ""
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await self.proc.wait()
+        except TimeoutError:
+            self.kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class Redis(Process):
+    """Debian's redis-server on a free loopback port, without persistence (as
+    tests/helpers/redis_server.py starts it)."""
+
+    port = 0
+
+    @classmethod
+    async def start(cls, folder: Path, cpus: set[int] | None, limit: float) -> Redis:
+        port = free_port()
+        argv = [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+        log = folder / "redis.log"
+        redis = cls("redis-server", await cls.spawn(argv, log, None, cpus, banner=False), log)
+        redis.port = port
+        deadline = time.monotonic() + limit
+        while not await redis.ping():
+            if redis.proc.returncode is not None or time.monotonic() > deadline:
+                await redis.stop()
+                raise BenchError(f"redis-server did not start on port {port}{redis.tail()}")
+            await asyncio.sleep(0.02)
+        return redis
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(1):
+                reader, writer = await asyncio.open_connection(HOST, self.port)
+                try:
+                    writer.write(b"PING\r\n")
+                    return (await reader.readline()).startswith(b"+PONG")
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return False
+
+
+class Node(Process):
+    """``python -m backchannel serve`` on a port of its own."""
+
+    port = 0
+    _drain: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        name: str,
+        config: Path,
+        env: dict[str, str],
+        loop: str,
+        cpus: set[int] | None,
+        limit: float,
+    ) -> Node:
+        argv = [sys.executable, "-m", "backchannel", "serve", "--config", str(config)]
+        argv += ["--host", HOST, "--port", "0", "--loop", loop]
+        log = config.parent / f"{name}.log"
+        node = cls(name, await cls.spawn(argv, log, env, cpus, banner=True), log)
+        try:
+            assert node.proc.stdout is not None
+            async with asyncio.timeout(limit):
+                line = await node.proc.stdout.readline()
+            match = BANNER.match(line)
+            if match is None:
+                raise BenchError(f"{name}: expected the banner, got {line[:200]!r}{node.tail()}")
+            node.port = int(match[1])
+        except TimeoutError:
+            await node.stop()
+            raise BenchError(f"{name}: no banner within {limit:g} s{node.tail()}") from None
+        except BaseException:
+            await node.stop()
+            raise
+        # Whatever it prints later must not fill the pipe and stall it.
+        node._drain = asyncio.get_running_loop().create_task(node._read_rest())
+        return node
+
+    async def _read_rest(self) -> None:
+        assert self.proc.stdout is not None
+        while await self.proc.stdout.readline():
+            pass
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+
+
+# --- the load generator --------------------------------------------------------------------
+
+
+class Pings:
+    """Pings answered during the publications: the nodes ping every connection every
+    20 s (not configurable in ``backchannel serve``), and a ping and its pong that fall
+    inside a measured window add to it. Reported, so that a run where they did shows."""
+
+    count = 0
+
+
+class NodeClient(BenchClient):
+    """A subscriber of ``/ws``: benchmarks.longpoll's WebSocket client, plus pongs.
+
+    The node pings each connection 20 s after it opened and then every 20 s; a ping
+    not answered within 20 s closes the connection, and a slow run keeps its
+    connections that long.
+    """
+
+    def __init__(self, tally: Tally, port: int) -> None:
+        super().__init__(tally, port)
+        self.key = base64.b64encode(os.urandom(16))
+        self.upgraded = False
+
+    def start(self) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            b"GET /ws HTTP/1.1\r\n"
+            b"Host: %s:%d\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n" % (HOST.encode(), self.port, self.key)
+        )
+
+    def receive(self, now: int) -> None:
+        buffer = self.buffer
+        assert self.transport is not None
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD:
+                    raise BenchError("HTTP response head too long")
+                return
+            head = bytes(buffer[:end]).lower()
+            del buffer[: end + 4]
+            accept = base64.b64encode(hashlib.sha1(self.key + WS_GUID).digest()).lower()
+            if not head.startswith(b"http/1.1 101") or accept not in head:
+                raise BenchError(f"handshake refused: {head[:80]!r}")
+            self.upgraded = True
+            self.transport.write(client_text_frame(OPEN_COMMANDS))
+        pos = 0
+        # Each pass consumes one whole frame or stops. The server's frames are small and
+        # unmasked: text (one or more lines), a ping, or a close that ends the run.
+        while len(buffer) - pos >= 2:
+            first, second = buffer[pos], buffer[pos + 1]
+            size = second & 0x7F
+            head_size = {126: 4, 127: 10}.get(size, 2)
+            if len(buffer) - pos < head_size:
+                break
+            if head_size > 2:
+                size = int.from_bytes(buffer[pos + 2 : pos + head_size], "big")
+            end = pos + head_size + size
+            if end > len(buffer):
+                break
+            payload = bytes(buffer[pos + head_size : end])
+            pos = end
+            if first == FIN_TEXT and not second & 0x80:
+                for text in payload.split(b"\n"):
+                    self.line(json.loads(text), now)
+            elif first == 0x80 | OPCODE_PING and size <= 125:
+                key = os.urandom(4)
+                pong = bytes([PONG, 0x80 | size]) + key + mask_payload(payload, key)
+                self.transport.write(pong)
+                Pings.count += 1
+            elif first & 0x0F == OPCODE_CLOSE and size >= 2:
+                code = int.from_bytes(payload[:2], "big")
+                raise BenchError(f"the server closed a connection with {code}: {payload[2:]!r}")
+            else:
+                raise BenchError(f"unexpected frame, first bytes {first:#04x} {second:#04x}")
+        del buffer[:pos]
+
+
+class ApiClient(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection to node 0's API, one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, bytes, int]] | None = None
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer is not None and not self.answer.done() and not self.closing:
+            self.answer.set_exception(BenchError(f"the API connection was lost: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.answer is None or self.answer.done():
+            return
+        head = bytes(self.buffer[:end])
+        try:
+            size = end + 4 + content_length(head)
+        except (BenchError, ValueError) as exc:
+            self.answer.set_exception(BenchError(str(exc)))
+            return
+        if len(self.buffer) >= size:
+            body = bytes(self.buffer[end + 4 : size])
+            del self.buffer[:size]
+            self.answer.set_result((int(head[9:12]), body, now))
+
+    def close(self) -> None:
+        self.closing = True
+        answer = self.answer
+        if answer is not None and answer.done() and not answer.cancelled():
+            answer.exception()  # retrieved: the run is ending on this error or an earlier one
+        if self.transport is not None:
+            self.transport.abort()
+
+    def post(self, request: bytes) -> tuple[int, asyncio.Future[tuple[int, bytes, int]]]:
+        """Write a request: its send stamp (monotonic ns) and the future of its answer
+        (status, body, arrival stamp)."""
+        if self.transport is None or self.transport.is_closing():
+            raise BenchError("the API connection was closed")
+        self.answer = asyncio.get_running_loop().create_future()
+        start = time.monotonic_ns()
+        self.transport.write(request)
+        return start, self.answer
+
+
+def publish_request(port: int, key: str, i: int) -> bytes:
+    body = json.dumps({"channel": CHANNEL, "data": {"n": i}}).encode()
+    return (
+        b"POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\nAuthorization: apikey %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (HOST.encode(), port, key.encode(), len(body), body)
+    )
+
+
+async def open_sessions(tally: Tally, port: int, limit: float) -> None:
+    """Open ``tally.sessions`` subscribers of one node, OPEN_CONCURRENCY at a time."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+    async def one() -> None:
+        async with gate:
+            _, client = await loop.create_connection(lambda: NodeClient(tally, port), HOST, port)
+            # Shielded: a cancelled wait must not cancel the client's own future.
+            await asyncio.shield(client.ready)
+
+    opening = asyncio.gather(*(one() for _ in range(tally.sessions)))
+    waiting: set[asyncio.Future[Any]] = {opening, tally.error}
+    try:
+        async with asyncio.timeout(limit):
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        raise BenchError(
+            f"only {tally.live} of {tally.sessions} sessions subscribed on port {port} "
+            f"within {limit:g} s"
+        ) from None
+    finally:
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BenchError, OSError):
+                await opening
+    if tally.error.done():
+        tally.error.result()
+    opening.result()
+
+
+async def delivered(tallies: Sequence[Tally], i: int, limit: float) -> None:
+    """Wait until every subscriber of every node has publication i; fail on any error."""
+    pending: set[asyncio.Future[None]] = {tally.complete[i] for tally in tallies}
+    errors = {tally.error for tally in tallies}
+    try:
+        async with asyncio.timeout(limit):
+            while pending:
+                done, _ = await asyncio.wait(pending | errors, return_when=asyncio.FIRST_COMPLETED)
+                for tally in tallies:
+                    if tally.error.done():
+                        tally.error.result()
+                pending -= done
+    except TimeoutError:
+        got = ", ".join(f"{len(t.arrivals[i])} of {t.sessions}" for t in tallies)
+        raise BenchError(f"publication {i}: received by {got} within {limit:g} s") from None
+
+
+# --- one scenario --------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """The figures of one scenario; times in ms, CPU in seconds."""
+
+    scenario: str
+    nodes: int
+    subscribers: list[int]
+    publications: int
+    loop: str = ""
+    setup_s: float = 0.0
+    #: Per publication, from writing the POST: the API's answer, the median and the last
+    #: delivery over every subscriber, and the last delivery of each node's subscribers.
+    api_ms: list[float] = field(default_factory=list)
+    t50_ms: list[float] = field(default_factory=list)
+    tlast_ms: list[float] = field(default_factory=list)
+    node_tlast_ms: list[list[float]] = field(default_factory=list)
+    #: Summed over the K publications. Delivery: from the POST to the last delivery and
+    #: the API answer. Cycle: the same plus GAP.
+    delivery_wall_s: float = 0.0
+    cycle_wall_s: float = 0.0
+    node_delivery_cpu_s: list[float] = field(default_factory=list)
+    node_cycle_cpu_s: list[float] = field(default_factory=list)
+    redis_delivery_cpu_s: float = 0.0
+    redis_cycle_cpu_s: float = 0.0
+    generator_delivery_cpu_s: float = 0.0
+    generator_cycle_cpu_s: float = 0.0
+    #: CPU used by other processes during the publications, % of one core.
+    other_load_pct: float = 0.0
+    #: Pings answered during the publications.
+    pings: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.subscribers)
+
+    @property
+    def deliveries_per_s(self) -> float:
+        return self.total / (statistics.median(self.tlast_ms) / 1e3)
+
+    @property
+    def client_bound(self) -> bool:
+        return self.generator_delivery_cpu_s >= CLIENT_BOUND * self.delivery_wall_s
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(deliveries_per_s=self.deliveries_per_s, client_bound=self.client_bound)
+        return out
+
+
+def node_env(scenario: Scenario, redis: Redis | None, api_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not CONFIG_ENV.match(k)}
+    env.update(
+        BACKCHANNEL_AUTH_ANONYMOUS="true",
+        # Shared by the nodes of a scenario, as a cluster needs.
+        BACKCHANNEL_AUTH_SECRET=secrets.token_urlsafe(32),
+        BACKCHANNEL_API_KEY=api_key,
+    )
+    if scenario.redis:
+        assert redis is not None
+        env["BACKCHANNEL_BROKER_URL"] = redis.url
+        # A prefix per scenario: nothing of an earlier scenario is seen by the next.
+        env["BACKCHANNEL_BROKER_PREFIX"] = f"bench-{scenario.name}-{secrets.token_hex(4)}"
+    return env
+
+
+def share(total: int, parts: int) -> list[int]:
+    """``total`` subscribers over ``parts`` nodes, the remainder on the first ones."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def run_scenario(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    folder: Path,
+    redis: Redis | None,
+    server_cpus: set[int] | None,
+) -> Result:
+    counts = share(args.subscribers, scenario.nodes)
+    total_pubs = args.warmup + args.publications
+    result = Result(scenario.name, scenario.nodes, counts, args.publications, loop=args.loop)
+    api_key = secrets.token_urlsafe(24)
+    env = node_env(scenario, redis, api_key)
+    config = folder / "node.toml"
+    config.write_text(NODE_CONFIG)
+    nodes: list[Node] = []
+    tallies: list[Tally] = []
+    api = ApiClient()
+    try:
+        for n in range(scenario.nodes):
+            name = f"{scenario.name} node {n}"
+            nodes.append(await Node.start(name, config, env, args.loop, server_cpus, args.timeout))
+        note(f"{scenario.name}: {scenario.nodes} node(s), opening {args.subscribers} sessions")
+        start = time.monotonic()
+        for node, count in zip(nodes, counts, strict=True):
+            tally = Tally(count, total_pubs)
+            tallies.append(tally)
+            await open_sessions(tally, node.port, args.timeout)
+        result.setup_s = time.monotonic() - start
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: api, HOST, nodes[0].port)
+
+        note(
+            f"{scenario.name}: {result.setup_s:.1f} s to subscribe; "
+            f"{args.warmup} warm-up + {args.publications} publications"
+        )
+        result.node_delivery_cpu_s = [0.0] * len(nodes)
+        result.node_cycle_cpu_s = [0.0] * len(nodes)
+        result.node_tlast_ms = [[] for _ in nodes]
+        # The generator makes no cycles while measuring (bytes, small dicts): its
+        # collector is off so that its pauses are not counted as delivery time. The
+        # nodes' stays on: their pauses are part of what is measured.
+        gc.collect()
+        gc.disable()
+        start_clocks = read_clocks(nodes, redis)
+        pings = 0
+        for i in range(total_pubs):
+            measured = i >= args.warmup
+            if i == args.warmup:
+                start_clocks, pings = read_clocks(nodes, redis), Pings.count
+            for tally in tallies:
+                if tally.error.done():
+                    tally.error.result()  # a subscriber failed since the last publication
+            before = read_clocks(nodes, redis)
+            sent, answer = api.post(publish_request(nodes[0].port, api_key, i))
+            await delivered(tallies, i, args.timeout)
+            try:
+                async with asyncio.timeout(args.timeout):
+                    status, body, answered = await answer
+            except TimeoutError:
+                raise BenchError(f"publication {i}: no API answer in {args.timeout:g} s") from None
+            if status != 200:
+                raise BenchError(f"publication {i}: API answered {status} {body[:200]!r}")
+            after = read_clocks(nodes, redis)
+            await asyncio.sleep(GAP)
+            settled = read_clocks(nodes, redis)
+            if not measured:
+                continue
+            arrivals = [stamp - sent for tally in tallies for stamp in tally.arrivals[i]]
+            result.api_ms.append((answered - sent) / 1e6)
+            result.t50_ms.append(statistics.median(arrivals) / 1e6)
+            result.tlast_ms.append(max(arrivals) / 1e6)
+            for n, tally in enumerate(tallies):
+                result.node_tlast_ms[n].append((max(tally.arrivals[i]) - sent) / 1e6)
+            # The window ends at the later of the last delivery and the API's answer.
+            result.delivery_wall_s += after.wall - before.wall
+            result.cycle_wall_s += settled.wall - before.wall
+            for n in range(len(nodes)):
+                result.node_delivery_cpu_s[n] += after.nodes[n] - before.nodes[n]
+                result.node_cycle_cpu_s[n] += settled.nodes[n] - before.nodes[n]
+            result.redis_delivery_cpu_s += after.redis - before.redis
+            result.redis_cycle_cpu_s += settled.redis - before.redis
+            result.generator_delivery_cpu_s += after.generator - before.generator
+            result.generator_cycle_cpu_s += settled.generator - before.generator
+        result.other_load_pct = start_clocks.others_pct(read_clocks(nodes, redis))
+        result.pings = Pings.count - pings
+        return result
+    except BenchError as exc:
+        # A lost connection is usually a node that died: say which, with its last words.
+        await asyncio.sleep(0.1)
+        dead = [node for node in nodes if node.proc.returncode is not None]
+        if dead:
+            node = dead[0]
+            raise BenchError(
+                f"{exc}; {node.name} exited (code {node.proc.returncode}){node.tail()}"
+            ) from None
+        raise
+    finally:
+        gc.enable()
+        api.close()
+        # The clients first (abort: no closing handshakes, no TIME_WAIT sockets left for
+        # the next scenario), then the nodes, which then have nobody to say goodbye to.
+        for tally in tallies:
+            tally.close()
+        await asyncio.gather(*(node.stop() for node in nodes))
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """CPU seconds of the nodes, Redis, this process and the whole machine, and the
+    wall clock, read together."""
+
+    nodes: list[float]
+    redis: float
+    generator: float
+    machine: float
+    wall: float
+
+    def others_pct(self, end: Clocks) -> float:
+        """CPU used by other processes since this reading, in % of one core."""
+        ours = sum(end.nodes) - sum(self.nodes) + end.redis - self.redis
+        ours += end.generator - self.generator
+        return 100 * (end.machine - self.machine - ours) / (end.wall - self.wall)
+
+
+def read_clocks(nodes: Sequence[Node], redis: Redis | None) -> Clocks:
+    return Clocks(
+        [node.cpu() for node in nodes],
+        redis.cpu() if redis is not None else 0.0,
+        time.process_time(),
+        machine_cpu(),
+        time.monotonic(),
+    )
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def pct(cpu_s: float, wall_s: float) -> str:
+    return f"{100 * cpu_s / wall_s:.0f}%"
+
+
+def per_pub(cpu_s: float, k: int) -> str:
+    return f"{1e3 * cpu_s / k:.0f}"
+
+
+def timing_table(results: Sequence[Result]) -> str:
+    base = next((r for r in results if r.scenario == "redis-1"), None)
+    rows = [
+        "| scenario | nodes x subscribers | API answer, ms | t_50, ms (median / max) "
+        "| t_last, ms (median / max) | t_last per node, ms (median) | deliveries/s "
+        "| vs redis-1 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        rate = f"{r.deliveries_per_s:,.0f}".replace(",", " ") + ("*" if r.client_bound else "")
+        ratio = f"{r.deliveries_per_s / base.deliveries_per_s:.2f}" if base else "-"
+        per_node = " / ".join(f"{statistics.median(t):.1f}" for t in r.node_tlast_ms)
+        rows.append(
+            f"| {r.scenario} | {' + '.join(map(str, r.subscribers))} "
+            f"| {statistics.median(r.api_ms):.1f} | {med_max(r.t50_ms)} "
+            f"| {med_max(r.tlast_ms)} | {per_node} | {rate} | {ratio} |"
+        )
+    return "\n".join(rows)
+
+
+def cpu_table(results: Sequence[Result]) -> str:
+    rows = [
+        "| scenario | CPU per publication, ms: node(s) / Redis / generator "
+        "| CPU during delivery, % of a core: node(s) / Redis / generator |",
+        "| --- | ---: | ---: |",
+    ]
+    for r in results:
+        k, wall = r.publications, r.delivery_wall_s
+        redis = r.scenario != "memory"
+        cycle = [per_pub(c, k) for c in r.node_cycle_cpu_s]
+        cycle += [per_pub(r.redis_cycle_cpu_s, k) if redis else "-"]
+        cycle += [per_pub(r.generator_cycle_cpu_s, k)]
+        during = [pct(c, wall) for c in r.node_delivery_cpu_s]
+        during += [pct(r.redis_delivery_cpu_s, wall) if redis else "-"]
+        during += [pct(r.generator_delivery_cpu_s, wall)]
+        rows.append(f"| {r.scenario} | {' / '.join(cycle)} | {' / '.join(during)} |")
+    return "\n".join(rows)
+
+
+def load_warnings(results: Sequence[Result]) -> list[str]:
+    return [
+        f"Warning, {r.scenario}: other processes used {r.other_load_pct:.0f}% of a core during "
+        "the publications: these figures are skewed; run again on a quiet machine."
+        for r in results
+        if r.other_load_pct >= OTHER_LOAD_WARNING
+    ]
+
+
+LEGEND = """\
+Times are from writing POST /api/publish on node 0 to: its answer (API answer), the median
+and the last delivery over all subscribers (t_50, t_last), the last delivery on each node.
+deliveries/s: subscribers / median t_last. vs redis-1: deliveries/s over redis-1's.
+CPU per publication: /proc/<pid>/stat (10 ms ticks) from the POST to the last delivery plus
+a {gap:g} ms pause, summed over the publications and divided by their number. CPU during
+delivery: % of one core from the POST to the last delivery (a * on deliveries/s: the
+generator was >= {bound:.0f}% busy, so it may be the limit)."""
+
+
+def machine_line(loop: str, generator_loop: str) -> str:
+    uvloop_version = ""
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        uvloop_version = f" {metadata.version('uvloop')}"
+    redis_version = "?"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+        found = re.search(r"v=(\S+)", out)
+        redis_version = found[1] if found else "?"
+    return (
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}; "
+        f"nodes on {loop}{uvloop_version if loop == 'uvloop' else ''}, generator on "
+        f"{generator_loop}; compiled speedups {'on' if speedups.ACTIVE else 'off'}; "
+        f"redis-server {redis_version}"
+    )
+
+
+def report(
+    args: argparse.Namespace, results: list[Result], placement: str, generator_loop: str
+) -> None:
+    machine = machine_line(args.loop, generator_loop)
+    print(machine)
+    print(
+        f"{args.subscribers} subscribers of {CHANNEL} (no history, no presence), "
+        f"{args.publications} publications of {{'n': i}} one at a time after {args.warmup} "
+        f"warm-up, by POST /api/publish on node 0; {placement}"
+    )
+    print()
+    print(timing_table(results))
+    print()
+    print(cpu_table(results))
+    print()
+    # Clamped: 10 ms ticks read at slightly different times can make it a little negative.
+    others = ", ".join(f"{r.scenario} {max(0.0, r.other_load_pct):.0f}%" for r in results)
+    pings = ", ".join(f"{r.scenario} {r.pings}" for r in results)
+    print(f"Other processes' CPU during the publications, % of a core: {others}")
+    print(f"Pings answered during the publications: {pings}")
+    for line in load_warnings(results):
+        print(line)
+    print()
+    print(LEGEND.format(gap=GAP * 1e3, bound=CLIENT_BOUND * 100))
+    if args.json:
+        data = {
+            "machine": machine,
+            "options": {
+                "subscribers": args.subscribers,
+                "publications": args.publications,
+                "warmup": args.warmup,
+                "placement": placement,
+                "gap_s": GAP,
+            },
+            "results": [r.to_json() for r in results],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --- driver --------------------------------------------------------------------------------
+
+
+async def driver_main(args: argparse.Namespace) -> tuple[list[Result], str]:
+    """Run each scenario in turn; the results, and where the processes ran."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    generator_cpu: int | None = None
+    # Every child gets its CPUs explicitly: without that it would inherit the generator's.
+    server_cpus: set[int] | None = set(allowed) or None
+    if len(allowed) >= 2 and not args.no_pin:
+        generator_cpu = allowed[-1]
+        if args.pin_servers:
+            server_cpus = {allowed[0]}
+    if generator_cpu is None:
+        placement = "no process pinned"
+    elif not args.pin_servers:
+        placement = f"generator pinned to CPU {generator_cpu}, nodes and Redis unpinned"
+    else:
+        placement = (
+            f"generator pinned to CPU {generator_cpu}, nodes and Redis all on CPU {allowed[0]}"
+        )
+    pin(generator_cpu)
+    # SIGTERM stops the run as Ctrl-C does: through the finally blocks that stop every
+    # child (which would otherwise only get SIGTERM from the kernel, see _child_setup).
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    results: list[Result] = []
+    scenarios = [SCENARIOS[name] for name in args.scenarios]
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        folder = Path(tmp)
+        redis: Redis | None = None
+        try:
+            if any(s.redis for s in scenarios):
+                redis = await Redis.start(folder, server_cpus, args.timeout)
+            for scenario in scenarios:
+                results.append(await run_scenario(scenario, args, folder, redis, server_cpus))
+        finally:
+            if redis is not None:
+                await redis.stop()
+    return results, placement
+
+
+def check_open_files(subscribers: int) -> None:
+    """This process holds one socket per subscriber: fail now rather than at socket N."""
+    raise_open_files()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and subscribers + SPARE_FDS > soft:
+        raise BenchError(
+            f"{subscribers} subscribers need {subscribers + SPARE_FDS} files; the limit is {soft}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
+    parser.add_argument("--subscribers", type=int, default=None, help="in all (default 10000)")
+    parser.add_argument("--publications", type=int, default=None, help="measured (default 20)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up publications (2)")
+    parser.add_argument("--quick", action="store_true", help="1000 subscribers, 5 publications")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per phase (60)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default all)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the generator")
+    parser.add_argument(
+        "--pin-servers", action="store_true", help="nodes and Redis all on the first CPU"
+    )
+    args = parser.parse_args(argv)
+    if args.subscribers is None:
+        args.subscribers = 1000 if args.quick else 10000
+    if args.publications is None:
+        args.publications = 5 if args.quick else 20
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown or not args.scenarios:
+        parser.error(f"--scenarios: one or more of {', '.join(SCENARIOS)}")
+    if args.subscribers < 2 or args.publications < 1 or args.warmup < 0 or args.timeout <= 0:
+        parser.error("--subscribers >= 2, --publications >= 1, --warmup >= 0, --timeout > 0")
+    if any(SCENARIOS[name].redis for name in args.scenarios) and not Path(REDIS_SERVER).exists():
+        parser.error(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+        args.loop = "uvloop"
+        generator_loop = f"uvloop {metadata.version('uvloop')}"
+    except ImportError:
+        factory, args.loop, generator_loop = None, "asyncio", "asyncio"
+    try:
+        # Raised here, so that the nodes inherit the limit: each holds its share of sockets.
+        check_open_files(args.subscribers)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            results, placement = runner.run(driver_main(args))
+        report(args, results, placement, generator_loop)
+        code = 0
+    except (BenchError, OSError) as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        code = 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("cluster: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
