@@ -257,14 +257,20 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
     signal.signal(signal.SIGTERM, stop)
     children = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     scheme = "https" if config.server.tls_cert else "http"
-    print(f"backchannel on {scheme}://{config.server.host}:{port}/ ({args.workers} workers)")
+    print(
+        f"backchannel on {scheme}://{config.server.host}:{port}/ ({args.workers} workers)",
+        flush=True,
+    )
     if not config.api.key:
         print(f"HTTP API key (made for this run; set api.key): {api_key}", flush=True)
     try:
         while not stopping:
             for i, child in enumerate(children):
                 if child.poll() is not None and not stopping:
-                    print(f"worker {child.pid} exited ({child.returncode}); restarting")
+                    print(
+                        f"worker {child.pid} exited ({child.returncode}); restarting",
+                        flush=True,
+                    )
                     children[i] = subprocess.Popen(command, env=env)
             time.sleep(0.5)
     finally:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from ..exceptions import BrokerUnavailable
 from . import codes, wire
 from .broker import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from .codes import Disconnect
@@ -62,6 +63,8 @@ class Hub:
         self.sessions: set[Session] = set()
         self._timers: dict[Session, asyncio.TimerHandle] = {}
         self._presence_task: asyncio.Task[None] | None = None
+        #: Per channel: done once this node is subscribed on the broker.
+        self._on_broker: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __aenter__(self) -> Hub:
@@ -161,13 +164,23 @@ class Hub:
 
     async def _subscribe(self, session: Session, sub: Subscription) -> None:
         channel = sub.channel
-        local = self.channels.get(channel)
-        if local is None:
-            local = self.channels[channel] = {}
-            local[session] = sub
-            await self.broker.subscribe(channel)
+        self.channels.setdefault(channel, {})[session] = sub
+        # Every subscriber waits until the node is subscribed on the broker: answered
+        # earlier, it could miss a publication made meanwhile. The first one subscribes;
+        # if that fails, every waiter gets the error (and is removed by its session).
+        ready = self._on_broker.get(channel)
+        if ready is None:
+            ready = self._on_broker[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await self.broker.subscribe(channel)
+            except BaseException as exc:
+                self._on_broker.pop(channel, None)
+                ready.set_exception(exc)
+                ready.exception()  # retrieved here; waiters still get it
+                raise
+            ready.set_result(None)
         else:
-            local[session] = sub
+            await asyncio.shield(ready)
         if sub.options.presence:
             await self.broker.add_presence(channel, session.who, self.options.presence_ttl)
         if sub.options.join_leave:
@@ -178,25 +191,36 @@ class Hub:
         local = self.channels.get(channel)
         if local is None or local.pop(session, None) is None:
             return
-        if not local:
-            del self.channels[channel]
-            await self.broker.unsubscribe(channel)
-        if sub.options.presence:
-            await self.broker.remove_presence(channel, session.client)
-        if sub.options.join_leave:
-            await self.broker.publish_leave(channel, session.who)
+        # The client is gone whatever the broker says: a broker that cannot be reached
+        # must not stop a disconnect (presence entries expire by themselves).
+        try:
+            if not local:
+                del self.channels[channel]
+                ready = self._on_broker.pop(channel, None)
+                if ready is not None and ready.done() and ready.exception() is None:
+                    await self.broker.unsubscribe(channel)
+            if sub.options.presence:
+                await self.broker.remove_presence(channel, session.client)
+            if sub.options.join_leave:
+                await self.broker.publish_leave(channel, session.who)
+        except BrokerUnavailable as exc:
+            logger.warning("leaving %r while the broker is unreachable: %s", channel, exc)
 
     async def _refresh_presence(self) -> None:
-        """Re-add this node's presence entries before they expire."""
+        """Re-add this node's presence entries before they expire; a broker that cannot
+        be reached now is tried again next time."""
         interval = self.options.presence_ttl / 3
         while True:
             await asyncio.sleep(interval)
-            for channel, local in list(self.channels.items()):
-                for session, sub in list(local.items()):
-                    if sub.options.presence:
-                        await self.broker.add_presence(
-                            channel, session.who, self.options.presence_ttl
-                        )
+            try:
+                for channel, local in list(self.channels.items()):
+                    for session, sub in list(local.items()):
+                        if sub.options.presence:
+                            await self.broker.add_presence(
+                                channel, session.who, self.options.presence_ttl
+                            )
+            except BrokerUnavailable as exc:
+                logger.warning("presence not refreshed: %s", exc)
 
     # Publishing.
 

@@ -64,6 +64,10 @@ logger = logging.getLogger("backchannel.hub")
 # Redis errors that mean "not reachable now" rather than a bug.
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
+#: Connections to Redis per node: the pub/sub one, plus commands in flight at once
+#: (more wait for one).
+MAX_CONNECTIONS = 64
+
 #: How long (ms) a node counts as up after its last sign of life (refreshed every third
 #: of it): a killed node's long-poll sessions are given up within this long.
 ALIVE_TTL_MS = 10_000
@@ -176,18 +180,28 @@ class RedisBroker:
         self._clock = clock
         #: Commands time out after ``socket_timeout`` seconds: a Redis that hangs must give
         #: a clear temporary error, not a publish that never returns.
-        self._redis = redis.Redis.from_url(
+        # A blocking pool: a burst of commands (a thousand clients subscribing at once)
+        # waits for a connection instead of failing as if Redis were down.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=socket_timeout,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             health_check_interval=30,
-            # One quick retry on a broken connection: after Redis restarts, the pool's
-            # first connection is dead. A timeout is not retried: the command may have
-            # run, and a publish must not be made twice.
+        )
+        #: For reads and writes that may be repeated: one quick retry on a broken
+        #: connection (after Redis restarts, a pooled connection is dead).
+        self._redis = redis.Redis(
+            connection_pool=pool,
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
         )
-        self._publish_script = self._redis.register_script(_PUBLISH)
+        #: For publishes: no retry. A connection that breaks after Redis ran the script
+        #: must not publish twice; the caller gets error 116 and retries with its
+        #: idempotency key.
+        self._writer = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._publish_script = self._writer.register_script(_PUBLISH)
         self._history_script = self._redis.register_script(_HISTORY)
         self._presence_script = self._redis.register_script(_PRESENCE)
         self._handler: BrokerHandler | None = None
@@ -233,6 +247,8 @@ class RedisBroker:
                 await self._pubsub.aclose()
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
+            await self._writer.aclose()
+            await self._redis.connection_pool.disconnect()
 
     # Node subscriptions.
 

@@ -1,0 +1,366 @@
+"""End-to-end: several ``backchannel serve`` processes on one real redis-server act as
+one hub (docs/howto/cluster.md). Nodes are killed, Redis restarts under load, and
+``--workers`` shares a port; clients reconnect and recover as real ones do.
+
+Run with ``-s`` to see the figures the failover tests print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.cluster import (
+    Balancer,
+    Cluster,
+    Publisher,
+    Subscriber,
+    api,
+    healthz,
+    node_env,
+    token,
+)
+from helpers.hub_client import HubClient
+from helpers.redis_server import RedisServer, require_redis
+
+#: For the load tests: a history that holds every message of a run, no join and leave
+#: pushes (300 clients would get 90 000 of them), published by the server only. A file
+#: with [channels] replaces the default namespaces, so chat is given again.
+CONFIG = """\
+[channels.chat]
+history_size = 100
+history_ttl = 3600.0
+presence = true
+join_leave = true
+
+[channels.feed]
+history_size = 1000
+history_ttl = 600.0
+presence = false
+join_leave = false
+publish = "server"
+"""
+
+
+def redis_in(tmp_path: Path, *, persistent: bool) -> RedisServer:
+    require_redis()
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    return RedisServer(folder, persistent=persistent)
+
+
+@asynccontextmanager
+async def cluster_on(tmp_path: Path, redis: RedisServer) -> AsyncIterator[Cluster]:
+    """A cluster (no node yet) on ``redis``; its clients are closed and its nodes killed
+    at the end, whatever happened."""
+    cluster = Cluster(tmp_path, redis.url, config=CONFIG)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_in(tmp_path, persistent=False) as server:
+        yield server
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """Append-only with fsync always: what Redis acknowledged survives its restart."""
+    with redis_in(tmp_path, persistent=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Cluster]:
+    async with cluster_on(tmp_path, redis_server) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def persistent_cluster(
+    tmp_path: Path, persistent_redis: RedisServer
+) -> AsyncIterator[Cluster]:
+    async with cluster_on(tmp_path, persistent_redis) as cluster:
+        yield cluster
+
+
+async def finish(task: asyncio.Task[None], seconds: float) -> None:
+    """Wait for ``task`` (TimeoutError after ``seconds``); cancelled if it is not done."""
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.shield(task)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def subscribe_all(subscribers: list[Subscriber]) -> None:
+    """Start every subscriber at once (a hundred subscribes reach each node together,
+    more than its Redis connections: they wait for one, none is refused) and wait until
+    all are subscribed."""
+    async with asyncio.timeout(60):
+        for subscriber in subscribers:
+            subscriber.start()
+        await asyncio.gather(*(s.wait_subscribed() for s in subscribers))
+
+
+async def wait_all(subscribers: list[Subscriber], offset: int, seconds: float) -> None:
+    """Until every subscriber has applied ``offset``; name the laggards on timeout."""
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.gather(*(s.wait_offset(offset) for s in subscribers))
+    except TimeoutError:
+        behind = [
+            (s.user, s.position, s.problems)
+            for s in subscribers
+            if s.position is None or s.position[1] < offset
+        ]
+        raise AssertionError(
+            f"{len(behind)} clients short of offset {offset}: {behind[:5]}"
+        ) from None
+
+
+def check_delivery(subscribers: list[Subscriber], published: list[tuple[int, Any]]) -> None:
+    """Every subscriber got exactly ``published`` ((offset, data)), in order, each once."""
+    for subscriber in subscribers:
+        assert subscriber.problems == [], (subscriber.user, subscriber.problems)
+        assert subscriber.received == published, subscriber.user
+
+
+async def test_clients_on_three_nodes_chat_see_everyone_and_the_same_history(
+    cluster: Cluster,
+) -> None:
+    nodes = await cluster.start(3)
+    users = ["alice", "bob", "carol"]
+    clients = []
+    for user, node in zip(users, nodes, strict=True):
+        client = cluster.track(await HubClient.open(node.port, path="/ws", token=token(user)))
+        assert client.info["user"] == user
+        subscribed = await client.call("subscribe", channel="chat:room")
+        assert subscribed["offset"] == 0
+        clients.append(client)
+
+    # Everyone publishes at once: Redis orders them; every node delivers that order.
+    replies = await asyncio.gather(
+        *(
+            client.call("publish", channel="chat:room", data={"text": f"hi from {user}"})
+            for user, client in zip(users, clients, strict=True)
+        )
+    )
+    assert sorted(reply["offset"] for reply in replies) == [1, 2, 3]
+    assert len({reply["epoch"] for reply in replies}) == 1
+    seen = []
+    for client in clients:
+        publications = await client.publications(3)
+        seen.append([(p["offset"], p["info"]["user"], p["data"]["text"]) for p in publications])
+    assert [offset for offset, _, _ in seen[0]] == [1, 2, 3]
+    assert seen[0] == seen[1] == seen[2]
+    assert sorted(user for _, user, _ in seen[0]) == sorted(users)
+    assert all(text == f"hi from {user}" for _, user, text in seen[0])
+
+    # Presence: the same three users from a client of every node, and the API of every
+    # node.
+    for client in clients:
+        present = (await client.call("presence", channel="chat:room"))["clients"]
+        assert sorted(who["user"] for who in present.values()) == sorted(users)
+    for node in nodes:
+        reply = await api(node.port, "presence", {"channel": "chat:room"})
+        assert reply.status == 200, reply.text
+        assert sorted(who["user"] for who in reply.json()["clients"].values()) == sorted(users)
+
+    # History: one stream, read the same through every node.
+    histories = [await client.call("history", channel="chat:room") for client in clients]
+    assert histories[0] == histories[1] == histories[2]
+    assert [p["offset"] for p in histories[0]["publications"]] == [1, 2, 3]
+    assert [
+        (p["offset"], p["info"]["user"], p["data"]["text"]) for p in histories[0]["publications"]
+    ] == seen[0]
+    for node in nodes:
+        reply = await api(node.port, "history", {"channel": "chat:room"})
+        assert reply.status == 200, reply.text
+        assert reply.json() == histories[0]
+
+
+async def test_a_killed_node_loses_nothing(cluster: Cluster) -> None:
+    nodes = await cluster.start(3)
+    ports = [node.port for node in nodes]
+    balancer = Balancer(ports)
+    channel = "feed:failover"
+    # 100 clients on each node, each its own user (max_connections_per_user is 100).
+    subscribers = [
+        cluster.track(Subscriber(f"u{i}", channel, balancer, port=ports[i % 3])) for i in range(300)
+    ]
+    await subscribe_all(subscribers)
+    assert all(s.position is not None and s.position[1] == 0 for s in subscribers)
+    doomed = [s for s in subscribers if s.port == ports[2]]
+    assert len(doomed) == 100
+
+    publisher = Publisher(ports[0], channel, interval=0.02)
+    publishing = asyncio.create_task(publisher.run(80))
+    try:
+        async with asyncio.timeout(30):
+            await publisher.wait(lambda p: p.sent >= 27)
+        killed_at = time.monotonic()
+        await nodes[2].kill()
+    finally:
+        await finish(publishing, 30)
+    assert publisher.refused == []
+    assert [offset for offset, _ in publisher.accepted] == list(range(1, 81))
+    await wait_all(subscribers, 80, seconds=30)
+
+    check_delivery(subscribers, publisher.accepted)
+    moved = [s for s in subscribers if len(s.subscriptions) > 1]
+    assert set(moved) == set(doomed)
+    for subscriber in moved:
+        assert subscriber.subscriptions[0][0] == ports[2]
+        assert subscriber.port in ports[:2]
+    # They missed publications while away, and got them back in their subscribe replies.
+    recovered = [s.recovered for s in moved]
+    assert sum(recovered) > 0
+    last_back = max(s.subscriptions[-1][1] for s in moved) - killed_at
+    refused = sum(len(s.failed_attempts) for s in subscribers)
+    print(
+        f"\nkilled node: {len(publisher.accepted)} messages to {len(subscribers)} clients, "
+        f"{len(moved)} moved ({sum(s.port == ports[0] for s in moved)} to node 0, "
+        f"{sum(s.port == ports[1] for s in moved)} to node 1), "
+        f"{refused} connection attempts refused on the way; last moved client "
+        f"resubscribed {last_back:.2f} s after the kill; {sum(recovered)} publications "
+        f"recovered in subscribe replies (up to {max(recovered)} by one client); "
+        f"{sum(s.skipped for s in subscribers)} publications skipped as seen before"
+    )
+
+
+async def test_redis_restarted_mid_run_nodes_and_clients_recover(
+    persistent_cluster: Cluster, persistent_redis: RedisServer
+) -> None:
+    cluster, redis = persistent_cluster, persistent_redis
+    nodes = await cluster.start(2)
+    ports = [node.port for node in nodes]
+    balancer = Balancer(ports)
+    channel = "feed:restart"
+    subscribers = [
+        cluster.track(Subscriber(f"u{i}", channel, balancer, port=ports[i % 2])) for i in range(20)
+    ]
+    await subscribe_all(subscribers)
+
+    publisher = Publisher(ports[0], channel, interval=0.02)
+    publishing = asyncio.create_task(publisher.run(1000))
+    try:
+        async with asyncio.timeout(30):
+            await publisher.wait(lambda p: len(p.accepted) >= 40)
+        # A restart (redis.restart()) is over in about 0.1 s, in which the publisher may
+        # get no refusal at all: stop, keep Redis down until 5 publishes were refused,
+        # then start it again.
+        restart_began = time.monotonic()
+        await asyncio.to_thread(redis.stop)
+        async with asyncio.timeout(30):
+            await publisher.wait(lambda p: len(p.refused) >= 5)
+        await asyncio.to_thread(redis.start)
+        restarted = time.monotonic()
+        accepted_then = len(publisher.accepted)
+        # Nodes reconnect with backoff (up to 5 s): go on until 40 more were accepted.
+        async with asyncio.timeout(30):
+            await publisher.wait(lambda p: len(p.accepted) >= accepted_then + 40)
+    finally:
+        publisher.stop()
+        await finish(publishing, 10)
+    accepted, refused = publisher.accepted, publisher.refused
+    offsets = [offset for offset, _ in accepted]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    # docs/api.md: 503 (116) means not accepted. The one publish in flight when Redis
+    # stopped may still have been stored (Redis ran it, then went away before answering):
+    # then it is in the stream like any other, and every client has it once, in order.
+    # Nothing else that was refused may reach anyone, and nothing accepted may be missing.
+    stream = (await api(ports[1], "history", {"channel": channel})).json()["publications"]
+    stored = [(p["offset"], p["data"]) for p in stream]
+    assert [offset for offset, _ in stored] == list(range(1, len(stored) + 1))
+    assert all(entry in stored for entry in accepted)
+    stored_anyway = [entry for entry in stored if entry not in accepted]
+    assert all(data in refused for _, data in stored_anyway), stored_anyway
+    assert len(stored_anyway) <= 1, stored_anyway  # one publish in flight at a time
+    await wait_all(subscribers, stored[-1][0], seconds=30)
+    check_delivery(subscribers, stored)
+    reconnected = [s for s in subscribers if len(s.subscriptions) > 1]
+    codes = sorted({str(code) for s in subscribers for code in s.close_codes})
+    # How long after Redis was back the first publication accepted then reached everyone
+    # (through the node that took it, and the other, which catches up from history).
+    first_after = stored.index(accepted[accepted_then])  # its index in every client's list
+    delivered = max(s.arrivals[first_after] for s in subscribers) - restarted
+    print(
+        f"\nRedis restart: {publisher.sent} publishes, {len(accepted)} accepted, "
+        f"{len(refused)} refused (503, 116), {len(stored_anyway)} of them stored anyway; "
+        f"Redis down for {restarted - restart_began:.2f} s; "
+        f"{len(subscribers)} clients, {len(reconnected)} reconnected (close codes {codes}); "
+        f"the first publication accepted after the restart reached every client "
+        f"{delivered:.2f} s after Redis was back; "
+        f"{sum(s.skipped for s in subscribers)} publications skipped as seen before"
+    )
+
+
+async def test_workers_share_a_port_through_redis(cluster: Cluster) -> None:
+    parent = cluster.spawn("--workers", "2")
+    # The parent names the port once it has spawned the workers; each worker prints its
+    # own line once it listens.
+    port = await parent.ready("2 workers")
+    assert await parent.ready(count=2) == port
+
+    # One new connection per request: the kernel spreads them over the workers.
+    nodes: set[str] = set()
+    for _ in range(40):
+        answer = await healthz(port)
+        assert answer["status"] == "ok"
+        nodes.add(answer["node"])
+        if len(nodes) == 2:
+            break
+    assert len(nodes) == 2, nodes
+
+    # 16 clients: both workers have some, but for a chance of 2 in 65 536.
+    users = [f"w{i}" for i in range(16)]
+    clients = [
+        cluster.track(await HubClient.open(port, path="/ws", token=token(user))) for user in users
+    ]
+    for client in clients:
+        await client.call("subscribe", channel="chat:workers")
+    reply = await api(port, "presence", {"channel": "chat:workers"})
+    assert reply.status == 200, reply.text
+    assert sorted(who["user"] for who in reply.json()["clients"].values()) == sorted(users)
+    present = (await clients[-1].call("presence", channel="chat:workers"))["clients"]
+    assert sorted(who["user"] for who in present.values()) == sorted(users)
+    published = await clients[0].call("publish", channel="chat:workers", data="to all")
+    for client in clients:
+        [publication] = await client.publications(1)
+        assert (publication["data"], publication["offset"]) == ("to all", published["offset"])
+        assert publication["info"]["user"] == "w0"
+
+    assert await parent.stop() == 0
+    for client in clients:
+        assert await client.closed() == (3000, "server shutting down")
+    assert parent.output().count("shutting down") == 3  # the parent and both workers
+
+
+async def test_workers_need_a_broker(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "backchannel", "serve", "--workers", "2", "--port", "0"]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        env=node_env(None, ""),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result
+    assert "BACKCHANNEL_BROKER_URL" in result.stderr
+    assert result.stdout == ""
