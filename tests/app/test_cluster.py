@@ -193,6 +193,19 @@ async def test_clients_on_three_nodes_chat_see_everyone_and_the_same_history(
         assert reply.status == 200, reply.text
         assert reply.json() == histories[0]
 
+    # The API of one node acts on every node: bob (node 1) loses the room, carol (node 2)
+    # is disconnected, both through node 0.
+    reply = await api(nodes[0].port, "unsubscribe", {"channel": "chat:room", "user": "bob"})
+    assert reply.status == 200, reply.text
+    push = await clients[1].push()
+    while push["push"] != "unsubscribe":
+        push = await clients[1].push()
+    assert (push["channel"], push["code"]) == ("chat:room", 117)
+    reply = await api(nodes[0].port, "disconnect", {"user": "carol", "code": 4002, "reason": "bye"})
+    assert reply.status == 200, reply.text
+    assert await clients[2].closed() == (4002, "bye")
+    assert await clients[0].call("ping") == {}
+
 
 async def test_a_killed_node_loses_nothing(cluster: Cluster) -> None:
     nodes = await cluster.start(3)

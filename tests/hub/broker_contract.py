@@ -73,6 +73,9 @@ class Recorder:
     def on_lost(self, channel: str) -> None:
         self._record(("lost", channel))
 
+    def on_control(self, message: dict[str, Any]) -> None:
+        self._record(("control", message))
+
     def _record(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
         self._changed.set()
@@ -113,6 +116,13 @@ class BrokerContract:
         assert recorder.data() == [0, 1, 2, 3, 4]
         assert offsets([e[1] for e in events]) == [1, 2, 3, 4, 5]
         assert {e[1].channel for e in events} == {"news"}
+
+    async def test_control_messages_reach_this_node_without_subscribing(
+        self, broker: Broker, recorder: Recorder
+    ) -> None:
+        await broker.publish_control({"op": "disconnect", "user": "alice"})
+        events = await recorder.wait_for(1)
+        assert events == [("control", {"op": "disconnect", "user": "alice"})]
 
     async def test_publish_carries_publisher(self, broker: Broker, recorder: Recorder) -> None:
         await broker.subscribe("news")

@@ -158,8 +158,8 @@ class HttpApi:
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         self.hub.channel_options(params["channel"])
-        count = await self.hub.unsubscribe(params["channel"], user=params.get("user"))
-        return {"unsubscribed": count}
+        await self.hub.unsubscribe_everywhere(params["channel"], user=params.get("user"))
+        return {}
 
     async def _disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
         disconnect = codes.FORCE_DISCONNECT
@@ -169,7 +169,8 @@ class HttpApi:
             if not 4000 <= code < 5000:
                 raise CommandError(codes.BAD_REQUEST.with_message("code must be 4000-4999"))
             disconnect = Disconnect(code, params.get("reason", ""))
-        return {"disconnected": self.hub.disconnect_user(params["user"], disconnect)}
+        await self.hub.disconnect_everywhere(params["user"], disconnect)
+        return {}
 
 
 def _published(offset: int, epoch: str, duplicate: bool) -> dict[str, Any]:

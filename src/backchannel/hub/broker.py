@@ -88,6 +88,10 @@ class BrokerHandler(Protocol):
         """Events of this channel may have been lost (the broker lost its connection
         and could not read them back): its subscribers should recover by themselves."""
 
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A command for every node (disconnect a user, end subscriptions), from
+        :meth:`Broker.publish_control` on any node, this one included."""
+
 
 class Broker(Protocol):
     """The interface every broker implements (see the module docstring)."""
@@ -124,6 +128,9 @@ class Broker(Protocol):
 
     async def publish_leave(self, channel: str, who: ClientInfo) -> None:
         """Deliver a leave to every node subscribed to the channel."""
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        """Deliver a JSON object to every node's ``on_control``, this node's included."""
 
     async def history(
         self, channel: str, *, since: Position | None = None, limit: int | None = None
@@ -280,6 +287,14 @@ class MemoryBroker:
                 handler.on_leave(channel, who)
             except Exception:
                 logger.exception("broker handler failed on a leave in %r", channel)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        handler = self._handler
+        if handler is not None:
+            try:
+                handler.on_control(message)
+            except Exception:
+                logger.exception("broker handler failed on a control message")
 
     async def history(
         self, channel: str, *, since: Position | None = None, limit: int | None = None

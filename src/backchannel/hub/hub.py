@@ -358,6 +358,35 @@ class Hub:
             await self._unsubscribe(session, sub)
         return len(targets)
 
+    async def disconnect_everywhere(
+        self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT
+    ) -> None:
+        """Disconnect every connection of a user, on every node (through the broker)."""
+        await self.broker.publish_control(
+            {"op": "disconnect", "user": user, "code": disconnect.code, "reason": disconnect.reason}
+        )
+
+    async def unsubscribe_everywhere(self, channel: str, *, user: str | None = None) -> None:
+        """End a channel's subscriptions (of one user, or all) on every node."""
+        await self.broker.publish_control({"op": "unsubscribe", "channel": channel, "user": user})
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "disconnect" and isinstance(message.get("user"), str):
+            code, reason = message.get("code"), message.get("reason")
+            if isinstance(code, int) and isinstance(reason, str):
+                self.disconnect_user(message["user"], Disconnect(code, reason))
+        elif op == "unsubscribe" and isinstance(message.get("channel"), str):
+            user = message.get("user")
+            if user is None or isinstance(user, str):
+                task = asyncio.get_running_loop().create_task(
+                    self.unsubscribe(message["channel"], user=user)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        else:
+            logger.warning("ignoring an unknown control message %r", op)
+
     def disconnect_user(self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT) -> int:
         """Disconnect every connection of a user on this node; return how many."""
         sessions = list(self.users.get(user, ()))

@@ -16,6 +16,7 @@ deployments can share one Redis (docs/howto/cluster.md):
   (hash, client id -> who): presence. Entries expire by score, so a dead node's clients
   disappear after the presence TTL.
 * ``{prefix}:i:{channel}:{key}``: an idempotency key and the result it gave.
+* ``{prefix}:ctl``: commands for every node (disconnect a user, end subscriptions).
 * Long polling across nodes (the broker is also a
   :class:`~backchannel.hub.longpoll.SessionRelay`): ``{prefix}:lp:{sid}`` names the node
   that holds a session, ``{prefix}:alive:{node}`` says the node is up (refreshed every
@@ -215,6 +216,7 @@ class RedisBroker:
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
         self._node_channel = self._key("n", self.node)
+        self._control_channel = f"{prefix}:ctl"
         self._session_handler: Callable[[str, str, bytes], Awaitable[Answer]] | None = None
         self._forwarded: dict[str, asyncio.Future[Answer]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -227,7 +229,7 @@ class RedisBroker:
         self._handler = handler
         self._pubsub = self._redis.pubsub()
         async with _reachable():
-            await self._pubsub.subscribe(self._node_channel)
+            await self._pubsub.subscribe(self._node_channel, self._control_channel)
             await self._redis.set(self._key("alive", self.node), 1, px=ALIVE_TTL_MS)
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read())
@@ -317,6 +319,10 @@ class RedisBroker:
                 ],
             )
         return PublishResult(_publication(channel, message), duplicate=bool(duplicate))
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        async with _reachable():
+            await self._redis.publish(self._control_channel, _dumps(message))
 
     async def publish_join(self, channel: str, who: ClientInfo) -> None:
         async with _reachable():
@@ -422,7 +428,7 @@ class RedisBroker:
             channels = list(self._channels)
             try:
                 names = [self._key("c", c) for c in channels]
-                await self._pubsub.subscribe(self._node_channel, *names)
+                await self._pubsub.subscribe(self._node_channel, self._control_channel, *names)
                 for channel in channels:
                     await self._catch_up(channel)
             except (*_DOWN, BrokerUnavailable) as exc:
@@ -452,6 +458,17 @@ class RedisBroker:
         if name == self._node_channel:
             if kind == "message":
                 self._on_node_message(message["data"])
+            return
+        if name == self._control_channel:
+            handler = self._handler
+            if kind == "message" and handler is not None:
+                try:
+                    control = json.loads(message["data"])
+                except ValueError:
+                    logger.warning("ignoring a malformed control message")
+                    return
+                if isinstance(control, dict):
+                    _call(handler.on_control, control)
             return
         channel = name[len(self._channel_prefix) :]
         if kind == "subscribe":
