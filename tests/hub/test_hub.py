@@ -15,11 +15,12 @@ import pytest
 from helpers.hub_client import HubClient, LongPollClient, ReplyError
 
 from backchannel.asyncio import connect, serve
-from backchannel.exceptions import InvalidStatus
+from backchannel.exceptions import BrokerUnavailable, InvalidStatus
 from backchannel.hub.broker import HistoryOptions, HistoryResult, MemoryBroker
 from backchannel.hub.hub import Hub
 from backchannel.hub.longpoll import LongPoll
 from backchannel.hub.options import ChannelOptions, HubOptions
+from backchannel.hub.session import Subscription
 from backchannel.hub.token import TokenVerifier
 from backchannel.hub.websocket import websocket_handler
 
@@ -666,3 +667,63 @@ async def test_a_publication_during_recovery_is_delivered_once() -> None:
             (live,) = await client.publications(1)
             assert live["data"] == "after" and live["offset"] == 3
             await client.close()
+
+
+class GatedBroker(MemoryBroker):
+    """A broker whose node subscriptions wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def subscribe(self, channel: str) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().subscribe(channel)
+
+
+class Sink:
+    """A transport that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.written.append(text)
+
+    def close(self, disconnect: Any) -> None:
+        pass
+
+    @classmethod
+    def fan_out(cls, transports: Any, text: str) -> list[Any]:
+        for transport in transports:
+            transport.write(text)
+        return []
+
+
+async def test_subscribers_wait_for_the_node_subscription_and_survive_a_cancelled_first() -> None:
+    broker = GatedBroker()
+    async with Hub(OPTIONS, broker=broker) as hub:
+        first, second, third = (hub.open_session(Sink()) for _ in range(3))
+        options = ChannelOptions()
+        subscribing = asyncio.create_task(hub._subscribe(first, Subscription("c", options)))
+        await broker.entered.wait()
+        waiting = asyncio.create_task(hub._subscribe(second, Subscription("c", options)))
+        await asyncio.sleep(0)  # let it reach its wait (a turn of the loop, no timing)
+        assert not waiting.done()  # not answered before the node is subscribed
+        # The first subscriber's client goes away: the second gets a temporary error,
+        # not a cancellation that would end its own connection.
+        subscribing.cancel()
+        with pytest.raises(BrokerUnavailable):
+            await waiting
+        with pytest.raises(asyncio.CancelledError):
+            await subscribing
+        # A later subscriber subscribes the node again, and is answered once it is.
+        broker.entered.clear()
+        later = asyncio.create_task(hub._subscribe(third, Subscription("c", options)))
+        await broker.entered.wait()
+        assert not later.done()
+        broker.gate.set()
+        await later
+        assert "c" in hub.channels and third in hub.channels["c"]

@@ -175,6 +175,10 @@ class Hub:
                 await self.broker.subscribe(channel)
             except BaseException as exc:
                 self._on_broker.pop(channel, None)
+                # The first subscriber's own cancellation (its client left) must not
+                # cancel the others: they get a temporary error and may try again.
+                if not isinstance(exc, Exception):
+                    exc = BrokerUnavailable("the channel's subscription was interrupted")
                 ready.set_exception(exc)
                 ready.exception()  # retrieved here; waiters still get it
                 raise
