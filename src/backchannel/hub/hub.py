@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -256,6 +256,21 @@ class Hub:
         options = self.channel_options(channel)
         self.check_data(data)
         return await self._publish(channel, data, options, key=idempotency_key)
+
+    async def broadcast(
+        self, channels: Sequence[str], data: Any
+    ) -> list[PublishResult | CommandError]:
+        """Publish the same data to many channels: the data is checked once (a bad one
+        raises), then each channel gives its result or its own CommandError."""
+        self.check_data(data)
+        results: list[PublishResult | CommandError] = []
+        for channel in channels:
+            try:
+                options = self.channel_options(channel)
+                results.append(await self._publish(channel, data, options))
+            except CommandError as exc:
+                results.append(exc)
+        return results
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         """Who is subscribed to a channel with presence, on every node."""

@@ -56,6 +56,7 @@ class LongPollTransport:
         "_idle",
         "_waiter",
         "batches",
+        "claimed",
         "closing",
         "endpoint",
         "pending",
@@ -75,6 +76,8 @@ class LongPollTransport:
         #: Batches sent but not acknowledged: (number, body).
         self.batches: deque[tuple[int, bytes]] = deque()
         self.seq = 0
+        #: When (loop time) the relay last recorded this node as the session's.
+        self.claimed = 0.0
         self.closing: Disconnect | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -252,6 +255,7 @@ class LongPoll:
         self.sessions[sid] = transport
         self._arm_idle(transport)
         if self.relay is not None:
+            transport.claimed = asyncio.get_running_loop().time()
             await self.relay.claim_session(sid, self.idle_timeout)
         await session.handle(request.body)
         return Response.json(200, {"sid": sid, "ack": 0})
@@ -273,8 +277,11 @@ class LongPoll:
         if transport._idle is not None:
             transport._idle.cancel()
             transport._idle = None
-        if self.relay is not None:
-            # Still here: other nodes keep forwarding to this one.
+        now = asyncio.get_running_loop().time()
+        if self.relay is not None and now - transport.claimed > self.idle_timeout / 3:
+            # Still here: other nodes keep forwarding to this one. Renewed every third of
+            # the claim's life, not on every poll: a poll is the hot path.
+            transport.claimed = now
             await self.relay.claim_session(transport.sid, self.idle_timeout)
         try:
             batch = transport.next_batch()
