@@ -24,9 +24,11 @@ setup: $(BIN)/.installed
 # tests (driven by Playwright, which downloads no browser of its own); the Redis broker's
 # tests start Debian's redis-server themselves, on a free loopback port.
 system-deps:
-	@command -v node >/dev/null && command -v npm >/dev/null && command -v chromium >/dev/null \
-		&& command -v redis-server >/dev/null || \
-		(apt-get update && apt-get install -y nodejs npm chromium redis-server)
+	@missing=""; \
+	for pair in node:nodejs npm:npm chromium:chromium redis-server:redis-server; do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
 
 node-deps: system-deps tests/interop/node_modules/.installed
 

@@ -20,7 +20,15 @@ Whose fault it is decides where an exception sits::
     │   └── ConnectionClosedError  any other way
     ├── HandshakeTimeout           the opening handshake did not complete in time
     ├── ProxyError                 an HTTP proxy refused or broke the tunnel
-    └── BrokerUnavailable          the hub's broker (Redis) cannot be reached
+    ├── BrokerUnavailable          the hub's broker (Redis) cannot be reached
+    ├── CommandError               a hub command is refused: an error reply (has .code)
+    ├── DisconnectRequest          the hub ends a connection with a disconnect code
+    └── TokenError                 a token is malformed, forged or for something else
+        └── TokenExpired           a valid token whose exp has passed
+
+``CommandError`` and ``DisconnectRequest`` are raised by the hub and by the
+application's hooks alike (an application uses codes 1000-1999 and 4000-4999); the
+Python client raises ``CommandError`` for an error reply.
 
 Peer faults never escape the protocol core's ``receive_data``: they become a close
 frame with the mapped code, and the exception is kept on the connection.
@@ -28,12 +36,16 @@ frame with the mapped code, and the exception is kept on the connection.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 __all__ = [
     "BackchannelError",
     "BrokerUnavailable",
+    "CommandError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "DisconnectRequest",
     "HandshakeTimeout",
     "InvalidArgument",
     "InvalidHandshake",
@@ -47,6 +59,8 @@ __all__ = [
     "PeerError",
     "ProtocolError",
     "ProxyError",
+    "TokenError",
+    "TokenExpired",
     "UsageError",
 ]
 
@@ -154,3 +168,64 @@ class BrokerUnavailable(BackchannelError):
     """The broker cannot be reached (Redis is down): nothing was published or read.
 
     Temporary: clients get error 116 and the HTTP API 503; retrying later may succeed."""
+
+
+class _Coded(Protocol):
+    """An error of the hub's registry (``backchannel.hub.codes.Error``)."""
+
+    @property
+    def code(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def temporary(self) -> bool: ...
+
+
+class _Reasoned(Protocol):
+    """A disconnect of the hub's registry (``backchannel.hub.codes.Disconnect``)."""
+
+    @property
+    def code(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class CommandError(BackchannelError):
+    """A hub command is refused with an error reply; the connection stays.
+
+    ``CommandError(codes.PERMISSION_DENIED)`` with an error of the registry, or
+    ``CommandError(1001, "out of stock")`` from an application (codes 1000-1999).
+    ``temporary`` tells the client whether the same command may succeed later.
+    """
+
+    def __init__(self, error: int | _Coded, message: str = "", *, temporary: bool = False) -> None:
+        if isinstance(error, int):
+            code = error
+        else:
+            code, message, temporary = error.code, message or error.message, error.temporary
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.temporary = temporary
+
+
+class DisconnectRequest(BackchannelError):
+    """End a hub connection with this code and reason (3000-3999 by the hub, 4000-4999 by
+    an application; below 3500 and 4500 the client reconnects)."""
+
+    def __init__(self, disconnect: int | _Reasoned, reason: str = "") -> None:
+        if isinstance(disconnect, int):
+            code = disconnect
+        else:
+            code, reason = disconnect.code, reason or disconnect.reason
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class TokenError(BackchannelError):
+    """A token is malformed, forged, or for something else."""
+
+
+class TokenExpired(TokenError):
+    """A token was valid but its ``exp`` has passed."""
