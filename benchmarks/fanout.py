@@ -41,11 +41,11 @@ from unittest import mock
 from backchannel.asyncio import broadcast as real_broadcast
 from backchannel.asyncio import serve
 from backchannel.asyncio.connection import Connection as AsyncConnection
-from backchannel.hub import websocket as hub_websocket
 from backchannel.hub import wire
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
-from backchannel.hub.websocket import websocket_handler
+from backchannel.hub.transports import websocket as hub_websocket
+from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.hub.wire import Publication
 from backchannel.protocol import speedups
 from backchannel.protocol.connection import Connection as SansioConnection

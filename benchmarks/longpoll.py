@@ -53,9 +53,9 @@ from typing import Any, cast
 
 from backchannel.asyncio import serve
 from backchannel.hub.hub import Hub
-from backchannel.hub.longpoll import LongPoll
 from backchannel.hub.options import ChannelOptions, HubOptions
-from backchannel.hub.websocket import websocket_handler
+from backchannel.hub.transports.longpoll import LongPoll
+from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.protocol import speedups
 
 from .fanout import (

@@ -16,13 +16,13 @@ from helpers.hub_client import HubClient, LongPollClient, ReplyError
 
 from backchannel.asyncio import connect, serve
 from backchannel.exceptions import BrokerUnavailable, InvalidStatus
-from backchannel.hub.broker import HistoryOptions, HistoryResult, MemoryBroker
+from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker
 from backchannel.hub.hub import Hub
-from backchannel.hub.longpoll import LongPoll
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.session import Subscription
 from backchannel.hub.token import TokenVerifier
-from backchannel.hub.websocket import websocket_handler
+from backchannel.hub.transports.longpoll import LongPoll
+from backchannel.hub.transports.websocket import websocket_handler
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 

@@ -30,8 +30,8 @@ from typing import Any
 from ..asyncio import Server, ServerConnection, serve
 from ..exceptions import InvalidArgument
 from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, websocket_handler
-from ..hub.longpoll import SessionRelay
 from ..hub.token import make_token
+from ..hub.transports.longpoll import SessionRelay
 from ..protocol.handshake import is_upgrade_request
 from ..protocol.http11 import Headers, Request, Response
 from ..protocol.limits import Limits
@@ -216,7 +216,7 @@ def _broker(config: Config) -> Broker:
     if not config.broker.url:
         return MemoryBroker()
     try:
-        from ..hub.redis_broker import RedisBroker
+        from ..hub.brokers.redis import RedisBroker
     except ImportError as exc:
         raise InvalidArgument(
             "broker.url needs the redis package: pip install 'backchannel[redis]'"

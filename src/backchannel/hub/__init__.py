@@ -8,14 +8,14 @@ in :mod:`.wire` and docs/protocol.md.
 
 from __future__ import annotations
 
-from .broker import Broker, BrokerHandler, HistoryOptions, MemoryBroker
+from .brokers import Broker, BrokerHandler, HistoryOptions, MemoryBroker
 from .codes import Disconnect, Error
 from .hub import Hub
-from .longpoll import LongPoll, LongPollTransport
 from .options import ChannelOptions, HubOptions
 from .session import Session, Transport
 from .token import TokenVerifier
-from .websocket import WebSocketTransport, websocket_handler
+from .transports.longpoll import LongPoll, LongPollTransport
+from .transports.websocket import WebSocketTransport, websocket_handler
 
 __all__ = [
     "Broker",

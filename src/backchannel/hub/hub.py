@@ -21,7 +21,7 @@ from typing import Any
 
 from ..exceptions import BrokerUnavailable
 from . import codes, wire
-from .broker import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
+from .brokers import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from .codes import Disconnect
 from .options import ChannelOptions, HubOptions
 from .session import CommandError, DisconnectRequest, Session, Subscription, Transport

@@ -18,7 +18,7 @@ deployments can share one Redis (docs/howto/cluster.md):
 * ``{prefix}:i:{channel}:{key}``: an idempotency key and the result it gave.
 * ``{prefix}:ctl``: commands for every node (disconnect a user, end subscriptions).
 * Long polling across nodes (the broker is also a
-  :class:`~backchannel.hub.longpoll.SessionRelay`): ``{prefix}:lp:{sid}`` names the node
+  :class:`~backchannel.hub.transports.longpoll.SessionRelay`): ``{prefix}:lp:{sid}`` names the node
   that holds a session, ``{prefix}:alive:{node}`` says the node is up (refreshed every
   few seconds), and ``{prefix}:n:{node}`` is the node's pub/sub channel, on which other
   nodes forward the requests they get for its sessions and it sends the answers back.
@@ -51,12 +51,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..exceptions import BrokerUnavailable
-from .broker import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
-from .wire import ClientInfo, Position, Publication
+from ....exceptions import BrokerUnavailable
+from ...wire import ClientInfo, Position, Publication
+from ..base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
 
 if TYPE_CHECKING:
-    from .longpoll import Answer
+    from ...transports.longpoll import Answer
 
 __all__ = ["RedisBroker"]
 

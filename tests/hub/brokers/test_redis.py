@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from helpers.redis_server import RedisServer, require_redis
-from hub.broker_contract import HISTORY, BrokerContract, ManualClock, Recorder
+from hub.brokers.broker_contract import HISTORY, BrokerContract, ManualClock, Recorder
 
 from backchannel.exceptions import BrokerUnavailable
-from backchannel.hub.broker import HistoryOptions
-from backchannel.hub.redis_broker import RedisBroker
+from backchannel.hub.brokers import HistoryOptions
+from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.wire import ClientInfo
 
 _prefixes = itertools.count()

@@ -1,12 +1,7 @@
-"""Brokers: how publications, joins and leaves reach every node, and where history and
-presence are kept.
+"""The in-memory broker: one process is the whole hub (the default).
 
-Local delivery is the hub's job; a broker only carries events between nodes, and a node
-subscribes to a channel on the broker only while it has local subscribers. A broker also
-owns each channel's history (an ordered stream with an offset and an epoch) and presence,
-so that every node sees the same ones. :class:`MemoryBroker` is the single-node default;
-the Redis broker is its own module. Every broker passes one contract suite
-(``tests/hub/broker_contract.py``).
+History, presence and idempotency keys live in this process and are lost with it; for
+several processes use the Redis broker (docs/howto/cluster.md).
 """
 
 from __future__ import annotations
@@ -15,145 +10,15 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from itertools import islice
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-from .wire import ClientInfo, Position, Publication
+from ..wire import ClientInfo, Position, Publication
+from .base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
 
-__all__ = [
-    "Broker",
-    "BrokerHandler",
-    "HistoryOptions",
-    "HistoryResult",
-    "MemoryBroker",
-    "PublishResult",
-]
+__all__ = ["MemoryBroker"]
 
 logger = logging.getLogger("backchannel.hub")
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryOptions:
-    """How much of a channel's stream to keep: the last ``size`` publications, and all of
-    it for ``ttl`` seconds after the last publication (then the stream is dropped, and the
-    next publication starts a new epoch)."""
-
-    size: int
-    ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    """The publication as stored (with its offset), and whether it was a duplicate of an
-    earlier publish with the same idempotency key (then nothing was delivered)."""
-
-    publication: Publication
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryResult:
-    """Publications from a channel's stream, oldest first; ``position`` is the stream's
-    current top (epoch and last offset). ``recovered`` is false when the position asked
-    for is not in the stream any more (another epoch, or older than what is kept)."""
-
-    publications: list[Publication]
-    position: Position
-    recovered: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        """The result of a history command (docs/protocol.md, "history")."""
-        return {
-            "publications": [p.to_json() for p in self.publications],
-            "epoch": self.position.epoch,
-            "offset": self.position.offset,
-            "recovered": self.recovered,
-        }
-
-
-class BrokerHandler(Protocol):
-    """What a broker calls when an event arrives for a channel this node subscribed to.
-
-    Calls for one channel come in order (publications in offset order)."""
-
-    def on_publication(self, publication: Publication) -> None: ...
-
-    def on_join(self, channel: str, who: ClientInfo) -> None: ...
-
-    def on_leave(self, channel: str, who: ClientInfo) -> None: ...
-
-    def on_lost(self, channel: str) -> None:
-        """Events of this channel may have been lost (the broker lost its connection
-        and could not read them back): its subscribers should recover by themselves."""
-
-    def on_control(self, message: dict[str, Any]) -> None:
-        """A command for every node (disconnect a user, end subscriptions), from
-        :meth:`Broker.publish_control` on any node, this one included."""
-
-
-class Broker(Protocol):
-    """The interface every broker implements (see the module docstring)."""
-
-    async def start(self, handler: BrokerHandler) -> None:
-        """Begin delivering events to ``handler``."""
-
-    async def close(self) -> None:
-        """Stop delivering; release connections."""
-
-    async def subscribe(self, channel: str) -> None:
-        """Deliver this channel's events to this node."""
-
-    async def unsubscribe(self, channel: str) -> None:
-        """Stop delivering this channel's events to this node."""
-
-    async def publish(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        history: HistoryOptions | None = None,
-        publisher: ClientInfo | None = None,
-        idempotency_key: str | None = None,
-        idempotency_window: float = 120.0,
-    ) -> PublishResult:
-        """Store (when ``history`` is given) and deliver a publication to every node
-        subscribed to the channel. A second publish with the same idempotency key in the
-        same channel within ``idempotency_window`` seconds returns the first one's result
-        with ``duplicate=True`` and delivers nothing."""
-
-    async def publish_join(self, channel: str, who: ClientInfo) -> None:
-        """Deliver a join to every node subscribed to the channel."""
-
-    async def publish_leave(self, channel: str, who: ClientInfo) -> None:
-        """Deliver a leave to every node subscribed to the channel."""
-
-    async def publish_control(self, message: dict[str, Any]) -> None:
-        """Deliver a JSON object to every node's ``on_control``, this node's included."""
-
-    async def history(
-        self, channel: str, *, since: Position | None = None, limit: int | None = None
-    ) -> HistoryResult:
-        """Publications after ``since`` (all kept ones when ``since`` is None), oldest
-        first, at most ``limit`` (None: no limit; with ``since=None`` and a limit, the
-        latest ones)."""
-
-    async def remove_history(self, channel: str) -> None:
-        """Drop the channel's stream; the next publication starts a new epoch."""
-
-    async def add_presence(self, channel: str, who: ClientInfo, ttl: float) -> None:
-        """Record (or refresh) ``who`` in the channel; it expires after ``ttl`` seconds
-        unless added again."""
-
-    async def remove_presence(self, channel: str, client: str) -> None:
-        """Remove one client from the channel's presence."""
-
-    async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        """Who is in the channel, by client id (expired entries left out)."""
-
-    async def presence_count(self, channel: str) -> tuple[int, int]:
-        """How many clients and how many distinct users are in the channel."""
 
 
 class _Stream:
@@ -370,29 +235,6 @@ class MemoryBroker:
             _purge_presence(clients, now)
             if not clients:
                 del self._presence[channel]
-
-
-def select_history(
-    kept: Sequence[Publication],
-    epoch: str,
-    top: int,
-    since: Position | None,
-    limit: int | None,
-) -> HistoryResult:
-    """What :meth:`Broker.history` answers from a stream's kept publications (oldest
-    first, the last at offset ``top``), for any broker."""
-    position = Position(epoch, top)
-    if since is None:
-        start = 0 if limit is None else max(0, len(kept) - limit)
-        return HistoryResult(list(islice(kept, start, None)), position)
-    # The offset just before the first kept publication is still a valid position:
-    # everything after it is kept.
-    oldest_position = top - len(kept)
-    if since.epoch != epoch or since.offset < oldest_position or since.offset > top:
-        return HistoryResult([], position, recovered=False)
-    start = since.offset - oldest_position
-    stop = None if limit is None else start + limit
-    return HistoryResult(list(islice(kept, start, stop)), position)
 
 
 def _purge_front(keys: OrderedDict[str, tuple[float, PublishResult]], now: float) -> None:

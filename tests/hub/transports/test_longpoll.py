@@ -19,11 +19,11 @@ from helpers.http import Http
 from helpers.redis_server import RedisServer, require_redis
 
 from backchannel.asyncio import serve
+from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.hub import Hub
-from backchannel.hub.longpoll import LongPoll, LongPollTransport
 from backchannel.hub.options import ChannelOptions, HubOptions
-from backchannel.hub.redis_broker import RedisBroker
-from backchannel.hub.websocket import websocket_handler
+from backchannel.hub.transports.longpoll import LongPoll, LongPollTransport
+from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.protocol.limits import Limits
 
 OPTIONS = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions(history_size=10)})

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from ..asyncio import ServerConnection, broadcast
-from ..asyncio.connection import Connection
-from ..exceptions import ConnectionClosed
-from . import codes
-from .codes import Disconnect
-from .hub import Hub
+from ...asyncio import ServerConnection, broadcast
+from ...asyncio.connection import Connection
+from ...exceptions import ConnectionClosed
+from .. import codes
+from ..codes import Disconnect
+from ..hub import Hub
 
 __all__ = ["WebSocketTransport", "websocket_handler"]
 

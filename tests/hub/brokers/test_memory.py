@@ -6,9 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
-from hub.broker_contract import HISTORY, BrokerContract, ManualClock, Recorder
+from hub.brokers.broker_contract import HISTORY, BrokerContract, ManualClock, Recorder
 
-from backchannel.hub.broker import HistoryOptions, MemoryBroker
+from backchannel.hub.brokers import HistoryOptions, MemoryBroker
 from backchannel.hub.wire import ClientInfo, Publication
 
 

@@ -32,12 +32,12 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
-from ..asyncio import ServerConnection
-from ..protocol.http11 import Headers, Request, Response
-from . import codes
-from .codes import Disconnect
-from .hub import Hub
-from .session import Session
+from ...asyncio import ServerConnection
+from ...protocol.http11 import Headers, Request, Response
+from .. import codes
+from ..codes import Disconnect
+from ..hub import Hub
+from ..session import Session
 
 __all__ = ["Answer", "LongPoll", "LongPollTransport", "SessionRelay"]
 

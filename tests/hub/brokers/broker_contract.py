@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backchannel.hub.broker import Broker, HistoryOptions
+from backchannel.hub.brokers import Broker, HistoryOptions
 from backchannel.hub.wire import ClientInfo, Position, Publication
 
 __all__ = ["BrokerContract", "Clock", "ManualClock", "Recorder"]
