@@ -10,7 +10,7 @@ reports that all N clients have received it before asking for the next, so each 
 is one isolated fan-out.
 
 The memory broker delivers inside ``publish``, so the time of ``await hub.publish(...)``
-is the whole fan-out; ``Hub.on_publication`` (encode + ``_fan_out``) is also timed on its
+is the whole fan-out; ``Hub.on_publication`` (encode + the registry's fan-out) is also timed on its
 own. In the server process only, ``wire.encode_publication``, the sans-I/O
 ``Connection.send_text`` and the hub's ``broadcast`` are wrapped with counters: how many
 times each publication was encoded as JSON and framed, the bytes of the frames built and
@@ -231,8 +231,8 @@ async def server_main(args: argparse.Namespace) -> None:
                 if name == "quit":
                     return
                 if name == "status":
-                    local = hub.channels.get(CHANNEL, {})
-                    emit(event="status", subscribers=len(local), sessions=len(hub.sessions))
+                    local = hub.channels().get(CHANNEL, 0)
+                    emit(event="status", subscribers=local, sessions=len(hub.sessions))
                 elif name == "publish":
                     i = command["i"]
                     counts.reset()

@@ -194,7 +194,7 @@ async def server_main(args: argparse.Namespace) -> None:
                 emit(
                     event="status",
                     sessions=len(hub.sessions),
-                    subscribers=len(hub.channels.get(CHANNEL, {})),
+                    subscribers=hub.channels().get(CHANNEL, 0),
                     held=held_polls(long_poll),
                     **gc_clock.fields(),
                 )

@@ -15,10 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..exceptions import BrokerUnavailable
+from ..exceptions import BrokerUnavailable, CommandError
 from ..hub import Hub, codes, wire
 from ..hub.codes import Disconnect, Error
-from ..hub.session import CommandError
 from ..protocol.http11 import Request, Response
 from .ratelimit import RateLimiter
 
@@ -102,7 +101,8 @@ class HttpApi:
                 raise CommandError(codes.BAD_REQUEST.with_message(problem))
             result = await method(params)
         except CommandError as exc:
-            return _error(_STATUS.get(exc.error.code, 400), exc.error)
+            error = Error(exc.code, exc.message, exc.temporary)
+            return _error(_STATUS.get(error.code, 400), error)
         except BrokerUnavailable:
             # Redis is unreachable: nothing was published; the backend retries later.
             return _error(503, codes.UNAVAILABLE)
@@ -125,7 +125,7 @@ class HttpApi:
         result = await self.hub.publish(
             params["channel"], params["data"], idempotency_key=params.get("idempotency_key")
         )
-        return _published(result.publication.offset, result.publication.epoch, result.duplicate)
+        return result.to_json()
 
     async def _broadcast(self, params: dict[str, Any]) -> dict[str, Any]:
         channels = params["channels"]
@@ -136,10 +136,10 @@ class HttpApi:
         results: list[dict[str, Any]] = []
         for result in await self.hub.broadcast(channels, params["data"]):
             if isinstance(result, CommandError):
-                results.append({"error": _error_json(result.error)})
+                error = Error(result.code, result.message, result.temporary)
+                results.append({"error": _error_json(error)})
             else:
-                publication = result.publication
-                results.append(_published(publication.offset, publication.epoch, False))
+                results.append(result.to_json())
         return {"results": results}
 
     async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -152,8 +152,7 @@ class HttpApi:
         return history.to_json()
 
     async def _unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
-        self.hub.channel_options(params["channel"])
-        await self.hub.unsubscribe_everywhere(params["channel"], user=params.get("user"))
+        await self.hub.unsubscribe(params["channel"], user=params.get("user"))
         return {}
 
     async def _disconnect(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -164,17 +163,8 @@ class HttpApi:
             if not 4000 <= code < 5000:
                 raise CommandError(codes.BAD_REQUEST.with_message("code must be 4000-4999"))
             disconnect = Disconnect(code, params.get("reason", ""))
-        await self.hub.disconnect_everywhere(params["user"], disconnect)
+        await self.hub.disconnect(params["user"], disconnect)
         return {}
-
-
-def _published(offset: int, epoch: str, duplicate: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"offset": offset}
-    if offset:
-        out["epoch"] = epoch
-    if duplicate:
-        out["duplicate"] = True
-    return out
 
 
 def _decode(body: bytes) -> dict[str, Any]:

@@ -181,6 +181,22 @@ class Connection(asyncio.Protocol):
         held = self._pending_size if self._pending is not None else 0
         return self.transport.get_write_buffer_size() + held
 
+    @property
+    def writable(self) -> bool:
+        """Whether a whole message written now (:meth:`send_nowait`) goes out without
+        growing the buffer past its high water mark: the connection is open, the peer
+        keeps up, and no fragmented message is being sent."""
+        proto = self.protocol
+        transport = self.transport
+        return (
+            proto is not None
+            and proto.state is sansio.OPEN
+            and not self._writing_paused
+            and transport is not None
+            and not transport.is_closing()
+            and not self._fragmenting()
+        )
+
     # Receiving.
 
     async def recv(self) -> Data:

@@ -1,19 +1,23 @@
 """The hub: channels, sessions, presence, history, brokers, the wire format, transports.
 
-``Hub`` holds who is connected to this node and what they subscribe to, and fans
-publications out; ``websocket_handler(hub)`` serves it over ``backchannel.asyncio.serve``
-and ``LongPoll(hub)`` (as ``process_request``) over HTTP long polling; the wire format is
-in :mod:`.wire` and docs/protocol.md.
+:class:`Hub` is the application's door (publish, presence, history, users, statistics)
+and the sessions' door; :class:`Hooks` is the application's say in it. The hub is served
+over WebSocket by ``websocket_handler(hub)`` (for ``backchannel.asyncio.serve``) and over
+HTTP long polling by ``LongPoll(hub)`` (as ``process_request``); the wire format is in
+:mod:`.wire` and docs/protocol.md. docs/design.md draws which module owns what.
 """
 
 from __future__ import annotations
 
-from .brokers import Broker, BrokerHandler, HistoryOptions, MemoryBroker
+from .brokers import Broker, BrokerHandler, HistoryOptions, MemoryBroker, PublishResult
 from .codes import Disconnect, Error
-from .hub import Hub
+from .commands import Commands
+from .hooks import Connected, ConnectRequest, Hooks
+from .hub import Hub, NodeInfo, PresenceStats, Statistics, SubscribeResult
 from .options import ChannelOptions, HubOptions
-from .session import Session, Transport
+from .session import Session
 from .token import TokenVerifier
+from .transports.base import Transport
 from .transports.longpoll import LongPoll, LongPollTransport
 from .transports.websocket import WebSocketTransport, websocket_handler
 
@@ -21,15 +25,24 @@ __all__ = [
     "Broker",
     "BrokerHandler",
     "ChannelOptions",
+    "Commands",
+    "ConnectRequest",
+    "Connected",
     "Disconnect",
     "Error",
     "HistoryOptions",
+    "Hooks",
     "Hub",
     "HubOptions",
     "LongPoll",
     "LongPollTransport",
     "MemoryBroker",
+    "NodeInfo",
+    "PresenceStats",
+    "PublishResult",
     "Session",
+    "Statistics",
+    "SubscribeResult",
     "TokenVerifier",
     "Transport",
     "WebSocketTransport",

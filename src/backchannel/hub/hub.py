@@ -1,11 +1,19 @@
-"""The hub: who is connected to this node, who is subscribed to what, and the fan-out.
+"""The hub: the application's one door to channels, and the sessions' one door too.
 
-A publication reaches this node through the broker (:meth:`Hub.on_publication`, also for
-publications made here), is encoded once, and the same text goes to every local
-subscriber through its transport's ``fan_out`` (for WebSocket: one frame, written to
-every connection). Fan-out never waits: a subscriber whose transport cannot take more
-gets its channel's slow-consumer policy. The node subscribes to a channel on the broker
-while it has local subscribers, and only then.
+:class:`Hub` is the facade (docs/design.md, "The hub"). It owns the node's
+:class:`~.registry.Registry` (sessions, users, channels), its broker, its timers and the
+application's :class:`~.hooks.Hooks`. Everything that reaches the hub comes through its
+public methods: the application (``publish``, ``presence``, ``subscribe`` a user, ...),
+the HTTP API, and the client commands of :mod:`.commands` (``connect_session``,
+``subscribe_session``, ``publish(..., session=...)``, ...). A client's publish and the
+server's go through the same checks in :meth:`Hub.publish` and give the same
+:class:`~.brokers.PublishResult`.
+
+A publication reaches this node through the broker (:meth:`Hub.on_publication`, also
+for publications made here), is encoded once, and the registry puts the same text in
+every local subscriber's transport or outbox. Fan-out never waits: a subscriber whose
+outbox is full gets its channel's slow-consumer policy. The node subscribes to a channel
+on the broker while it has local subscribers, and only then.
 """
 
 from __future__ import annotations
@@ -14,29 +22,99 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ..exceptions import BrokerUnavailable
+from .. import __version__
+from ..exceptions import (
+    BrokerUnavailable,
+    CommandError,
+    DisconnectRequest,
+    TokenError,
+    TokenExpired,
+)
 from . import codes, wire
 from .brokers import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from .codes import Disconnect
+from .hooks import ConnectRequest, Hooks, Observers, RpcHandler
 from .options import ChannelOptions, HubOptions
-from .session import CommandError, DisconnectRequest, Session, Subscription, Transport
-from .token import TokenVerifier
+from .outbox import Outbox
+from .registry import Registry, Slow
+from .session import Session
+from .subscription import Subscription
+from .token import Claims, TokenVerifier
+from .transports.base import Transport
 from .wire import ClientInfo, Position, Publication
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "NodeInfo", "PresenceStats", "Statistics", "SubscribeResult"]
 
 logger = logging.getLogger("backchannel.hub")
 
-#: Publications held for a subscriber while its subscribe reads history.
-MAX_PENDING = 1000
 
-Rpc = Callable[[Session, str, Any], Awaitable[Any]]
-OnSend = Callable[[Session, Any], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    """A subscribe's answer: the channel's position (None without history) and, for a
+    subscribe with recovery, whether the gap was filled and the publications that fill it."""
+
+    position: Position | None
+    recovered: bool | None = None
+    publications: list[Publication] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result of a subscribe command (docs/protocol.md, "subscribe")."""
+        out: dict[str, Any] = {}
+        if self.position is not None:
+            out["epoch"] = self.position.epoch
+            out["offset"] = self.position.offset
+        if self.recovered is not None:
+            out["recovered"] = self.recovered
+            out["publications"] = [p.to_json() for p in self.publications]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """How many clients and distinct users are in a channel, on every node."""
+
+    clients: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """Counts of this node, for metrics and the dashboard. Gauges are read now;
+    counters count since the hub started."""
+
+    sessions: int
+    sessions_by_transport: dict[str, int]
+    users: int
+    subscriptions: int
+    channels: int
+    #: Publications accepted on this node (by a client or the server).
+    publications_in: int
+    #: Publications this node fanned out to its subscribers (from any node).
+    publications_out: int
+    #: Publications, joins and leaves given to local subscribers.
+    deliveries: int
+    slow_consumers: int
+    recoveries_succeeded: int
+    recoveries_failed: int
+    #: Observer events dropped because the application's hooks could not keep up.
+    hook_events_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Who this node is."""
+
+    name: str
+    version: str
+    started: float
+    broker: str
 
 
 class Hub:
@@ -48,24 +126,31 @@ class Hub:
         *,
         broker: Broker | None = None,
         tokens: TokenVerifier | None = None,
-        rpc: Rpc | None = None,
-        on_send: OnSend | None = None,
+        hooks: Hooks | None = None,
+        rpc: Mapping[str, RpcHandler] | None = None,
+        name: str | None = None,
     ) -> None:
         self.options = options or HubOptions()
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.tokens = tokens
-        self.rpc = rpc
-        self.on_send = on_send
-        #: Sessions subscribed to each channel on this node (insertion-ordered).
-        self.channels: dict[str, dict[Session, Subscription]] = {}
-        #: Connected sessions by user.
-        self.users: dict[str, set[Session]] = {}
-        self.sessions: set[Session] = set()
+        self.hooks = hooks if hooks is not None else Hooks()
+        #: RPC handlers by method name (``rpc`` command); add more with :meth:`add_rpc`.
+        self.rpc_handlers: dict[str, RpcHandler] = dict(rpc or {})
+        #: This node's name: in logs, statistics and ``info()``.
+        self.name = name or secrets.token_hex(4)
+        self.registry = Registry()
+        self._observers = Observers(self.hooks)
+        self._sends = type(self.hooks).on_send is not Hooks.on_send
         self._timers: dict[Session, asyncio.TimerHandle] = {}
         self._presence_task: asyncio.Task[None] | None = None
         #: Per channel: done once this node is subscribed on the broker.
         self._on_broker: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = time.time()
+        self._publications_in = 0
+        self._publications_out = 0
+        self._slow_consumers = 0
+        self._recovered = [0, 0]  # failed, succeeded
 
     async def __aenter__(self) -> Hub:
         await self.start()
@@ -80,12 +165,14 @@ class Hub:
         await self.close()
 
     async def start(self) -> None:
+        self._started = time.time()
         await self.broker.start(self)
+        self._observers.start()
         self._presence_task = asyncio.get_running_loop().create_task(self._refresh_presence())
 
     async def close(self) -> None:
         """Disconnect every session (3000, reconnect) and stop."""
-        for session in list(self.sessions):
+        for session in list(self.registry.sessions):
             session.disconnect(codes.SHUTDOWN)
             await self.close_session(session)
         if self._presence_task is not None:
@@ -94,77 +181,254 @@ class Hub:
                 await self._presence_task
         for task in list(self._tasks):
             task.cancel()
+        await self._observers.close()
         await self.broker.close()
 
-    # Sessions.
+    def add_rpc(self, method: str, handler: RpcHandler) -> None:
+        """Answer the ``rpc`` command for ``method`` with ``await handler(session, data)``."""
+        self.rpc_handlers[method] = handler
+
+    # What the node holds.
+
+    @property
+    def sessions(self) -> set[Session]:
+        """This node's sessions (read only: the registry owns them)."""
+        return self.registry.sessions
+
+    def channels(self) -> dict[str, int]:
+        """Channels with subscribers on this node, and how many each."""
+        return self.registry.channel_counts()
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(self.name, __version__, self._started, type(self.broker).__name__)
+
+    def statistics(self) -> Statistics:
+        registry = self.registry
+        return Statistics(
+            sessions=len(registry.sessions),
+            sessions_by_transport=registry.by_transport(),
+            users=sum(1 for user in registry.users if user),
+            subscriptions=registry.subscription_count(),
+            channels=len(registry.channels),
+            publications_in=self._publications_in,
+            publications_out=self._publications_out,
+            deliveries=registry.deliveries,
+            slow_consumers=self._slow_consumers,
+            recoveries_succeeded=self._recovered[1],
+            recoveries_failed=self._recovered[0],
+            hook_events_dropped=self._observers.dropped,
+        )
+
+    # Sessions: the transports' door.
 
     def open_session(self, transport: Transport) -> Session:
         """A new session for a connection; it must send connect within connect_timeout."""
-        session = Session(self, transport)
-        self.sessions.add(session)
+        options = self.options
+        session = Session(
+            transport,
+            Outbox(options.outbox_max_bytes, options.outbox_max_messages),
+            burst=options.publish_burst,
+        )
+        self.registry.add_session(session)
         self._arm_connect_timeout(session)
         return session
+
+    async def close_session(self, session: Session) -> None:
+        """The connection is gone: forget the session and its subscriptions."""
+        session.closed = True
+        if session not in self.registry.sessions:
+            return
+        timer = self._timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        for sub in self.registry.remove_session(session):
+            await self._left(session, sub)
+        if session.connected:
+            self._observers.emit("on_disconnect", session, session.ended)
 
     def _arm_connect_timeout(self, session: Session) -> None:
         """(Re)start the time the session has to connect: again after a connect refused
         with an expired token, so a client has time to fetch a new one."""
+        self._set_timer(session, self.options.connect_timeout, self._connect_timeout)
+
+    def _set_timer(self, session: Session, delay: float, callback: Any) -> None:
         timer = self._timers.pop(session, None)
         if timer is not None:
             timer.cancel()
-        self._timers[session] = asyncio.get_running_loop().call_later(
-            self.options.connect_timeout, self._connect_timeout, session
-        )
+        self._timers[session] = asyncio.get_running_loop().call_later(delay, callback, session)
 
     def _connect_timeout(self, session: Session) -> None:
         self._timers.pop(session, None)
         if not session.connected:
             session.disconnect(codes.CONNECT_TIMEOUT)
 
-    async def close_session(self, session: Session) -> None:
-        """The connection is gone: forget the session and its subscriptions."""
-        session.closed = True
-        if session not in self.sessions:
-            return
-        self.sessions.discard(session)
-        timer = self._timers.pop(session, None)
-        if timer is not None:
-            timer.cancel()
-        users = self.users.get(session.user)
-        if users is not None:
-            users.discard(session)
-            if not users:
-                del self.users[session.user]
-        subscriptions, session.subscriptions = session.subscriptions, {}
-        for sub in subscriptions.values():
-            await self._unsubscribe(session, sub)
-
-    def _register(self, session: Session) -> None:
-        """Connect succeeded: count it against the user's limit, arm token expiry."""
-        users = self.users.setdefault(session.user, set())
-        if session.user and len(users) >= self.options.max_connections_per_user:
-            raise DisconnectRequest(codes.CONNECTION_LIMIT)
-        users.add(session)
-        self._schedule_expiry(session)
-
     def _schedule_expiry(self, session: Session) -> None:
         timer = self._timers.pop(session, None)
         if timer is not None:
             timer.cancel()
-        if session.expires is None:
-            return
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, session.expires - time.time())
-        self._timers[session] = loop.call_later(delay, self._expired, session)
+        if session.expires is not None:
+            delay = max(0.0, session.expires - time.time())
+            self._set_timer(session, delay, self._expired)
 
     def _expired(self, session: Session) -> None:
         self._timers.pop(session, None)
         session.disconnect(codes.TOKEN_EXPIRED_DISCONNECT)
 
-    # Subscriptions.
+    def slow_consumer(self, session: Session, channel: str | None) -> None:
+        """A session's outbox was full: for a publication, its channel's policy; for a
+        reply or an unsubscribe push (``channel`` None), disconnect (3002)."""
+        self._slow_consumers += 1
+        policy = "disconnect"
+        if channel is not None:
+            sub = session.subscriptions.get(channel)
+            if sub is not None:
+                policy = sub.options.slow_consumer
+        if policy == "disconnect" and not session.closed:
+            logger.info("disconnecting slow consumer %s", session.client)
+            session.disconnect(codes.SLOW_CONSUMER)
+        # "drop": the publication is not sent; the client sees the gap in offsets and
+        # reads it from history.
+        self._observers.emit("on_slow_consumer", session, channel)
 
-    async def _subscribe(self, session: Session, sub: Subscription) -> None:
+    def send(self, session: Session, text: str) -> None:
+        """Send a reply or a push to one session; a full outbox disconnects it."""
+        if not session.send(text):
+            self.slow_consumer(session, None)
+
+    # Client commands: the sessions' door.
+
+    async def connect_session(
+        self,
+        session: Session,
+        *,
+        token: str | None = None,
+        data: Any = None,
+        name: str | None = None,
+    ) -> None:
+        """Authenticate a session: its token and the application's ``authorize_connect``
+        decide who it is. Raise CommandError or DisconnectRequest to refuse."""
+        if session.connected:
+            raise CommandError(codes.ALREADY_CONNECTED)
+        claims: Claims | None = None
+        if token is not None and self.tokens is not None:
+            claims = self._verify(session, token)
+        decided = await self.hooks.authorize_connect(
+            ConnectRequest(
+                session,
+                token,
+                claims.user if claims else None,
+                claims.info if claims else None,
+                claims.expires if claims else None,
+                data,
+                name,
+            )
+        )
+        if decided is not None:
+            user, info, expires = decided.user, decided.info, decided.expires
+        elif claims is not None:
+            user, info, expires = claims.user, claims.info, claims.expires
+        elif self.options.anonymous:
+            user, info, expires = "", None, None
+        else:
+            raise DisconnectRequest(codes.INVALID_TOKEN)
+        if session.closed:
+            return
+        session.user, session.info, session.expires = user, info, expires
+        if not self.registry.add_user(session, self.options.max_connections_per_user):
+            raise DisconnectRequest(codes.CONNECTION_LIMIT)
+        session.connected = True
+        self._schedule_expiry(session)
+        self._observers.emit("on_connect", session)
+
+    def refresh_session(self, session: Session, token: str) -> None:
+        """A new token for a connected session: same user, new expiry."""
+        if self.tokens is None:
+            raise CommandError(codes.NOT_AVAILABLE)
+        claims = self._verify(session, token)
+        if claims.user != session.user:
+            raise DisconnectRequest(codes.INVALID_TOKEN)
+        session.expires = claims.expires
+        self._schedule_expiry(session)
+
+    def _verify(self, session: Session, token: str) -> Claims:
+        assert self.tokens is not None
+        try:
+            return self.tokens.verify(token)
+        except TokenExpired as exc:
+            if not session.connected:
+                self._arm_connect_timeout(session)
+            raise CommandError(codes.TOKEN_EXPIRED) from exc
+        except TokenError as exc:
+            raise DisconnectRequest(codes.INVALID_TOKEN) from exc
+
+    async def subscribe_session(
+        self,
+        session: Session,
+        channel: str,
+        *,
+        token: str | None = None,
+        since: Position | None = None,
+        server: bool = False,
+    ) -> SubscribeResult:
+        """Subscribe a session (``server``: by the server, without the client's
+        authorization checks). The subscription goes live, and what waited for it is
+        sent, at :meth:`go_live`, once the answer is out."""
+        if channel in session.subscriptions:
+            raise CommandError(codes.ALREADY_SUBSCRIBED)
+        if len(session.subscriptions) >= self.options.max_channels:
+            raise CommandError(codes.LIMIT_EXCEEDED.with_message("too many channels"))
+        options = self.channel_options(channel)
+        if not server:
+            self._authorize(session, channel, token)
+            await self.hooks.authorize_subscribe(session, channel)
+        if not options.history_size:
+            since = None
+        sub = Subscription(channel, options)
+        first = self.registry.add_subscription(session, sub)
+        try:
+            await self._joined(session, sub, first)
+            if not options.history_size:
+                result = SubscribeResult(None)
+            else:
+                history = await self.broker.history(
+                    channel, since=since, limit=None if since is not None else 0
+                )
+                sub.offset = history.position.offset
+                if since is None:
+                    result = SubscribeResult(history.position)
+                else:
+                    self._recovered[history.recovered] += 1
+                    result = SubscribeResult(
+                        history.position, history.recovered, history.publications
+                    )
+        except BaseException:
+            if self.registry.remove_subscription(session, channel) is not None:
+                await self._left(session, sub, observe=False)
+            raise
+        self._observers.emit("on_subscribe", session, channel)
+        return result
+
+    def go_live(self, session: Session, channel: str) -> None:
+        """The subscribe's answer is out: send what waited for it, in order."""
+        sub = session.subscriptions.get(channel)
+        if sub is None or sub.live:
+            return
+        sub.live = True
+        pending, sub.pending = sub.pending, []
+        for offset, text in pending:
+            if sub.advance(offset) and not session.send(text):
+                self.slow_consumer(session, channel)
+                if session.closed:
+                    return
+
+    async def unsubscribe_session(self, session: Session, channel: str) -> None:
+        sub = self.registry.remove_subscription(session, channel)
+        if sub is None:
+            raise CommandError(codes.NOT_SUBSCRIBED)
+        await self._left(session, sub)
+
+    async def _joined(self, session: Session, sub: Subscription, first: bool) -> None:
         channel = sub.channel
-        self.channels.setdefault(channel, {})[session] = sub
         # Every subscriber waits until the node is subscribed on the broker: answered
         # earlier, it could miss a publication made meanwhile. The first one subscribes;
         # if that fails, every waiter gets the error (and is removed by its session).
@@ -183,6 +447,8 @@ class Hub:
                 ready.exception()  # retrieved here; waiters still get it
                 raise
             ready.set_result(None)
+            if await self.broker.occupy(channel):
+                self._observers.emit("on_channel_occupied", channel)
         else:
             await asyncio.shield(ready)
         if sub.options.presence:
@@ -190,19 +456,21 @@ class Hub:
         if sub.options.join_leave:
             await self.broker.publish_join(channel, session.who)
 
-    async def _unsubscribe(self, session: Session, sub: Subscription) -> None:
+    async def _left(self, session: Session, sub: Subscription, *, observe: bool = True) -> None:
+        """A subscription was removed from the registry: leave the channel on the broker
+        when it was this node's last subscriber, and end presence."""
         channel = sub.channel
-        local = self.channels.get(channel)
-        if local is None or local.pop(session, None) is None:
-            return
+        if observe:
+            self._observers.emit("on_unsubscribe", session, channel)
         # The client is gone whatever the broker says: a broker that cannot be reached
         # must not stop a disconnect (presence entries expire by themselves).
         try:
-            if not local:
-                del self.channels[channel]
+            if not self.registry.has_subscribers(channel):
                 ready = self._on_broker.pop(channel, None)
                 if ready is not None and ready.done() and ready.exception() is None:
                     await self.broker.unsubscribe(channel)
+                    if await self.broker.vacate(channel):
+                        self._observers.emit("on_channel_vacated", channel)
             if sub.options.presence:
                 await self.broker.remove_presence(channel, session.client)
             if sub.options.join_leave:
@@ -217,7 +485,7 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             try:
-                for channel, local in list(self.channels.items()):
+                for channel, local in list(self.registry.channels.items()):
                     for session, sub in list(local.items()):
                         if sub.options.presence:
                             await self.broker.add_presence(
@@ -226,7 +494,20 @@ class Hub:
             except BrokerUnavailable as exc:
                 logger.warning("presence not refreshed: %s", exc)
 
-    # Publishing.
+    async def rpc(self, session: Session, method: str, data: Any) -> Any:
+        """Answer a client's ``rpc`` with the application's handler for ``method``."""
+        handler = self.rpc_handlers.get(method)
+        if handler is None:
+            raise CommandError(codes.METHOD_NOT_FOUND)
+        return await handler(session, data)
+
+    async def message(self, session: Session, data: Any) -> None:
+        """A client's ``send``: the application's ``on_send`` hook."""
+        if not self._sends:
+            raise CommandError(codes.NOT_AVAILABLE)
+        await self.hooks.on_send(session, data)
+
+    # Channels: the application's door (and the commands').
 
     def channel_options(self, channel: str) -> ChannelOptions:
         """The options of a channel; CommandError for a bad name or an unknown namespace."""
@@ -249,13 +530,56 @@ class Hub:
             raise CommandError(codes.MESSAGE_TOO_LARGE)
 
     async def publish(
-        self, channel: str, data: Any, *, idempotency_key: str | None = None
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        session: Session | None = None,
     ) -> PublishResult:
-        """Publish from the server (the HTTP API, application code), with the checks a
-        client's publish gets; CommandError when refused."""
+        """Publish in a channel, from the server or (``session``) from a client: the
+        same checks and the same result for both; CommandError when refused. A client
+        must be subscribed to a channel whose namespace lets clients publish, within its
+        rate, and the application's ``authorize_publish`` may refuse or change the data."""
         options = self.channel_options(channel)
-        self.check_data(data)
-        return await self._publish(channel, data, options, key=idempotency_key)
+        from_wire = False
+        if session is not None:
+            if options.publish != "clients" or channel not in session.subscriptions:
+                raise CommandError(codes.PERMISSION_DENIED)
+            if not session.take_publish_token(
+                self.options.publish_rate, self.options.publish_burst
+            ):
+                raise CommandError(codes.TOO_MANY_REQUESTS)
+            changed = await self.hooks.authorize_publish(session, channel, data)
+            # Params were checked when decoded; data the application changed is not.
+            from_wire = changed is data
+            data = changed
+        self.check_data(data, from_wire=from_wire)
+        return await self._publish(channel, data, options, session, idempotency_key)
+
+    async def _publish(
+        self,
+        channel: str,
+        data: Any,
+        options: ChannelOptions,
+        session: Session | None,
+        key: str | None,
+    ) -> PublishResult:
+        history = None
+        if options.history_size:
+            history = HistoryOptions(options.history_size, options.history_ttl)
+        result = await self.broker.publish(
+            channel,
+            data,
+            history=history,
+            publisher=session.who if session is not None else None,
+            idempotency_key=key,
+            idempotency_window=self.options.idempotency_window,
+        )
+        if not result.duplicate:
+            self._publications_in += 1
+            self._observers.emit("on_publish", result.publication, session)
+        return result
 
     async def broadcast(
         self, channels: Sequence[str], data: Any
@@ -267,148 +591,175 @@ class Hub:
         for channel in channels:
             try:
                 options = self.channel_options(channel)
-                results.append(await self._publish(channel, data, options))
+                results.append(await self._publish(channel, data, options, None, None))
             except CommandError as exc:
                 results.append(exc)
         return results
 
-    async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        """Who is subscribed to a channel with presence, on every node."""
-        if not self.channel_options(channel).presence:
+    def _readable(self, channel: str, feature: str, session: Session | None) -> ChannelOptions:
+        """The options of a channel whose namespace has ``feature`` ("presence" or
+        "history"); a client must also be subscribed to it."""
+        options = self.channel_options(channel)
+        enabled = options.presence if feature == "presence" else options.history_size > 0
+        if not enabled:
             raise CommandError(codes.NOT_AVAILABLE)
+        if session is not None and channel not in session.subscriptions:
+            raise CommandError(codes.PERMISSION_DENIED)
+        return options
+
+    async def presence(
+        self, channel: str, *, session: Session | None = None
+    ) -> dict[str, ClientInfo]:
+        """Who is subscribed to a channel with presence, on every node."""
+        self._readable(channel, "presence", session)
         return await self.broker.presence(channel)
 
-    async def history(
-        self, channel: str, *, since: Position | None = None, limit: int | None = None
-    ) -> HistoryResult:
-        """A channel's kept publications (after ``since``, at most ``limit``)."""
-        if not self.channel_options(channel).history_size:
-            raise CommandError(codes.NOT_AVAILABLE)
-        return await self.broker.history(channel, since=since, limit=limit)
+    async def presence_stats(
+        self, channel: str, *, session: Session | None = None
+    ) -> PresenceStats:
+        """How many clients and users are in a channel with presence, on every node."""
+        self._readable(channel, "presence", session)
+        clients, users = await self.broker.presence_count(channel)
+        return PresenceStats(clients, users)
 
-    async def _publish(
+    def counts_only(self, channel: str) -> bool:
+        """Whether presence of ``channel`` is answered with counts only."""
+        return self.channel_options(channel).presence_count_only
+
+    async def history(
         self,
         channel: str,
-        data: Any,
-        options: ChannelOptions,
         *,
-        publisher: ClientInfo | None = None,
-        key: str | None = None,
-    ) -> PublishResult:
-        history = None
-        if options.history_size:
-            history = HistoryOptions(options.history_size, options.history_ttl)
-        return await self.broker.publish(
-            channel,
-            data,
-            history=history,
-            publisher=publisher,
-            idempotency_key=key,
-            idempotency_window=self.options.idempotency_window,
-        )
+        since: Position | None = None,
+        limit: int | None = None,
+        session: Session | None = None,
+    ) -> HistoryResult:
+        """A channel's kept publications (after ``since``, at most ``limit``)."""
+        self._readable(channel, "history", session)
+        return await self.broker.history(channel, since=since, limit=limit)
 
-    # BrokerHandler: events for channels this node subscribed to.
+    async def remove_history(self, channel: str) -> None:
+        """Forget a channel's history (the next publication starts a new epoch)."""
+        self._readable(channel, "history", None)
+        await self.broker.remove_history(channel)
 
-    def on_publication(self, publication: Publication) -> None:
-        local = self.channels.get(publication.channel)
-        if not local:
-            return
-        self._fan_out(local, wire.encode_publication(publication), publication.offset)
+    # Users, on every node (through the broker's control messages).
 
-    def on_join(self, channel: str, who: ClientInfo) -> None:
-        local = self.channels.get(channel)
-        if local:
-            self._fan_out(local, wire.encode_join(channel, who), 0)
+    async def subscribe(self, user: str, channel: str) -> None:
+        """Subscribe every connection of a user to a channel, on every node; each client
+        gets a ``subscribe`` push."""
+        self.channel_options(channel)
+        await self.broker.publish_control({"op": "subscribe", "user": user, "channel": channel})
 
-    def on_leave(self, channel: str, who: ClientInfo) -> None:
-        local = self.channels.get(channel)
-        if local:
-            self._fan_out(local, wire.encode_leave(channel, who), 0)
+    async def unsubscribe(self, channel: str, *, user: str | None = None) -> None:
+        """End a channel's subscriptions (of one user, or all) on every node; each
+        client gets an ``unsubscribe`` push (117)."""
+        self.channel_options(channel)
+        await self.broker.publish_control({"op": "unsubscribe", "channel": channel, "user": user})
 
-    def on_lost(self, channel: str) -> None:
-        # Reconnecting makes each client resubscribe with recovery: it gets what history
-        # still has, or learns (recovered: false) that it must reload.
-        for session in list(self.channels.get(channel, ())):
-            session.disconnect(codes.FORCE_RECONNECT)
-
-    def _fan_out(self, local: dict[Session, Subscription], text: str, offset: int) -> None:
-        """The same text to every live subscriber, by transport kind, without waiting."""
-        groups: dict[type[Transport], list[Transport]] = {}
-        owners: dict[int, tuple[Session, Subscription]] = {}
-        for session, sub in local.items():
-            if session.closed:
-                continue
-            if not sub.live:
-                # Subscribing: delivered once the reply is out. Bounded like a write
-                # buffer: a subscribe whose history read stalls must not grow memory.
-                if len(sub.pending) >= MAX_PENDING:
-                    self._slow_consumer(session, sub)
-                else:
-                    sub.pending.append((offset, text))
-                continue
-            if not sub.advance(offset):
-                continue  # already sent with the recovered publications
-            transport = session.transport
-            groups.setdefault(type(transport), []).append(transport)
-            owners[id(transport)] = (session, sub)
-        for kind, transports in groups.items():
-            for slow in kind.fan_out(transports, text):
-                session, sub = owners[id(slow)]
-                self._slow_consumer(session, sub)
-
-    def _slow_consumer(self, session: Session, sub: Subscription) -> None:
-        if sub.options.slow_consumer == "disconnect":
-            logger.info("disconnecting slow consumer %s", session.client)
-            session.disconnect(codes.SLOW_CONSUMER)
-        # "drop": the publication is not sent; the client sees the gap in offsets and
-        # reads it from history.
-
-    async def unsubscribe(self, channel: str, *, user: str | None = None) -> int:
-        """End this node's subscriptions to a channel (of one user, or all); each client
-        gets an ``unsubscribe`` push (117). Return how many."""
-        local = self.channels.get(channel)
-        if not local:
-            return 0
-        targets = [(s, sub) for s, sub in local.items() if user is None or s.user == user]
-        text = wire.encode_unsubscribe(channel, codes.UNSUBSCRIBED)
-        for session, sub in targets:
-            session.subscriptions.pop(channel, None)
-            session.transport.write(text)
-            await self._unsubscribe(session, sub)
-        return len(targets)
-
-    async def disconnect_everywhere(
-        self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT
-    ) -> None:
-        """Disconnect every connection of a user, on every node (through the broker)."""
+    async def disconnect(self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT) -> None:
+        """Disconnect every connection of a user, on every node."""
         await self.broker.publish_control(
             {"op": "disconnect", "user": user, "code": disconnect.code, "reason": disconnect.reason}
         )
 
-    async def unsubscribe_everywhere(self, channel: str, *, user: str | None = None) -> None:
-        """End a channel's subscriptions (of one user, or all) on every node."""
-        await self.broker.publish_control({"op": "unsubscribe", "channel": channel, "user": user})
+    async def refresh(self, user: str, *, expires: int | None) -> None:
+        """Set when every connection of a user expires (Unix time; None: never), on
+        every node: for applications that keep sessions alive without new tokens."""
+        await self.broker.publish_control({"op": "refresh", "user": user, "expires": expires})
 
     def on_control(self, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op == "disconnect" and isinstance(message.get("user"), str):
+        op, user = message.get("op"), message.get("user")
+        if op == "disconnect" and isinstance(user, str):
             code, reason = message.get("code"), message.get("reason")
             if isinstance(code, int) and isinstance(reason, str):
-                self.disconnect_user(message["user"], Disconnect(code, reason))
+                for session in self.registry.sessions_of(user):
+                    session.disconnect(Disconnect(code, reason))
         elif op == "unsubscribe" and isinstance(message.get("channel"), str):
-            user = message.get("user")
             if user is None or isinstance(user, str):
-                task = asyncio.get_running_loop().create_task(
-                    self.unsubscribe(message["channel"], user=user)
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._unsubscribe_here(message["channel"], user))
+        elif op == "subscribe" and isinstance(message.get("channel"), str):
+            if isinstance(user, str):
+                self._spawn(self._subscribe_here(message["channel"], user))
+        elif op == "refresh" and isinstance(user, str):
+            expires = message.get("expires")
+            if expires is None or isinstance(expires, int):
+                for session in self.registry.sessions_of(user):
+                    session.expires = expires
+                    self._schedule_expiry(session)
         else:
             logger.warning("ignoring an unknown control message %r", op)
 
-    def disconnect_user(self, user: str, disconnect: Disconnect = codes.FORCE_DISCONNECT) -> int:
-        """Disconnect every connection of a user on this node; return how many."""
-        sessions = list(self.users.get(user, ()))
-        for session in sessions:
-            session.disconnect(disconnect)
-        return len(sessions)
+    async def _unsubscribe_here(self, channel: str, user: str | None) -> None:
+        text = wire.encode_unsubscribe(channel, codes.UNSUBSCRIBED)
+        for session, _ in self.registry.subscribers(channel, user):
+            sub = self.registry.remove_subscription(session, channel)
+            if sub is not None:
+                self.send(session, text)
+                await self._left(session, sub)
+
+    async def _subscribe_here(self, channel: str, user: str) -> None:
+        for session in self.registry.sessions_of(user):
+            if session.closed or channel in session.subscriptions:
+                continue
+            try:
+                result = await self.subscribe_session(session, channel, server=True)
+            except (CommandError, BrokerUnavailable) as exc:
+                logger.warning("server-side subscribe of %s to %r failed: %s", user, channel, exc)
+                continue
+            self.send(session, wire.encode_subscribe(channel, result.to_json()))
+            self.go_live(session, channel)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # BrokerHandler: events for channels this node subscribed to.
+
+    def on_publication(self, publication: Publication) -> None:
+        if not self.registry.has_subscribers(publication.channel):
+            return
+        self._publications_out += 1
+        text = wire.encode_publication(publication)
+        self._slow(self.registry.fan_out(publication.channel, text, publication.offset))
+
+    def on_join(self, channel: str, who: ClientInfo) -> None:
+        if self.registry.has_subscribers(channel):
+            self._slow(self.registry.fan_out(channel, wire.encode_join(channel, who), 0))
+
+    def on_leave(self, channel: str, who: ClientInfo) -> None:
+        if self.registry.has_subscribers(channel):
+            self._slow(self.registry.fan_out(channel, wire.encode_leave(channel, who), 0))
+
+    def on_lost(self, channel: str) -> None:
+        # Reconnecting makes each client resubscribe with recovery: it gets what history
+        # still has, or learns (recovered: false) that it must reload.
+        for session, _ in self.registry.subscribers(channel):
+            session.disconnect(codes.FORCE_RECONNECT)
+
+    def _slow(self, slow: list[Slow]) -> None:
+        for item in slow:
+            self.slow_consumer(item.session, item.subscription.channel)
+
+    # Authorization.
+
+    def _authorize(self, session: Session, channel: str, token: str | None) -> None:
+        # User-limited channels: "chat#alice,bob" admits only those users.
+        _, sep, users = channel.partition("#")
+        if sep and session.user not in users.split(","):
+            raise CommandError(codes.PERMISSION_DENIED)
+        # Private channels ("$name") need a channel token for this client.
+        if channel.startswith("$"):
+            if token is None or self.tokens is None:
+                raise CommandError(codes.PERMISSION_DENIED)
+            try:
+                claims = self.tokens.verify(token)
+            except TokenExpired as exc:
+                raise CommandError(codes.TOKEN_EXPIRED) from exc
+            except TokenError as exc:
+                raise CommandError(codes.PERMISSION_DENIED) from exc
+            if claims.channel != channel or claims.client not in (None, session.client):
+                raise CommandError(codes.PERMISSION_DENIED)
+            if claims.user != session.user:
+                raise CommandError(codes.PERMISSION_DENIED)

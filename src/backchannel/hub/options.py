@@ -62,6 +62,11 @@ class HubOptions:
     #: past it gets error 111 and the others are not slowed down.
     publish_rate: float = 50.0
     publish_burst: int = 100
+    #: What may wait for a client that does not read (replies and pushes alike), in
+    #: bytes and in messages: one MiB is seconds of a busy chat for a slow phone; past it
+    #: the channel's slow-consumer policy applies (a reply: disconnected with 3002).
+    outbox_max_bytes: int = 1024 * 1024
+    outbox_max_messages: int = 1000
     #: Connections per user: one user opening thousands of tabs or bots is refused (3504).
     max_connections_per_user: int = 100
     #: Seconds a connection may take to send its connect command (3005 after).

@@ -1,364 +1,120 @@
 """A session: one client's state in the hub, whatever transport carries it.
 
-A session reads commands (:meth:`Session.handle`), answers each with a reply, and holds
-the client's subscriptions. It writes to a :class:`Transport`, which never makes it wait:
-a transport that cannot keep up is the slow-consumer policy's business, in the hub's
-fan-out. Sessions do not know whether they are behind a WebSocket or long polling.
+A session holds who the client is, what it is subscribed to (written only by the hub's
+:class:`~.registry.Registry`), and its bounded :class:`~.outbox.Outbox`. Everything the
+session sends goes through :meth:`Session.send`: straight to the transport when nothing
+waits and the transport can take it, else into the outbox, in order. Sessions do not know
+whether they are behind a WebSocket or long polling, and they never reach the hub:
+commands are run by :mod:`.commands`, through the hub's public methods.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any
 
-from ..exceptions import BrokerUnavailable
 from . import codes, wire
-from .codes import Disconnect, Error
-from .options import ChannelOptions
-from .token import TokenError, TokenExpired
-from .wire import ClientInfo, Position
+from .codes import Disconnect
+from .outbox import Outbox, text_size
+from .subscription import Subscription
+from .transports.base import Transport
+from .wire import ClientInfo
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
-__all__ = ["CommandError", "Session", "Transport"]
-
-logger = logging.getLogger("backchannel.hub")
-
-T = TypeVar("T", bound="Transport")
-
-
-class Transport(Protocol):
-    """Where a session's replies and pushes go. Nothing here waits."""
-
-    def write(self, text: str) -> None:
-        """Queue one frame of wire text for the client."""
-
-    def close(self, disconnect: Disconnect) -> None:
-        """End the connection with this code and reason."""
-
-    @classmethod
-    def fan_out(cls: type[T], transports: Sequence[T], text: str) -> list[T]:
-        """Write the same text to many transports, encoding it once; return those that
-        could not take it now (slow consumers)."""
-
-
-class CommandError(Exception):
-    """Answer the command with this error (the connection stays)."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-class DisconnectRequest(Exception):
-    """End the connection with this disconnect."""
-
-    def __init__(self, disconnect: Disconnect) -> None:
-        super().__init__(disconnect.reason)
-        self.disconnect = disconnect
-
-
-@dataclass(slots=True)
-class Subscription:
-    """One channel a session is subscribed to. While ``live`` is false (a subscribe with
-    recovery is reading history), publications wait in ``pending``."""
-
-    channel: str
-    options: ChannelOptions
-    live: bool = False
-    pending: list[tuple[int, str]] = field(default_factory=list)
-    #: The offset of the last publication sent, to skip one seen twice during recovery.
-    offset: int = 0
-
-    def advance(self, offset: int) -> bool:
-        """Whether a publication at ``offset`` is new to this subscriber (0: a channel
-        without history, or a join/leave: always); moves the position on."""
-        if offset:
-            if offset <= self.offset:
-                return False
-            self.offset = offset
-        return True
+__all__ = ["Session"]
 
 
 class Session:
     """One connected client (see the module docstring)."""
 
-    def __init__(self, hub: Hub, transport: Transport) -> None:
-        self.hub = hub
+    __slots__ = (
+        "__weakref__",
+        "_publish_tokens",
+        "_refilled",
+        "client",
+        "closed",
+        "connected",
+        "ended",
+        "expires",
+        "info",
+        "outbox",
+        "subscriptions",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, transport: Transport, outbox: Outbox, *, burst: int) -> None:
         self.transport = transport
+        self.outbox = outbox
+        transport.attach(outbox)
         #: Unguessable: a client id is also what a channel token is bound to.
         self.client = secrets.token_hex(16)
         self.user = ""
         self.info: Any = None
         self.connected = False
+        #: Set once the session ends; nothing is sent after.
         self.closed = False
+        #: Why the server ended it (None: the client left, or the connection was lost).
+        self.ended: Disconnect | None = None
         self.expires: int | None = None
+        #: Channel -> subscription; written only by the hub's registry.
         self.subscriptions: dict[str, Subscription] = {}
-        # Publish rate limit: a token bucket.
-        self._tokens = float(hub.options.publish_burst)
+        # Publish rate limit: a token bucket, full at start.
+        self._publish_tokens = float(burst)
         self._refilled = time.monotonic()
 
     @property
     def who(self) -> ClientInfo:
         return ClientInfo(self.client, self.user, self.info)
 
-    # Reading commands.
+    @property
+    def transport_name(self) -> str:
+        return self.transport.name
 
-    async def handle(self, text: str | bytes) -> None:
-        """Run the commands in one frame; every command gets a reply, in order."""
+    def send(self, text: str) -> bool:
+        """Send one frame of wire text after what waits; False when the outbox is full
+        (nothing was queued: the caller applies the slow-consumer policy)."""
         if self.closed:
-            return
-        try:
-            commands = wire.decode_commands(text)
-        except wire.InvalidMessage as exc:
-            logger.info("closing session %s: %s", self.client, exc)
-            self.disconnect(codes.BAD_PROTOCOL)
-            return
-        for command in commands:
-            if self.closed:
-                return
-            await self._run(command)
+            return True
+        outbox = self.outbox
+        if not outbox and self.transport.deliver(text):
+            return True
+        return self.queue(text, text_size(text))
 
-    async def _run(self, command: wire.Command) -> None:
-        if command.error is not None:
-            self.transport.write(wire.encode_error(command.id, command.error))
-            return
-        if not self.connected and command.method != "connect":
-            self.transport.write(wire.encode_error(command.id, codes.NOT_CONNECTED))
-            return
-        method = getattr(self, "_cmd_" + command.method)
-        try:
-            result = await method(command.params)
-        except CommandError as exc:
-            self.transport.write(wire.encode_error(command.id, exc.error))
-            return
-        except DisconnectRequest as exc:
-            self.disconnect(exc.disconnect)
-            return
-        except BrokerUnavailable:
-            # Nothing was done; the client may retry later (116 is temporary).
-            self.transport.write(wire.encode_error(command.id, codes.UNAVAILABLE))
-            return
-        except Exception:
-            logger.exception("error in %s command", command.method)
-            self.transport.write(wire.encode_error(command.id, codes.INTERNAL))
-            return
-        if self.closed:
-            return
-        self.transport.write(wire.encode_result(command.id, result))
-        if command.method == "subscribe":
-            self._go_live(command.params["channel"])
+    def queue(self, text: str, size: int) -> bool:
+        """Put ``text`` into the outbox (fan-out's path: the transport could not take it
+        now); False when it does not fit."""
+        outbox = self.outbox
+        empty = not outbox
+        if not outbox.put(text, size):
+            return False
+        if empty:
+            self.transport.wake()
+        return True
 
     def disconnect(self, disconnect: Disconnect) -> None:
-        """Tell the client why, and end the connection."""
+        """Tell the client why, and end the connection: what the outbox holds goes first,
+        except for a slow consumer, whose backlog is dropped (it recovers from history)."""
         if self.closed:
             return
         self.closed = True
-        self.transport.write(wire.encode_disconnect(disconnect))
+        self.ended = disconnect
+        if disconnect.code == codes.SLOW_CONSUMER.code:
+            self.outbox.clear()
+        empty = not self.outbox
+        self.outbox.force(wire.encode_disconnect(disconnect))
+        if empty:
+            self.transport.wake()
         self.transport.close(disconnect)
 
-    # Commands. Each returns the result object or raises CommandError.
-
-    async def _cmd_connect(self, params: dict[str, Any]) -> dict[str, Any]:
-        if self.connected:
-            raise CommandError(codes.ALREADY_CONNECTED)
-        if params.get("v", wire.PROTOCOL_VERSION) != wire.PROTOCOL_VERSION:
-            raise DisconnectRequest(codes.UNSUPPORTED_VERSION)
-        token = params.get("token")
-        hub = self.hub
-        if token is not None and hub.tokens is not None:
-            claims = self._verify(token)
-            self.user, self.expires, self.info = claims.user, claims.expires, claims.info
-        elif not hub.options.anonymous:
-            raise DisconnectRequest(codes.INVALID_TOKEN)
-        hub._register(self)
-        self.connected = True
-        result: dict[str, Any] = {
-            "client": self.client,
-            "user": self.user,
-            "v": wire.PROTOCOL_VERSION,
-        }
-        if self.expires is not None:
-            result.update(self._expiry())
-        return result
-
-    def _expiry(self) -> dict[str, int]:
-        """When the token expires: absolute (``expires``), and in seconds from now
-        (``ttl``), which a client with a wrong clock can still use."""
-        assert self.expires is not None
-        return {"expires": self.expires, "ttl": max(0, self.expires - int(time.time()))}
-
-    def _verify(self, token: str) -> Any:
-        tokens = self.hub.tokens
-        assert tokens is not None
-        try:
-            return tokens.verify(token)
-        except TokenExpired as exc:
-            if not self.connected:
-                self.hub._arm_connect_timeout(self)
-            raise CommandError(codes.TOKEN_EXPIRED) from exc
-        except TokenError as exc:
-            raise DisconnectRequest(codes.INVALID_TOKEN) from exc
-
-    async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
-        if self.hub.tokens is None:
-            raise CommandError(codes.NOT_AVAILABLE)
-        claims = self._verify(params["token"])
-        if claims.user != self.user:
-            raise DisconnectRequest(codes.INVALID_TOKEN)
-        self.expires = claims.expires
-        self.hub._schedule_expiry(self)
-        return {} if self.expires is None else self._expiry()
-
-    async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel: str = params["channel"]
-        hub = self.hub
-        if channel in self.subscriptions:
-            raise CommandError(codes.ALREADY_SUBSCRIBED)
-        if len(self.subscriptions) >= hub.options.max_channels:
-            raise CommandError(codes.LIMIT_EXCEEDED.with_message("too many channels"))
-        options = self.hub.channel_options(channel)
-        self._authorize(channel, params.get("token"))
-        since = None
-        if params.get("recover") and options.history_size:
-            epoch, offset = params.get("epoch"), params.get("offset")
-            if not isinstance(epoch, str) or not isinstance(offset, int):
-                raise CommandError(codes.BAD_REQUEST.with_message("recover needs epoch and offset"))
-            since = Position(epoch, offset)
-        sub = Subscription(channel, options)
-        self.subscriptions[channel] = sub
-        try:
-            await hub._subscribe(self, sub)
-            result: dict[str, Any] = {}
-            if options.history_size:
-                history = await hub.broker.history(
-                    channel, since=since, limit=None if since is not None else 0
-                )
-                result["epoch"] = history.position.epoch
-                result["offset"] = history.position.offset
-                sub.offset = history.position.offset
-                if since is not None:
-                    result["recovered"] = history.recovered
-                    result["publications"] = [p.to_json() for p in history.publications]
-            return result
-        except BaseException:
-            self.subscriptions.pop(channel, None)
-            await hub._unsubscribe(self, sub)
-            raise
-
-    def _go_live(self, channel: str) -> None:
-        sub = self.subscriptions.get(channel)
-        if sub is None or sub.live:
-            return
-        sub.live = True
-        pending, sub.pending = sub.pending, []
-        for offset, text in pending:
-            if sub.advance(offset):
-                self.transport.write(text)
-
-    async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
-        sub = self.subscriptions.pop(params["channel"], None)
-        if sub is None:
-            raise CommandError(codes.NOT_SUBSCRIBED)
-        await self.hub._unsubscribe(self, sub)
-        return {}
-
-    async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel: str = params["channel"]
-        options = self.hub.channel_options(channel)
-        if options.publish != "clients" or channel not in self.subscriptions:
-            raise CommandError(codes.PERMISSION_DENIED)
-        self._take_publish_token()
-        data = params["data"]
-        self.hub.check_data(data, from_wire=True)
-        result = await self.hub._publish(
-            channel, data, options, publisher=self.who, key=params.get("idempotency_key")
-        )
-        out: dict[str, Any] = {"offset": result.publication.offset}
-        if result.publication.offset:
-            out["epoch"] = result.publication.epoch
-        if result.duplicate:
-            out["duplicate"] = True
-        return out
-
-    def _take_publish_token(self) -> None:
-        options = self.hub.options
+    def take_publish_token(self, rate: float, burst: int) -> bool:
+        """Take one token from the session's publish bucket, refilled at ``rate`` per
+        second up to ``burst``; False when it is empty."""
         now = time.monotonic()
-        self._tokens = min(
-            float(options.publish_burst),
-            self._tokens + (now - self._refilled) * options.publish_rate,
-        )
+        tokens = min(float(burst), self._publish_tokens + (now - self._refilled) * rate)
         self._refilled = now
-        if self._tokens < 1:
-            raise CommandError(codes.TOO_MANY_REQUESTS)
-        self._tokens -= 1
-
-    def _subscribed(self, channel: str, feature: str) -> ChannelOptions:
-        """The options of a channel this session is subscribed to, whose namespace has
-        ``feature`` ("presence" or "history") on."""
-        options = self.hub.channel_options(channel)
-        enabled = options.presence if feature == "presence" else options.history_size > 0
-        if not enabled:
-            raise CommandError(codes.NOT_AVAILABLE)
-        if channel not in self.subscriptions:
-            raise CommandError(codes.PERMISSION_DENIED)
-        return options
-
-    async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel: str = params["channel"]
-        options = self._subscribed(channel, "presence")
-        if options.presence_count_only:
-            clients, users = await self.hub.broker.presence_count(channel)
-            return {"count": clients, "users": users}
-        present = await self.hub.broker.presence(channel)
-        return {"clients": {client: who.to_json() for client, who in present.items()}}
-
-    async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel: str = params["channel"]
-        self._subscribed(channel, "history")
-        since = Position.from_params(params)
-        history = await self.hub.broker.history(channel, since=since, limit=params.get("limit"))
-        return history.to_json()
-
-    async def _cmd_rpc(self, params: dict[str, Any]) -> dict[str, Any]:
-        handler = self.hub.rpc
-        if handler is None:
-            raise CommandError(codes.METHOD_NOT_FOUND)
-        return {"data": await handler(self, params["method"], params.get("data"))}
-
-    async def _cmd_send(self, params: dict[str, Any]) -> dict[str, Any]:
-        handler = self.hub.on_send
-        if handler is None:
-            raise CommandError(codes.NOT_AVAILABLE)
-        await handler(self, params["data"])
-        return {}
-
-    async def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {}
-
-    # Authorization.
-
-    def _authorize(self, channel: str, token: str | None) -> None:
-        # User-limited channels: "chat#alice,bob" admits only those users.
-        _, sep, users = channel.partition("#")
-        if sep and self.user not in users.split(","):
-            raise CommandError(codes.PERMISSION_DENIED)
-        # Private channels ("$name") need a channel token for this client.
-        if channel.startswith("$"):
-            if token is None or self.hub.tokens is None:
-                raise CommandError(codes.PERMISSION_DENIED)
-            try:
-                claims = self.hub.tokens.verify(token)
-            except TokenExpired as exc:
-                raise CommandError(codes.TOKEN_EXPIRED) from exc
-            except TokenError as exc:
-                raise CommandError(codes.PERMISSION_DENIED) from exc
-            if claims.channel != channel or claims.client not in (None, self.client):
-                raise CommandError(codes.PERMISSION_DENIED)
-            if claims.user != self.user:
-                raise CommandError(codes.PERMISSION_DENIED)
+        if tokens < 1:
+            self._publish_tokens = tokens
+            return False
+        self._publish_tokens = tokens - 1
+        return True

@@ -18,17 +18,9 @@ from typing import Any
 
 import jwt
 
-from ..exceptions import InvalidArgument
+from ..exceptions import InvalidArgument, TokenError, TokenExpired
 
 __all__ = ["Claims", "TokenError", "TokenExpired", "TokenVerifier", "make_token"]
-
-
-class TokenError(Exception):
-    """The token is malformed, forged, or for something else."""
-
-
-class TokenExpired(TokenError):
-    """The token was valid but its ``exp`` has passed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ __all__ = [
     "encode_leave",
     "encode_publication",
     "encode_result",
+    "encode_subscribe",
     "encode_unsubscribe",
 ]
 
@@ -50,7 +51,12 @@ PROTOCOL_VERSION = 1
 
 #: Each method and the parameters it takes: name -> (type, required).
 METHODS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
-    "connect": {"v": (int, False), "token": (str, False), "name": (str, False)},
+    "connect": {
+        "v": (int, False),
+        "token": (str, False),
+        "name": (str, False),
+        "data": (object, False),
+    },
     "subscribe": {
         "channel": (str, True),
         "token": (str, False),
@@ -284,6 +290,12 @@ def encode_join(channel: str, who: ClientInfo) -> str:
 
 def encode_leave(channel: str, who: ClientInfo) -> str:
     return _dumps({"push": "leave", "channel": channel, "info": who.to_json()})
+
+
+def encode_subscribe(channel: str, position: Mapping[str, Any]) -> str:
+    """The server subscribed this client: ``position`` is the subscribe result's epoch
+    and offset (empty for a channel without history)."""
+    return _dumps({"push": "subscribe", "channel": channel, **position})
 
 
 def encode_unsubscribe(channel: str, error: Error) -> str:

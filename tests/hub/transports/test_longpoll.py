@@ -130,7 +130,7 @@ async def test_a_publication_is_the_same_text_for_every_waiting_session() -> Non
             sids.append(json.loads(answer)["sid"])
             await http.request("GET", f"/lp?sid={sids[-1]}&ack=0")  # the two replies
         await hub.publish("feed:a", {"n": 1})
-        pending = [long_poll.sessions[sid].pending for sid in sids]
+        pending = [long_poll.sessions[sid].outbox.texts() for sid in sids]  # type: ignore[union-attr]
         assert all(len(p) == 1 for p in pending)
         assert pending[0][0] is pending[1][0] is pending[2][0]
         for sid in sids:

@@ -29,28 +29,32 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 from ...asyncio import ServerConnection
 from ...protocol.http11 import Headers, Request, Response
 from .. import codes
 from ..codes import Disconnect
+from ..commands import Commands
 from ..hub import Hub
+from ..outbox import Outbox
 from ..session import Session
 
 __all__ = ["Answer", "LongPoll", "LongPollTransport", "SessionRelay"]
 
 logger = logging.getLogger("backchannel.hub")
 
-#: Bytes waiting for a session's next poll before it counts as a slow consumer: a tab
-#: that stopped polling must not hold memory without bound.
-MAX_PENDING = 1024 * 1024
+#: Bytes of queued texts one batch carries: the outbox's own bound (1 MiB by default)
+#: caps it too; this keeps one response small enough for any proxy's buffer.
+MAX_BATCH = 256 * 1024
 
 
 class LongPollTransport:
-    """A session's transport over long polling: a queue of wire lines and numbered
-    batches waiting to be acknowledged."""
+    """A session's transport over long polling: its outbox is drained into numbered
+    batches, one held until the client acknowledges it."""
+
+    name: ClassVar[str] = "longpoll"
 
     __slots__ = (
         "_idle",
@@ -59,8 +63,7 @@ class LongPollTransport:
         "claimed",
         "closing",
         "endpoint",
-        "pending",
-        "pending_size",
+        "outbox",
         "seq",
         "session",
         "sid",
@@ -70,9 +73,7 @@ class LongPollTransport:
         self.endpoint = endpoint
         self.sid = sid
         self.session: Session | None = None
-        #: Lines not yet in a batch, and their size.
-        self.pending: list[str] = []
-        self.pending_size = 0
+        self.outbox: Outbox | None = None
         #: Batches sent but not acknowledged: (number, body).
         self.batches: deque[tuple[int, bytes]] = deque()
         self.seq = 0
@@ -82,9 +83,13 @@ class LongPollTransport:
         self._waiter: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
 
-    def write(self, text: str) -> None:
-        self.pending.append(text)
-        self.pending_size += len(text)
+    def attach(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def deliver(self, text: str) -> bool:
+        return False  # everything waits in the outbox for the next poll
+
+    def wake(self) -> None:
         self._wake()
 
     def close(self, disconnect: Disconnect) -> None:
@@ -93,17 +98,13 @@ class LongPollTransport:
         self._wake()
         session = self.session
         if session is not None:
-            self.endpoint._spawn(self.endpoint.hub.close_session(session))
+            self.endpoint.end_session(session)
 
     @classmethod
-    def fan_out(cls, transports: Sequence[LongPollTransport], text: str) -> list[LongPollTransport]:
-        slow = []
-        for transport in transports:
-            if transport.pending_size > MAX_PENDING:
-                slow.append(transport)
-            else:
-                transport.write(text)  # the same str for every poll
-        return slow
+    def deliver_many(
+        cls, transports: Sequence[LongPollTransport], text: str
+    ) -> list[LongPollTransport]:
+        return list(transports)  # the sessions queue it; a poll takes it
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -119,15 +120,14 @@ class LongPollTransport:
         return True
 
     def next_batch(self) -> tuple[int, bytes] | None:
-        """The oldest unacknowledged batch, else a new one from pending lines."""
+        """The oldest unacknowledged batch, else a new one from the outbox."""
         if self.batches:
             return self.batches[0]
-        if not self.pending:
+        if not self.outbox:
             return None
         self.seq += 1
-        body = "\n".join([json.dumps({"batch": self.seq}), *self.pending]).encode()
-        self.pending = []
-        self.pending_size = 0
+        lines = self.outbox.take(MAX_BATCH)
+        body = "\n".join([json.dumps({"batch": self.seq}), *lines]).encode()
         self.batches.append((self.seq, body))
         return self.seq, body
 
@@ -171,6 +171,7 @@ class LongPoll:
         relay: SessionRelay | None = None,
     ) -> None:
         self.hub = hub
+        self.commands = Commands(hub)
         self.path = path
         #: Seconds a poll is held when there is nothing to deliver: under the 30 to 60 s
         #: after which proxies commonly cut an idle request.
@@ -257,7 +258,7 @@ class LongPoll:
         if self.relay is not None:
             transport.claimed = asyncio.get_running_loop().time()
             await self.relay.claim_session(sid, self.idle_timeout)
-        await session.handle(request.body)
+        await self.commands.handle(session, request.body)
         return Response.json(200, {"sid": sid, "ack": 0})
 
     async def _send(self, transport: LongPollTransport, request: Request) -> Response:
@@ -265,7 +266,7 @@ class LongPoll:
         if session is None or transport.closing is not None:
             reconnect = transport.closing is None or transport.closing.reconnect
             return Response.json(410, {"error": "session closed", "reconnect": reconnect})
-        await session.handle(request.body)
+        await self.commands.handle(session, request.body)
         return Response.json(200, {"sid": transport.sid})
 
     async def _poll(self, transport: LongPollTransport, ack: int) -> Response:
@@ -328,9 +329,19 @@ class LongPoll:
         if transport._idle is not None:
             transport._idle.cancel()
             transport._idle = None
-        session = transport.session
+        session, transport.session = transport.session, None
         if session is not None:
             self._spawn(self.hub.close_session(session))
+        # Free what was queued now, not at the next full garbage collection (the
+        # session and its transport refer to each other).
+        if transport.outbox is not None:
+            transport.outbox.clear()
+        transport.batches.clear()
+
+    def end_session(self, session: Session) -> None:
+        """A session ended by the server: free it in the hub now (its transport stays
+        until the client has polled the disconnect push, or goes idle)."""
+        self._spawn(self.hub.close_session(session))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
