@@ -104,4 +104,5 @@ def test_only_the_redis_broker_imports_redis() -> None:
         for path in SRC.rglob("*.py")
         if any(name.split(".")[0] == "redis" for name in _imports(path))
     )
-    assert importers == ["hub/brokers/redis/broker.py"]
+    assert importers
+    assert all(path.startswith("hub/brokers/redis/") for path in importers), importers
