@@ -3,8 +3,9 @@
 Install with ``pip install backchannel[redis]``. :class:`RedisBroker` is the facade that
 implements :class:`~backchannel.hub.brokers.base.Broker`; it owns the connections and the
 pub/sub reader and delegates the rest, one concept per module: :mod:`.history` (streams,
-offsets, idempotency keys), :mod:`.presence`, and :mod:`.relay` (long-poll sessions
-across nodes). Key names are in :mod:`.keys`.
+offsets, idempotency keys), :mod:`.presence`, :mod:`.occupancy` (which nodes have local
+subscribers of a channel) and :mod:`.relay` (long-poll sessions across nodes). Key names
+are in :mod:`.keys`.
 
 This module's keys: ``{prefix}:c:{channel}`` is the pub/sub channel that carries
 publications, joins and leaves to the nodes subscribed to it (a node subscribes only
@@ -15,7 +16,8 @@ When Redis cannot be reached, commands raise :class:`BrokerUnavailable` (clients
 temporary error 116; nothing is published). The node reconnects with backoff; for each
 channel it is subscribed to it then reads the publications it missed from history and
 delivers them (the hub skips offsets it already sent), or, when they are gone, tells
-the hub (``on_lost``) so its subscribers resubscribe and recover themselves.
+the hub (``on_lost``) so its subscribers resubscribe and recover themselves; it also
+puts back its channel occupancy, which a Redis that restarted has lost.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .codec import client_info, dumps, publication, text
 from .errors import DOWN, reachable
 from .history import RedisHistory
 from .keys import Keys
+from .occupancy import RedisOccupancy
 from .presence import RedisPresence
 from .relay import RedisRelay
 
@@ -116,6 +119,7 @@ class RedisBroker:
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
         self._relay = RedisRelay(self._redis, self._keys, self.node)
+        self._occupancy = RedisOccupancy(self._redis, self._keys, self.node, self._now_ms)
         self._handler: BrokerHandler | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -124,6 +128,7 @@ class RedisBroker:
         self._channels: dict[str, Position | None] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._alive: asyncio.Task[None] | None = None
+        self._fresh: asyncio.Task[None] | None = None
 
     # Lifecycle.
 
@@ -137,15 +142,17 @@ class RedisBroker:
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read())
         self._alive = loop.create_task(self._relay.keep_alive())
+        self._fresh = loop.create_task(self._occupancy.keep_fresh())
 
     async def close(self) -> None:
         self._handler = None
-        for task in (self._reader, self._alive):
+        for task in (self._reader, self._alive, self._fresh):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._relay.close()
+        await self._occupancy.close()
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
@@ -184,6 +191,14 @@ class RedisBroker:
         del self._channels[channel]
         with contextlib.suppress(*DOWN):
             await self._pubsub.unsubscribe(self._keys.channel(channel))
+
+    # Occupancy.
+
+    async def occupy(self, channel: str) -> bool:
+        return await self._occupancy.occupy(channel)
+
+    async def vacate(self, channel: str) -> bool:
+        return await self._occupancy.vacate(channel)
 
     # Publishing.
 
@@ -296,6 +311,7 @@ class RedisBroker:
                 await self._pubsub.subscribe(self._relay.channel, self._keys.control, *names)
                 for channel in channels:
                     await self._catch_up(channel)
+                await self._occupancy.refresh()
             except (*DOWN, BrokerUnavailable) as exc:
                 logger.info("Redis still unreachable (%s)", exc)
                 continue
