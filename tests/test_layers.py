@@ -1,11 +1,22 @@
-"""The layering rule of SPEC.md, checked from the source's imports.
+"""The layering rules of SPEC.md, checked from the source's imports.
 
 protocol (no I/O, no clock) <- asyncio <- hub <- app / cli. Imports point down only.
+Besides, within ``src/backchannel``:
+
+* no import circles: every import counts, those under ``if TYPE_CHECKING:`` and inside
+  functions included (a circle that only typing closes still ties the modules into one
+  unit that cannot be understood, tested or moved apart);
+* in the hub, only the transports (``hub/transports/``) touch the asyncio layer;
+* only the Redis broker (``hub/brokers/redis/``) imports ``redis``, an optional extra.
+
+Each checker takes the package's root folder, so that it is shown to catch what it is
+for on a small tree written to ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,34 +41,59 @@ FORBIDDEN = {
 }
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
+def _module_name(path: Path, root: Path = SRC) -> str:
+    """The dotted name of ``path``, a file of the package whose folder is ``root``."""
+    parts = path.relative_to(root.parent).with_suffix("").parts
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def _imports(path: Path, module: str | None = None) -> set[str]:
-    """Absolute names of every module ``path`` imports, relative imports resolved."""
+def _import_nodes(path: Path, module: str) -> Iterator[tuple[str, list[str]]]:
+    """Every import statement of ``path`` (anywhere in it) as (the absolute module
+    named, the names imported from it; empty for ``import x``)."""
     tree = ast.parse(path.read_text(), str(path))
-    package = module or _module_name(path)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    names: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+            for alias in node.names:
+                yield alias.name, []
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - node.level + 1]
                 prefix = ".".join(base)
-                module = f"{prefix}.{node.module}" if node.module else prefix
+                name = f"{prefix}.{node.module}" if node.module else prefix
             else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
+                name = node.module or ""
+            yield name, [alias.name for alias in node.names]
+
+
+def _imports(path: Path, module: str | None = None) -> set[str]:
+    """Absolute names of every module ``path`` imports, relative imports resolved (with
+    ``from m import n``, both ``m`` and ``m.n``: ``n`` may be a module)."""
+    names: set[str] = set()
+    for name, imported in _import_nodes(path, module or _module_name(path)):
+        names.add(name)
+        names.update(f"{name}.{alias}" for alias in imported)
     return names
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    return {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+
+
+def _extensions(root: Path) -> set[str]:
+    """Modules without Python source: compiled extensions, known by their stub (``.pyi``)
+    or their built file (``name.cpython-312-x86_64-linux-gnu.so``)."""
+    found = {_module_name(path, root) for path in root.rglob("*.pyi")}
+    for pattern in ("*.so", "*.pyd"):
+        for path in root.rglob(pattern):
+            found.add(_module_name(path.with_name(path.name.split(".")[0] + ".py"), root))
+    return found - set(_modules(root))
+
+
+# Layers.
 
 
 def _layer_files() -> list[tuple[str, Path]]:
@@ -97,11 +133,240 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
     ]
 
 
+# Import circles.
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the package at ``root`` it imports.
+
+    ``from m import n`` is an edge to ``m.n`` when that is a module (Python imports the
+    submodule; ``m``'s ``__init__`` need not have run to the end), else to ``m``. A
+    package's ``__init__`` is a module like any other: importing its submodules makes
+    edges. That importing ``m.n`` first imports ``m`` is not an edge: it would make
+    every package whose ``__init__`` imports its submodules a circle. A compiled
+    extension is a module that imports nothing of ours."""
+    modules = _modules(root)
+    graph: dict[str, set[str]] = {name: set() for name in {*modules, *_extensions(root)}}
+    for module, path in modules.items():
+        for name, imported in _import_nodes(path, module):
+            targets = [f"{name}.{alias}" for alias in imported if f"{name}.{alias}" in graph]
+            if len(targets) < len(imported) or not imported:
+                targets.append(name)  # names defined in the module itself, or ``import m``
+            graph[module].update(t for t in targets if t in graph)
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One circle per group of modules that import each other (strongly connected
+    component), as a path that ends where it starts: a shortest one through the group's
+    first module by name. Sorted, so that the result is the same on every run."""
+    cycles = []
+    for component in _components(graph):
+        start = min(component)
+        if len(component) == 1 and start not in graph[start]:
+            continue
+        cycles.append(_shortest_circle(graph, component, start))
+    return sorted(cycles)
+
+
+def _components(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components (Tarjan's algorithm, iterative: no recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, successors = work[-1]
+            for succ in successors:
+                if succ not in index:
+                    index[succ] = low[succ] = len(index)
+                    stack.append(succ)
+                    on_stack.add(succ)
+                    work.append((succ, iter(sorted(graph[succ]))))
+                    break
+                if succ in on_stack:
+                    low[node] = min(low[node], index[succ])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    components.append(component)
+    return components
+
+
+def _shortest_circle(graph: dict[str, set[str]], component: set[str], start: str) -> list[str]:
+    """A shortest path from ``start`` back to itself within ``component`` (breadth first)."""
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for succ in sorted(graph[node] & component):
+                if succ == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [*reversed(path), start]
+                if succ not in came_from:
+                    came_from[succ] = node
+                    following.append(succ)
+        frontier = following
+    raise AssertionError(f"{start} is in a component without a circle through it")
+
+
+def test_no_import_circles() -> None:
+    cycles = find_cycles(import_graph(SRC))
+    assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_circle_checker_reports_circles_as_paths(tmp_path: Path) -> None:
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "__init__.py": "",
+            # a -> b only for typing: still an edge.
+            "a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n",
+            "b.py": "from . import c\n",  # c is a module: an edge to c, not to the package
+            "c.py": "def f():\n    from .a import A\n",  # inside a function: counts too
+            "d.py": "from .a import A\n",  # into the circle, not part of it
+            # A package's __init__ importing its submodule is an edge like any other.
+            "sub/__init__.py": "from .x import X\n",
+            "sub/x.py": "from backchannel.sub import helper\nfrom ..sub import Y\n",
+            "sub/helper.py": "",
+            "self.py": "import backchannel.self\n",
+            # A compiled extension (known by its stub) is a module: no edge to the package.
+            "fast/__init__.py": "from .slow import f\n",
+            "fast/slow.py": "from . import _accel\n",
+            "fast/_accel.pyi": "def f() -> None: ...\n",
+        },
+    )
+    assert find_cycles(import_graph(root)) == [
+        ["backchannel.a", "backchannel.b", "backchannel.c", "backchannel.a"],
+        ["backchannel.self", "backchannel.self"],
+        ["backchannel.sub", "backchannel.sub.x", "backchannel.sub"],
+    ]
+
+
+def test_circle_checker_passes_a_tree_without_circles(tmp_path: Path) -> None:
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "__init__.py": "from .a import A\nfrom . import b\n",
+            "a.py": "from .b import B\n",
+            "b.py": "from . import c\n",  # c is a module: no edge to the package
+            "c.py": "import json\n",
+        },
+    )
+    assert find_cycles(import_graph(root)) == []
+
+
+# Only the transports touch the asyncio layer.
+
+
+def asyncio_outside_transports(root: Path) -> list[str]:
+    """Hub modules, other than those under ``hub/transports/``, that import the asyncio
+    layer (``{package}.asyncio``), as "module imports name"."""
+    layer = f"{root.name}.asyncio"
+    transports = root / "hub" / "transports"
+    found = []
+    for module, path in _modules(root).items():
+        if not path.is_relative_to(root / "hub") or path.is_relative_to(transports):
+            continue
+        for name in sorted(_imports(path, module)):
+            if name == layer or name.startswith(layer + "."):
+                found.append(f"{module} imports {name}")
+    return found
+
+
+def test_only_transports_import_the_asyncio_layer_in_the_hub() -> None:
+    found = asyncio_outside_transports(SRC)
+    assert not found, "\n".join(found)
+
+
+def test_asyncio_rule_catches_a_violation(tmp_path: Path) -> None:
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "hub/__init__.py": "from .transports import ws\n",
+            "hub/transports/__init__.py": "",
+            "hub/transports/ws.py": "from ...asyncio import ServerConnection\n",
+            "hub/session.py": "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from ..asyncio.connection import Connection\n",
+            "hub/wire.py": "from ..protocol.frames import Frame\n",  # I/O-free: fine
+            "app/server.py": "from ..asyncio import serve\n",  # not the hub: fine
+        },
+    )
+    assert asyncio_outside_transports(root) == [
+        "backchannel.hub.session imports backchannel.asyncio.connection",
+        "backchannel.hub.session imports backchannel.asyncio.connection.Connection",
+    ]
+
+
+# Only the Redis broker imports redis.
+
+
+def redis_outside_its_broker(root: Path) -> list[str]:
+    """Modules outside ``hub/brokers/redis/`` that import ``redis``."""
+    allowed = root / "hub" / "brokers" / "redis"
+    return [
+        module
+        for module, path in _modules(root).items()
+        if not path.is_relative_to(allowed)
+        and any(name.split(".")[0] == "redis" for name in _imports(path, module))
+    ]
+
+
 def test_only_the_redis_broker_imports_redis() -> None:
     """Redis is an optional extra: nothing else may need it to import."""
-    importers = sorted(
-        str(path.relative_to(SRC))
-        for path in SRC.rglob("*.py")
-        if any(name.split(".")[0] == "redis" for name in _imports(path))
+    assert redis_outside_its_broker(SRC) == []
+    # And the check looks at the right place: the broker does import it.
+    assert any(
+        name.split(".")[0] == "redis"
+        for path in (SRC / "hub" / "brokers" / "redis").glob("*.py")
+        for name in _imports(path)
     )
-    assert importers == ["hub/brokers/redis/broker.py"]
+
+
+def test_redis_rule_catches_a_violation(tmp_path: Path) -> None:
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "hub/brokers/redis/broker.py": "import redis.asyncio as redis\n",
+            "hub/brokers/redis/errors.py": "from redis.exceptions import RedisError\n",
+            "hub/brokers/redis_extra.py": "import redis\n",  # a sibling, not inside
+            "app/server.py": "def broker():\n    from redis import Redis\n",
+            "hub/hub.py": "from .brokers.redis import broker\n",  # ours, not the library
+        },
+    )
+    assert redis_outside_its_broker(root) == [
+        "backchannel.app.server",
+        "backchannel.hub.brokers.redis_extra",
+    ]

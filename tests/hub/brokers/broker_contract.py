@@ -1,8 +1,10 @@
-"""The contract every broker passes (see ``backchannel.hub.broker``).
+"""The contract every broker passes (see ``backchannel.hub.brokers.base``).
 
 A test module subclasses :class:`BrokerContract` and provides two fixtures: ``broker``, a
 started broker whose handler is the ``recorder`` fixture defined here, and ``clock``, an
-object whose ``advance(seconds)`` moves the broker's time forward.
+object whose ``advance(seconds)`` moves the broker's time forward. A broker for several
+nodes also overrides ``cluster``: started brokers acting as one (``broker`` first), by
+default ``[broker]`` alone.
 
 Delivery may be asynchronous (a networked broker), so tests wait for the events they
 expect with :meth:`Recorder.wait_for`. To show that something was *not* delivered
@@ -102,6 +104,10 @@ class BrokerContract:
     @pytest.fixture
     def recorder(self) -> Recorder:
         return Recorder()
+
+    @pytest.fixture
+    def cluster(self, broker: Broker) -> list[Broker]:
+        return [broker]
 
     # Delivery.
 
@@ -491,6 +497,33 @@ class BrokerContract:
         clock.advance(1.5)
         assert await broker.presence("room") == {}
         assert await broker.presence_count("room") == (0, 0)
+
+    # Occupancy.
+
+    async def test_first_occupy_in_the_cluster_occupies_and_last_vacate_vacates(
+        self, cluster: list[Broker]
+    ) -> None:
+        # Node by node: only the first to occupy had no other node holding the channel,
+        # and only the last to vacate leaves none.
+        occupied = [await node.occupy("room") for node in cluster]
+        assert occupied == [True] + [False] * (len(cluster) - 1)
+        vacated = [await node.vacate("room") for node in cluster]
+        assert vacated == [False] * (len(cluster) - 1) + [True]
+        # Vacated: the next first subscriber occupies it again.
+        assert await cluster[-1].occupy("room")
+        assert await cluster[-1].vacate("room")
+
+    async def test_occupancy_is_per_channel(self, cluster: list[Broker]) -> None:
+        assert await cluster[0].occupy("a")
+        assert await cluster[-1].occupy("b")
+        assert await cluster[-1].vacate("b")
+        assert await cluster[0].vacate("a")
+
+    async def test_vacate_in_another_order_than_occupy(self, cluster: list[Broker]) -> None:
+        for node in cluster:
+            await node.occupy("room")
+        vacated = [await node.vacate("room") for node in reversed(cluster)]
+        assert vacated == [False] * (len(cluster) - 1) + [True]
 
     # Property: recovery from any position.
 

@@ -53,7 +53,15 @@ async def broker(
 
 
 class TestRedisBroker(BrokerContract):
-    pass
+    @pytest.fixture
+    async def cluster(
+        self, broker: RedisBroker, redis_server: RedisServer, prefix: str, clock: ManualClock
+    ) -> AsyncIterator[list[RedisBroker]]:
+        # A second node on the same Redis and prefix: the two act as one hub.
+        other = RedisBroker(redis_server.url, prefix=prefix, clock=clock)
+        await other.start(Recorder())
+        yield [broker, other]
+        await other.close()
 
 
 async def test_two_nodes_see_one_stream_in_one_order(

@@ -4,9 +4,11 @@ presence are kept.
 Local delivery is the hub's job; a broker only carries events between nodes, and a node
 subscribes to a channel on the broker only while it has local subscribers. A broker also
 owns each channel's history (an ordered stream with an offset and an epoch) and presence,
-so that every node sees the same ones. :class:`MemoryBroker` is the single-node default;
+so that every node sees the same ones, and knows which nodes have local subscribers of a
+channel, so that "channel occupied" and "channel vacated" happen once in the cluster
+(:meth:`Broker.occupy`, :meth:`Broker.vacate`). :class:`MemoryBroker` is the single-node default;
 the Redis broker is its own module. Every broker passes one contract suite
-(``tests/hub/broker_contract.py``).
+(``tests/hub/brokers/broker_contract.py``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ class Broker(Protocol):
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering this channel's events to this node."""
+
+    async def occupy(self, channel: str) -> bool:
+        """This node has its first local subscriber of ``channel``; True when no other
+        node had one (the channel is now occupied in the cluster).
+
+        Calls of :meth:`occupy` and :meth:`vacate` for one channel must not overlap on a
+        node (the hub makes them in the order its local subscribers come and go)."""
+
+    async def vacate(self, channel: str) -> bool:
+        """This node's last local subscriber of ``channel`` left; True when no node has
+        one any more (the channel is vacated)."""
 
     async def publish(
         self,

@@ -88,6 +88,16 @@ class MemoryBroker:
     async def unsubscribe(self, channel: str) -> None:
         self._subscribed.discard(channel)
 
+    async def occupy(self, channel: str) -> bool:
+        """See :meth:`Broker.occupy`: this process is the only node, so no other node can
+        hold the channel."""
+        return True
+
+    async def vacate(self, channel: str) -> bool:
+        """See :meth:`Broker.vacate`: this process is the only node, so once its last
+        subscriber left, no node holds the channel."""
+        return True
+
     async def publish(
         self,
         channel: str,

@@ -1,0 +1,83 @@
+"""Channel presence in Redis, with expiry.
+
+Keys (names in :mod:`.keys`): ``{prefix}:p:{channel}`` (sorted set, client id scored by
+its expiry in ms) and ``{prefix}:q:{channel}`` (hash, client id -> who, as JSON).
+Entries expire by score, so a dead node's clients disappear after the presence TTL
+without anyone removing them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import redis.asyncio as redis
+
+from ...wire import ClientInfo
+from .codec import client_info, dumps
+from .errors import reachable
+from .keys import GC_SLACK_MS, Keys
+
+__all__ = ["RedisPresence"]
+
+# KEYS: presence zset, presence hash. ARGV: now (ms). Drops expired entries, returns the
+# live ones' JSON.
+_PRESENCE = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #live == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(live))
+"""
+
+
+class RedisPresence:
+    """Who is in each channel (see the module docstring); ``now_ms`` is the clock."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, now_ms: Callable[[], int]) -> None:
+        self._redis = client
+        self._keys = keys
+        self._now_ms = now_ms
+        self._presence_script = client.register_script(_PRESENCE)
+
+    async def add(self, channel: str, who: ClientInfo, ttl: float) -> None:
+        """Record (or refresh) ``who``; it expires after ``ttl`` seconds."""
+        expires = self._now_ms() + int(ttl * 1000)
+        zset, table = self._keys.presence(channel), self._keys.presence_info(channel)
+        async with reachable():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zadd(zset, {who.client: expires})
+            pipe.hset(table, who.client, dumps(who.to_json()))
+            pipe.pexpire(zset, int(ttl * 1000) + GC_SLACK_MS)
+            pipe.pexpire(table, int(ttl * 1000) + GC_SLACK_MS)
+            await pipe.execute()
+
+    async def remove(self, channel: str, client: str) -> None:
+        async with reachable():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zrem(self._keys.presence(channel), client)
+            pipe.hdel(self._keys.presence_info(channel), client)
+            await pipe.execute()
+
+    async def members(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is in the channel, by client id (expired entries dropped)."""
+        async with reachable():
+            entries = await self._presence_script(
+                keys=[self._keys.presence(channel), self._keys.presence_info(channel)],
+                args=[self._now_ms()],
+            )
+        present: dict[str, ClientInfo] = {}
+        for entry in entries:
+            if entry is None:
+                continue  # removed between the two reads of the script: gone
+            who = client_info(json.loads(entry))
+            present[who.client] = who
+        return present
+
+    async def count(self, channel: str) -> tuple[int, int]:
+        """How many clients and how many distinct users are in the channel."""
+        present = await self.members(channel)
+        return len(present), len({who.user for who in present.values()})
