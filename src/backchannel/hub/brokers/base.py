@@ -149,14 +149,6 @@ class Broker(Protocol):
     async def publish_control(self, message: dict[str, Any]) -> None:
         """Deliver a JSON object to every node's ``on_control``, this node's included."""
 
-    async def occupy(self, channel: str) -> bool:
-        """This node has its first local subscriber of ``channel``; True when no other
-        node had one (the channel is now occupied in the cluster)."""
-
-    async def vacate(self, channel: str) -> bool:
-        """This node's last local subscriber of ``channel`` left; True when no node has
-        one any more (the channel is vacated)."""
-
     async def history(
         self, channel: str, *, since: Position | None = None, limit: int | None = None
     ) -> HistoryResult:

@@ -171,13 +171,6 @@ class MemoryBroker:
             except Exception:
                 logger.exception("broker handler failed on a control message")
 
-    async def occupy(self, channel: str) -> bool:
-        # One node: the hub calls this for its first local subscriber only.
-        return True
-
-    async def vacate(self, channel: str) -> bool:
-        return True
-
     async def history(
         self, channel: str, *, since: Position | None = None, limit: int | None = None
     ) -> HistoryResult:

@@ -235,13 +235,6 @@ class RedisBroker:
 
     # History.
 
-    async def occupy(self, channel: str) -> bool:
-        # Per node until occupancy is shared through Redis.
-        return True
-
-    async def vacate(self, channel: str) -> bool:
-        return True
-
     async def history(
         self, channel: str, *, since: Position | None = None, limit: int | None = None
     ) -> HistoryResult:
