@@ -370,3 +370,29 @@ def test_redis_rule_catches_a_violation(tmp_path: Path) -> None:
         "backchannel.app.server",
         "backchannel.hub.brokers.redis_extra",
     ]
+
+
+def test_the_client_uses_only_the_wire_format_of_the_hub() -> None:
+    """backchannel.client sits above hub beside app: of the hub it may import the wire
+    format and the codes only, and nothing of app or cli."""
+    allowed = ("backchannel.hub.wire", "backchannel.hub.codes")
+    bad = []
+    for path in sorted((SRC / "client").rglob("*.py")):
+        for name in _imports(path):
+            above = _violations("hub", {name})  # app and cli
+            if above or (
+                name.startswith("backchannel.hub.")
+                and not any(name == a or name.startswith(a + ".") for a in allowed)
+            ):
+                bad.append(f"{path.relative_to(SRC)}: {name}")
+    assert bad == []
+
+
+def test_only_the_long_poll_transport_imports_httpx() -> None:
+    """httpx is the client extra: importing anything else must not need it."""
+    importers = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if any(name.split(".")[0] == "httpx" for name in _imports(path))
+    )
+    assert importers == ["client/longpoll.py"]

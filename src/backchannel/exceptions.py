@@ -27,8 +27,11 @@ Whose fault it is decides where an exception sits::
         └── TokenExpired           a valid token whose exp has passed
 
 ``CommandError`` and ``DisconnectRequest`` are raised by the hub and by the
-application's hooks alike (an application uses codes 1000-1999 and 4000-4999); the
-Python client raises ``CommandError`` for an error reply.
+application's hooks alike (an application uses codes 1000-1999 and 4000-4999). The
+Python client (``backchannel.client``) raises ``CommandError`` for an error reply,
+``DisconnectRequest`` once the hub ended its connection with a code that forbids
+reconnecting, ``ConnectionClosedError`` for a command whose connection was lost before
+the reply, and ``InvalidArgument`` for parameters the hub would refuse.
 
 Peer faults never escape the protocol core's ``receive_data``: they become a close
 frame with the mapped code, and the exception is kept on the connection.

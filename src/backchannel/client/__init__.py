@@ -1,0 +1,37 @@
+"""The hub's Python client: ``async with Client("ws://host/ws", token=...) as client``.
+
+A layer above :mod:`backchannel.hub`'s wire format, beside :mod:`backchannel.app`: it
+speaks docs/protocol.md over WebSocket (:mod:`backchannel.asyncio`) or, when WebSocket
+does not get through, HTTP long polling (httpx: ``pip install 'backchannel[client]'``).
+"""
+
+from __future__ import annotations
+
+from ..hub.wire import ClientInfo, Position, Publication
+from .backoff import Backoff
+from .client import Client, ClientState, TokenSource, default_longpoll_url
+from .event import ConnectedEvent, DisconnectedEvent, SubscribedEvent, UnsubscribedEvent
+from .result import HistoryResult, PresenceStats, PublishResult
+from .subscription import Subscription, SubscriptionState
+from .transport import TransportName
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientInfo",
+    "ClientState",
+    "ConnectedEvent",
+    "DisconnectedEvent",
+    "HistoryResult",
+    "Position",
+    "PresenceStats",
+    "Publication",
+    "PublishResult",
+    "SubscribedEvent",
+    "Subscription",
+    "SubscriptionState",
+    "TokenSource",
+    "TransportName",
+    "UnsubscribedEvent",
+    "default_longpoll_url",
+]

@@ -1,0 +1,716 @@
+"""The hub's Python client: a connection that stays up.
+
+``Client`` connects over WebSocket (or long polling when WebSocket does not get
+through), reconnects with backoff after a disconnect that allows it, renews every
+subscription with recovery of the publications missed meanwhile, and refreshes its
+token before it expires. It mirrors the browser client (js/backchannel.js).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from .. import __version__
+from ..exceptions import (
+    CommandError,
+    ConnectionClosed,
+    DisconnectRequest,
+    HandshakeTimeout,
+    InvalidArgument,
+    InvalidHandshake,
+    InvalidState,
+    InvalidStatus,
+    TokenError,
+)
+from ..hub import codes
+from ..hub.wire import PROTOCOL_VERSION, ClientInfo, Position, Publication
+from .backoff import MAX_DELAY, MIN_DELAY, Backoff
+from .connection import Connection, encode_command
+from .dispatch import Dispatcher, log_handler_error
+from .event import ConnectedEvent, DisconnectedEvent, SubscribedEvent, UnsubscribedEvent
+from .longpoll import LongPollTransport
+from .result import (
+    HistoryResult,
+    PresenceStats,
+    PublishResult,
+    parse_client_info,
+    parse_publication,
+)
+from .subscription import MAX_QUEUE, Subscription
+from .transport import NORMAL_CLOSURE, Ending, Transport, TransportName
+from .websocket import WebSocketTransport
+
+__all__ = ["Client", "ClientState", "TokenSource", "default_longpoll_url"]
+
+logger = logging.getLogger("backchannel.client")
+
+ClientState = Literal["disconnected", "connecting", "connected", "closed"]
+#: A token, or an async callable returning one (called again when it expires).
+TokenSource = str | Callable[[], Awaitable[str]] | None
+
+#: Seconds a command waits for its reply, and for a connection when there is none: a
+#: hub answers in milliseconds, so this only bounds a network that has gone silent.
+TIMEOUT = 10.0
+#: Seconds a WebSocket attempt has to bring the connect reply before the client tries
+#: long polling: a proxy that accepts the upgrade and then holds every frame is caught
+#: without making a user wait much.
+FALLBACK_TIMEOUT = 3.0
+#: Refresh the token when this share of its remaining lifetime has passed: early enough
+#: for a slow token source, late enough not to refresh all the time.
+REFRESH_AT = 0.9
+#: On long polling, try WebSocket again every this many connection attempts, or after
+#: this many seconds: the network that refused it may have changed.
+WS_RETRY_EVERY = 5
+WS_RETRY_AFTER = 300.0
+
+
+def default_longpoll_url(url: str) -> str:
+    """The long-polling URL for a WebSocket URL: same host, http(s), path ``/lp``."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urllib.parse.urlunsplit((scheme, parts.netloc, "/lp", "", ""))
+
+
+class _Retry(Exception):
+    """An attempt failed in a way worth another (the cause is reported as an error)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Client:
+    """A client of the hub; see the module docstring.
+
+    ``url`` is the hub's WebSocket URL (``ws://host:port/ws``). ``token`` is a
+    connection token, or an async callable that returns one: it is called before
+    connecting, again when the hub says the token expired, and to refresh it before it
+    expires (the connect result's ``ttl``, counted on the local monotonic clock).
+
+    ``transports`` lists what may be used, in order of preference; WebSocket falls back
+    to long polling (``longpoll_url``, by default the url with http(s) and path ``/lp``)
+    when its upgrade is refused or brings nothing within ``fallback_timeout``.
+
+    Reconnection waits are full-jitter exponential backoff between ``min_delay`` and
+    ``max_delay`` seconds. A disconnect whose code forbids reconnecting stops the client:
+    ``state`` becomes "closed", ``error`` holds a :class:`DisconnectRequest`, and
+    waiting calls raise it.
+
+    Handlers (plain or async functions, run in order in a task of their own):
+    ``on_connected(ConnectedEvent)``, ``on_disconnected(DisconnectedEvent)``,
+    ``on_error(exception)`` for failures that do not stop the client (a refused
+    attempt, a failed refresh, an exception in another handler).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: TokenSource = None,
+        longpoll_url: str | None = None,
+        transports: Sequence[TransportName] = ("websocket", "longpoll"),
+        name: str | None = None,
+        version: str | None = None,
+        timeout: float = TIMEOUT,
+        fallback_timeout: float = FALLBACK_TIMEOUT,
+        min_delay: float = MIN_DELAY,
+        max_delay: float = MAX_DELAY,
+        max_queue: int = MAX_QUEUE,
+        on_connected: Callable[[ConnectedEvent], Any] | None = None,
+        on_disconnected: Callable[[DisconnectedEvent], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        if not transports or any(t not in ("websocket", "longpoll") for t in transports):
+            raise InvalidArgument("transports are 'websocket' and/or 'longpoll'")
+        if isinstance(token, str) or token is None:
+            self._token: str | None = token
+            self._token_source: Callable[[], Awaitable[str]] | None = None
+        else:
+            self._token = None
+            self._token_source = token
+        self.url = url
+        self.longpoll_url = longpoll_url or default_longpoll_url(url)
+        self.transports: tuple[TransportName, ...] = tuple(transports)
+        #: The name sent with connect, for the server's logs.
+        self.name = f"{name or 'backchannel-python'}/{version or __version__}"
+        self.timeout = timeout
+        self.fallback_timeout = fallback_timeout
+        self.max_queue = max_queue
+        self._backoff = Backoff(min_delay, max_delay)
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._on_error = on_error
+
+        self.state: ClientState = "disconnected"
+        #: The hub's id for the current connection, and the token's user.
+        self.client_id: str | None = None
+        self.user: str | None = None
+        #: The transport of the current connection.
+        self.transport: TransportName | None = None
+        #: When the token expires, in Unix seconds, as the hub said (None: no expiry).
+        self.expires: int | None = None
+        #: Why the client stopped, when it stopped on an error (not by close()).
+        self.error: BaseException | None = None
+
+        self._expires_at: float | None = None  # on the loop's monotonic clock
+        self._token_stale = False
+        self._conn: Connection | None = None
+        self._subs: dict[str, Subscription] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed: asyncio.Event | None = None
+        self._events: Dispatcher | None = None
+        self._longpoll_since: float | None = None
+        self._longpoll_attempts = 0
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url} {self.state}>"
+
+    # Lifecycle.
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect, and keep connected until :meth:`close`. Return once connected;
+        failures worth another attempt are retried with backoff (and reported to
+        ``on_error``), so bound this with ``asyncio.timeout`` if the hub may be down.
+        Raise what stopped the client (a refused token, a do-not-reconnect code)."""
+        if self.state == "closed":
+            raise self._closed_error()
+        if self._runner is None:
+            self._changed = asyncio.Event()
+            self._events = Dispatcher(self.emit_error, self.max_queue)
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+        await self.until(self._connected)
+
+    async def close(self) -> None:
+        """Close the connection and stop. Subscriptions end (their iterators stop);
+        commands waiting raise :class:`InvalidState`. The client cannot connect again."""
+        if self.state == "closed" and self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        if runner is not None and runner is not asyncio.current_task():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        conn = self._conn
+        if conn is not None:
+            self._lost(conn, Ending(NORMAL_CLOSURE, "closed by the client", False))
+            await conn.close()
+        await self._cancel_tasks()
+        self._stop(None)
+        for sub in list(self._subs.values()):
+            await sub.aclose()
+        if self._events is not None:
+            await self._events.aclose()
+
+    async def wait_closed(self) -> None:
+        """Wait until the client stops: by :meth:`close`, or on an error (not raised
+        here: read ``error``)."""
+        with contextlib.suppress(Exception):
+            await self.until(lambda: False)
+
+    # The connection loop.
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._set_state("connecting")
+                try:
+                    conn, result = await self._attempt()
+                except _Retry as retry:
+                    self.emit_error(retry.cause)
+                except Exception as exc:
+                    if not self._retryable(exc):
+                        self._stop(exc)
+                        return
+                    self.emit_error(exc)
+                else:
+                    self._backoff.reset()
+                    self._connected_on(conn, result)
+                    ending = await conn.ended
+                    self._lost(conn, ending)
+                    await conn.close()
+                    if not ending.reconnect:
+                        self._stop(DisconnectRequest(ending.code, ending.reason))
+                        return
+                self._set_state("disconnected")
+                await asyncio.sleep(self._backoff.next_delay())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: stop visibly rather than hang
+            logger.exception("the client's connection loop failed")
+            self._stop(exc)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, CommandError):
+            # An expired token is worth another attempt when a new one can be had.
+            expired = exc.code == codes.TOKEN_EXPIRED.code and self._token_source is not None
+            return exc.temporary or expired
+        if isinstance(exc, InvalidStatus):
+            return exc.status >= 500 or exc.status in (408, 429)
+        if isinstance(exc, DisconnectRequest | InvalidHandshake | TokenError | ImportError):
+            return False
+        return isinstance(exc, OSError | TimeoutError | HandshakeTimeout | ConnectionClosed)
+
+    def _choose_transport(self) -> TransportName:
+        if "websocket" not in self.transports:
+            return "longpoll"
+        if "longpoll" not in self.transports or self._longpoll_since is None:
+            return "websocket"
+        self._longpoll_attempts += 1
+        elapsed = asyncio.get_running_loop().time() - self._longpoll_since
+        if self._longpoll_attempts % WS_RETRY_EVERY == 0 or elapsed >= WS_RETRY_AFTER:
+            return "websocket"
+        return "longpoll"
+
+    async def _attempt(self) -> tuple[Connection, dict[str, Any]]:
+        if self._needs_token():
+            await self._fetch_token()
+        name = self._choose_transport()
+        if name == "longpoll":
+            return await self._open("longpoll")
+        try:
+            return await self._open("websocket")
+        except Exception as exc:
+            if "longpoll" not in self.transports or not _websocket_blocked(exc):
+                raise
+            logger.info("WebSocket did not get through (%r): trying long polling", exc)
+            self._longpoll_since = asyncio.get_running_loop().time()
+            self._longpoll_attempts = 0
+            return await self._open("longpoll")
+
+    async def _open(self, name: TransportName) -> tuple[Connection, dict[str, Any]]:
+        """Open a transport and connect on it; the connection and the connect result."""
+        conn = Connection(self._on_push, lambda _: self.notify())
+        frame, reply = conn.prepare("connect", self._connect_params())
+        first_timeout = self.timeout
+        if name == "websocket" and "longpoll" in self.transports:
+            first_timeout = min(self.timeout, self.fallback_timeout)
+        try:
+            transport: Transport
+            async with asyncio.timeout(first_timeout):
+                if name == "websocket":
+                    transport = await WebSocketTransport.open(
+                        self.url, frame, open_timeout=first_timeout
+                    )
+                else:
+                    transport = await LongPollTransport.open(
+                        self.longpoll_url, frame, open_timeout=first_timeout
+                    )
+                conn.start(transport)
+                expired: CommandError | None = None
+                try:
+                    result = await reply
+                except CommandError as exc:
+                    if exc.code != codes.TOKEN_EXPIRED.code or self._token_source is None:
+                        raise
+                    self._token_stale = True
+                    expired = exc
+            if expired is not None:
+                # "Get a new token and connect again on the same connection."
+                async with asyncio.timeout(self.timeout):
+                    await self._fetch_token()
+                    result = await conn.request("connect", self._connect_params())
+        except ConnectionClosed as exc:
+            await conn.close()
+            ending = conn.disconnect or conn.ending
+            if ending is not None and not ending.reconnect:
+                raise DisconnectRequest(ending.code, ending.reason) from exc
+            raise
+        except BaseException:
+            await conn.close()
+            raise
+        if name == "websocket":
+            self._longpoll_since = None  # WebSocket gets through (again)
+        return conn, result
+
+    def _connect_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"v": PROTOCOL_VERSION, "name": self.name}
+        if self._token is not None:
+            params["token"] = self._token
+        return params
+
+    def _connected_on(self, conn: Connection, result: dict[str, Any]) -> None:
+        assert conn.transport is not None
+        self._conn = conn
+        self.client_id = str(result.get("client", ""))
+        self.user = str(result.get("user", ""))
+        self.transport = conn.transport.name
+        self._set_expiry(result)
+        self._set_state("connected")
+        self._post(self._on_connected, ConnectedEvent(self.client_id, self.user, self.transport))
+        if self._token_source is not None and self._expires_at is not None:
+            self._refresher = self._spawn(self._refresh(conn))
+        for sub in list(self._subs.values()):
+            self._spawn(sub.subscribe_on(conn))
+
+    def _lost(self, conn: Connection, ending: Ending) -> None:
+        if self._conn is not conn:
+            return
+        self._conn = None
+        self.transport = None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        if ending.code == codes.TOKEN_EXPIRED_DISCONNECT.code:
+            self._token_stale = True
+        for sub in self._subs.values():
+            sub.connection_lost()
+        self._post(
+            self._on_disconnected, DisconnectedEvent(ending.code, ending.reason, ending.reconnect)
+        )
+        self.notify()
+
+    def _stop(self, error: BaseException | None) -> None:
+        """The client stops for good: on an error, or by close() (None)."""
+        if self.state == "closed":
+            return
+        if error is not None:
+            self.error = error
+            self.emit_error(error)
+        self._set_state("closed")
+        for sub in self._subs.values():
+            sub.client_closed()
+
+    def _closed_error(self) -> BaseException:
+        return self.error or InvalidState("the client is closed")
+
+    # Tokens.
+
+    def _needs_token(self) -> bool:
+        if self._token_source is None:
+            return False
+        if self._token is None or self._token_stale:
+            return True
+        now = asyncio.get_running_loop().time()
+        return self._expires_at is not None and now >= self._expires_at
+
+    async def _fetch_token(self) -> str:
+        assert self._token_source is not None
+        try:
+            token = await self._token_source()
+        except Exception as exc:
+            raise _Retry(exc) from exc
+        if not isinstance(token, str) or not token:
+            raise TokenError("the token callback returned no token")
+        self._token = token
+        self._token_stale = False
+        return token
+
+    def _set_expiry(self, result: dict[str, Any]) -> None:
+        """Take the token's expiry from a connect or refresh result. The hub's ``ttl``
+        is counted on this machine's monotonic clock, so a wrong wall clock does not
+        matter. It is whole seconds from the hub's current whole second: the token may
+        expire up to a second sooner, so that second is taken off."""
+        expires, ttl = result.get("expires"), result.get("ttl")
+        self.expires = expires if type(expires) is int else None
+        if type(ttl) is int:
+            self._expires_at = asyncio.get_running_loop().time() + ttl - 1
+        else:
+            self._expires_at = None
+
+    async def _refresh(self, conn: Connection) -> None:
+        """Refresh the token before it expires, for as long as the connection lasts."""
+        loop = asyncio.get_running_loop()
+        # Retries after a failed refresh: a second, doubling up to the reconnection bound.
+        failures = Backoff(min(1.0, self._backoff.max_delay), self._backoff.max_delay)
+        while self._expires_at is not None and conn.ending is None:
+            remaining = self._expires_at - loop.time()
+            # Already expired by our clock, or about to: back off rather than loop.
+            delay = remaining * REFRESH_AT if remaining > 0 else failures.next_delay()
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    token = await self._fetch_token()
+                    result = await conn.request("refresh", {"token": token})
+            except ConnectionClosed:
+                return
+            except _Retry as retry:
+                self.emit_error(retry.cause)
+                continue
+            except Exception as exc:
+                self.emit_error(exc)
+                continue
+            failures.reset()
+            self._set_expiry(result)
+
+    # Events.
+
+    def _post(self, handler: Callable[[Any], Any] | None, arg: Any) -> None:
+        if self._events is not None:
+            self._events.post(handler, arg)
+
+    def emit_error(self, exc: BaseException) -> None:
+        logger.debug("client error: %r", exc)
+        if self._on_error is None or self._events is None:
+            return
+        on_error = self._on_error
+
+        async def report(arg: BaseException) -> None:
+            try:
+                result = on_error(arg)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as error:
+                log_handler_error(error)
+
+        self._events.post(report, exc)
+
+    def _set_state(self, state: ClientState) -> None:
+        if self.state != state:
+            self.state = state
+            self.notify()
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change of state (client or subscription)."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def until(self, ready: Callable[[], bool]) -> None:
+        while True:
+            changed = self._changed
+            if ready():
+                return
+            if self.state == "closed":
+                raise self._closed_error()
+            if changed is None:
+                raise InvalidState("call connect() first")
+            await changed.wait()
+
+    def _connected(self) -> bool:
+        return self.state == "connected" and self.live_connection() is not None
+
+    def live_connection(self) -> Connection | None:
+        conn = self._conn
+        return conn if conn is not None and conn.ending is None else None
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug: say so rather than lose it with the task.
+            logger.error("a client task failed", exc_info=task.exception())
+            self.emit_error(task.exception())  # type: ignore[arg-type]
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # Pushes and subscriptions.
+
+    def _on_push(self, push: dict[str, Any]) -> None:
+        channel = push.get("channel")
+        sub = self._subs.get(channel) if isinstance(channel, str) else None
+        if sub is not None:
+            sub.handle_push(push)
+
+    def forget(self, sub: Subscription) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+
+    def unsubscribe_later(self, channel: str) -> None:
+        """A subscribe the application gave up on succeeded after all: undo it."""
+        conn = self.live_connection()
+        if conn is not None and channel not in self._subs:
+            self._spawn(self._quiet(conn.request("unsubscribe", {"channel": channel})))
+
+    @staticmethod
+    async def _quiet(coro: Awaitable[Any]) -> None:
+        with contextlib.suppress(CommandError, ConnectionClosed):
+            await coro
+
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        token: str | None = None,
+        recover: bool = True,
+        on_publication: Callable[[Publication], Any] | None = None,
+        on_join: Callable[[ClientInfo], Any] | None = None,
+        on_leave: Callable[[ClientInfo], Any] | None = None,
+        on_unsubscribed: Callable[[UnsubscribedEvent], Any] | None = None,
+        on_subscribed: Callable[[SubscribedEvent], Any] | None = None,
+    ) -> Subscription:
+        """Subscribe to a channel and return once the hub said yes (waiting for a
+        connection first if there is none). ``token`` is a channel token, for channels
+        that need one. With ``recover`` (the default), a renewal after a reconnection
+        asks for the publications missed. Raise :class:`CommandError` when refused."""
+        if channel in self._subs:
+            raise InvalidState(f"already subscribed to {channel!r}")
+        if self.state == "closed":
+            raise self._closed_error()
+        sub = Subscription(
+            self,
+            channel,
+            token=token,
+            recover=recover,
+            on_publication=on_publication,
+            on_join=on_join,
+            on_leave=on_leave,
+            on_unsubscribed=on_unsubscribed,
+            on_subscribed=on_subscribed,
+            max_queue=self.max_queue,
+            backoff=Backoff(self._backoff.min_delay, self._backoff.max_delay),
+        )
+        self._subs[channel] = sub
+        conn = self.live_connection()
+        if conn is not None and self.state == "connected":
+            self._spawn(sub.subscribe_on(conn))
+        try:
+            async with asyncio.timeout(self.timeout):
+                await sub.wait_subscribed()
+        except BaseException:
+            if sub.state != "unsubscribed":
+                sub.end(None)
+                self.unsubscribe_later(channel)
+            await sub.aclose()
+            raise
+        return sub
+
+    def subscription(self, channel: str) -> Subscription | None:
+        """The active subscription to a channel, if any."""
+        return self._subs.get(channel)
+
+    # Commands.
+
+    async def _ready_for(self, channel: str | None) -> Connection:
+        """A live connection, on which the channel's subscription (if any) is renewed."""
+
+        def ready() -> bool:
+            if not self._connected():
+                return False
+            sub = self._subs.get(channel) if channel is not None else None
+            return sub is None or sub.state != "subscribing"
+
+        await self.until(ready)
+        conn = self.live_connection()
+        assert conn is not None
+        return conn
+
+    async def call(self, method: str, /, **params: Any) -> dict[str, Any]:
+        """Send any command and return its raw result. Wait for a connection (at most
+        ``timeout`` in all). Raise :class:`CommandError` for an error reply,
+        :class:`ConnectionClosedError` if the connection is lost before the reply (the
+        command may have run), ``TimeoutError``."""
+        encode_command(1, method, params)  # refuse bad parameters before waiting
+        channel = params.get("channel")
+        async with asyncio.timeout(self.timeout):
+            conn = await self._ready_for(channel if isinstance(channel, str) else None)
+            return await conn.request(method, params)
+
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> PublishResult:
+        """Publish in a channel (the hub requires a subscription to it). When the
+        connection is lost before the reply, the publish is sent again on the next one
+        with the same idempotency key (one is made when none is given), so it counts
+        once. Raise :class:`CommandError`, or ``TimeoutError`` after ``timeout``."""
+        key = idempotency_key if idempotency_key is not None else secrets.token_urlsafe(16)
+        params = {"channel": channel, "data": data, "idempotency_key": key}
+        encode_command(1, "publish", params)
+        async with asyncio.timeout(self.timeout):
+            while True:
+                conn = await self._ready_for(channel)
+                try:
+                    result = await conn.request("publish", params)
+                except ConnectionClosed:
+                    continue  # sent again on the next connection: the key makes it once
+                break
+        offset, epoch = result.get("offset"), result.get("epoch")
+        return PublishResult(
+            offset if type(offset) is int else 0,
+            epoch if isinstance(epoch, str) else "",
+            result.get("duplicate") is True,
+        )
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is subscribed to a channel: one entry per connection, by client id.
+        Channels in count-only mode have no list: use :meth:`presence_stats` (this raises
+        :class:`CommandError` NOT_AVAILABLE for them)."""
+        result = await self.call("presence", channel=channel)
+        clients = result.get("clients")
+        if not isinstance(clients, dict):
+            raise CommandError(codes.NOT_AVAILABLE.with_message("presence is count-only here"))
+        return {str(cid): parse_client_info(info) for cid, info in clients.items()}
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many connections and distinct users are subscribed to a channel."""
+        result = await self.call("presence", channel=channel)
+        clients = result.get("clients")
+        if isinstance(clients, dict):
+            users = {parse_client_info(info).user for info in clients.values()}
+            return PresenceStats(len(clients), len(users))
+        count, users_count = result.get("count"), result.get("users")
+        return PresenceStats(
+            count if type(count) is int else 0, users_count if type(users_count) is int else 0
+        )
+
+    async def history(
+        self, channel: str, since: Position | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Read a channel's stream: every publication kept (the latest ``limit``), or
+        those after ``since`` (the first ``limit``); oldest first either way."""
+        params: dict[str, Any] = {"channel": channel}
+        if since is not None:
+            params.update(epoch=since.epoch, offset=since.offset)
+        if limit is not None:
+            params["limit"] = limit
+        result = await self.call("history", **params)
+        pubs = result.get("publications")
+        epoch, offset = result.get("epoch"), result.get("offset")
+        return HistoryResult(
+            [parse_publication(p, channel) for p in pubs if isinstance(p, dict)]
+            if isinstance(pubs, list)
+            else [],
+            epoch if isinstance(epoch, str) else "",
+            offset if type(offset) is int else 0,
+            result.get("recovered") is not False,
+        )
+
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Call a procedure the application defines on the server; return its result."""
+        result = await self.call("rpc", method=method, data=data)
+        return result.get("data")
+
+    async def send(self, data: Any) -> None:
+        """Send data to the application on the server (acknowledged, nothing returned)."""
+        await self.call("send", data=data)
+
+
+def _websocket_blocked(exc: BaseException) -> bool:
+    """Whether a failed WebSocket attempt suggests that WebSocket does not get through
+    (so long polling may), rather than a refusal by the hub itself."""
+    if isinstance(exc, DisconnectRequest | CommandError | TokenError | _Retry):
+        return False
+    return isinstance(
+        exc, InvalidHandshake | OSError | TimeoutError | HandshakeTimeout | ConnectionClosed
+    )
