@@ -1,6 +1,7 @@
 """Hub fan-out: what one publication to N local subscribers costs in the hub.
 
-``python -m benchmarks.fanout [--subscribers 100,1000] [--publications K] [--quick]``.
+``python -m benchmarks.fanout [--subscribers 100,1000] [--publications K] [--burst K]
+[--quick]``.
 For each N, two fresh processes: a hub server (``Hub`` with the memory broker, served by
 ``backchannel.asyncio.serve`` on uvloop, pinned to the first CPU) and a subscriber process
 (N raw WebSocket clients, each connected and subscribed to ``bench:fanout``, pinned to
@@ -15,6 +16,12 @@ own. In the server process only, ``wire.encode_publication``, the sans-I/O
 ``Connection.send_text`` and the hub's ``broadcast`` are wrapped with counters: how many
 times each publication was encoded as JSON and framed, the bytes of the frames built and
 the bytes written (checked against what the subscribers received).
+
+With ``--burst K`` each step is one command for K ``hub.publish`` calls back to back, and
+the subscriber process reports once all N clients have all K: deliveries/s, the server's
+CPU time per delivery and how many frames carried them (a hub may join publications
+queued for a session into one frame, one per line; the clients count lines). This file
+also runs against the hub before its session outbox (see ``benchmarks.compare``).
 """
 
 from __future__ import annotations
@@ -32,25 +39,36 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 from unittest import mock
 
+import backchannel
 from backchannel.asyncio import broadcast as real_broadcast
 from backchannel.asyncio import serve
 from backchannel.asyncio.connection import Connection as AsyncConnection
 from backchannel.hub import wire
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
-from backchannel.hub.transports import websocket as hub_websocket
-from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.hub.wire import Publication
 from backchannel.protocol import speedups
 from backchannel.protocol.connection import Connection as SansioConnection
 
+# This file also drives the hub as it was before the session outbox
+# (``python -m benchmarks.compare`` runs it against an older source tree on PYTHONPATH),
+# where the WebSocket transport was ``backchannel.hub.websocket``, not
+# ``backchannel.hub.transports.websocket``, and ``Hub.channels`` a dict, not a method.
+try:
+    from backchannel.hub.transports import websocket as hub_websocket
+except ImportError:  # before the session outbox
+    from backchannel.hub import websocket as hub_websocket  # type: ignore[no-redef]
+websocket_handler = hub_websocket.websocket_handler
+
 ROOT = Path(__file__).resolve().parent.parent
+#: The source tree this process runs (``src`` of a checkout, first on PYTHONPATH or not).
+SOURCE = str(Path(backchannel.__file__).resolve().parent.parent)
 HOST = "127.0.0.1"
 CHANNEL = "bench:fanout"
 TEXT = "x" * 32
@@ -183,6 +201,15 @@ def install_counters(stack: contextlib.ExitStack, counts: Counts) -> None:
     stack.enter_context(mock.patch.object(hub_websocket, "broadcast", broadcast))
 
 
+def local_subscribers(hub: Hub) -> int:
+    """Subscribers of the benchmark's channel on this node."""
+    channels: Any = hub.channels
+    if callable(channels):
+        return int(channels().get(CHANNEL, 0))
+    # Before the session outbox: a dict of channel -> {session: subscription}.
+    return len(channels.get(CHANNEL, ()))
+
+
 class TimedHub(Hub):
     """A hub that times its broker handler for publications."""
 
@@ -202,8 +229,9 @@ async def server_main(args: argparse.Namespace) -> None:
         max_connections_per_user=args.subscribers + 10,
     )
     reader = await stdin_reader()
-    # status, every publication, quit, and some slack: the driver sends no more.
-    max_commands = args.total + 10
+    # status, every publication (a burst: its command and a CPU reading), quit, and
+    # some slack: the driver sends no more.
+    max_commands = 2 * args.total + 10
     hub = TimedHub(options)
     with contextlib.ExitStack() as stack:
         install_counters(stack, counts)
@@ -217,7 +245,13 @@ async def server_main(args: argparse.Namespace) -> None:
                 ping_interval=None,
             ) as server,
         ):
-            emit(event="ready", port=server.port, loop=loop_name(), speedups=speedups.ACTIVE)
+            emit(
+                event="ready",
+                port=server.port,
+                loop=loop_name(),
+                speedups=speedups.ACTIVE,
+                source=SOURCE,
+            )
             for _ in range(max_commands):
                 try:
                     async with asyncio.timeout(args.timeout * 2):
@@ -231,18 +265,23 @@ async def server_main(args: argparse.Namespace) -> None:
                 if name == "quit":
                     return
                 if name == "status":
-                    local = hub.channels().get(CHANNEL, 0)
-                    emit(event="status", subscribers=local, sessions=len(hub.sessions))
+                    emit(
+                        event="status",
+                        subscribers=local_subscribers(hub),
+                        sessions=len(hub.sessions),
+                    )
                 elif name == "publish":
                     i = command["i"]
                     counts.reset()
                     hub.on_publication_ns = -1
+                    start_ns = time.monotonic_ns()
                     start = time.perf_counter_ns()
                     await hub.publish(CHANNEL, {"n": i, "text": TEXT})
                     publish_ns = time.perf_counter_ns() - start
                     emit(
                         event="published",
                         i=i,
+                        start_ns=start_ns,
                         publish_ns=publish_ns,
                         on_publication_ns=hub.on_publication_ns,
                         json_encodes=counts.json_encodes,
@@ -252,6 +291,31 @@ async def server_main(args: argparse.Namespace) -> None:
                         skipped=counts.skipped,
                         written_bytes=counts.written_bytes(),
                     )
+                elif name == "burst":
+                    # K publications back to back, without waiting for any delivery.
+                    first, k = command["first"], command["k"]
+                    counts.reset()
+                    cpu_ns = time.process_time_ns()
+                    start_ns = time.monotonic_ns()
+                    start = time.perf_counter_ns()
+                    for i in range(first, first + k):
+                        await hub.publish(CHANNEL, {"n": i, "text": TEXT})
+                    publish_ns = time.perf_counter_ns() - start
+                    emit(
+                        event="burst",
+                        first=first,
+                        start_ns=start_ns,
+                        cpu_ns=cpu_ns,
+                        publish_ns=publish_ns,
+                        json_encodes=counts.json_encodes,
+                        frames=counts.frames,
+                        targets=counts.targets,
+                        skipped=counts.skipped,
+                    )
+                elif name == "cpu":
+                    # Asked once the burst has reached every client: what was written
+                    # later (an outbox drained by its task) is in this reading too.
+                    emit(event="cpu", cpu_ns=time.process_time_ns())
                 else:
                     raise BenchError(f"unknown command {name!r}")
             raise BenchError(f"more than {max_commands} commands")
@@ -295,6 +359,11 @@ class Subscribers:
         self.received = [0] * total
         self.received_bytes = [0] * total
         self.complete: list[asyncio.Future[None]] = [loop.create_future() for _ in range(total)]
+        #: When the last of the N clients received each publication (time.monotonic_ns).
+        self.done_ns = [0] * total
+        #: Publication frames and publications (lines) received, all clients together.
+        self.frames = 0
+        self.lines = 0
         self.transports: list[asyncio.Transport] = []
         self.closing = False
 
@@ -309,6 +378,7 @@ class Subscribers:
         self.received[i] += 1
         self.received_bytes[i] += size
         if self.received[i] == self.n:
+            self.done_ns[i] = time.monotonic_ns()
             self.complete[i].set_result(None)
 
 
@@ -412,16 +482,24 @@ class Subscriber(asyncio.Protocol):
 
     def _message(self, payload: bytes, frame_size: int) -> None:
         if self.live:
-            obj = json.loads(payload)
-            if obj.get("push") != "publication" or obj.get("channel") != CHANNEL:
-                self._fail(f"unexpected message {payload[:80]!r}")
-                return
-            i = obj["data"]["n"]
-            if i != self.next:
-                self._fail(f"publication {i} where {self.next} was expected")
-                return
-            self.next += 1
-            self.shared.publication(i, frame_size)
+            # One frame may carry several publications, one per line (a hub's outbox
+            # drained in one frame): count lines, not frames. The frame's bytes go to its
+            # first publication.
+            shared = self.shared
+            shared.frames += 1
+            for line in payload.split(b"\n"):
+                obj = json.loads(line)
+                if obj.get("push") != "publication" or obj.get("channel") != CHANNEL:
+                    self._fail(f"unexpected message {line[:80]!r}")
+                    return
+                i = obj["data"]["n"]
+                if i != self.next:
+                    self._fail(f"publication {i} where {self.next} was expected")
+                    return
+                self.next += 1
+                shared.lines += 1
+                shared.publication(i, frame_size)
+                frame_size = 0
             return
         for line in payload.split(b"\n"):
             obj = json.loads(line)
@@ -479,7 +557,13 @@ async def subscriber_main(args: argparse.Namespace) -> None:
                 f"({done} connections open)"
             ) from None
         emit(event="subscribed", connections=len(shared.transports))
-        for i in range(args.total):
+        # One step per publication, or per burst of K: each client receives them in
+        # order, so the last one of a step received everywhere completes the step.
+        k = args.burst
+        for first in range(0, args.total, k):
+            i = first + k - 1
+            cpu_ns = time.process_time_ns()
+            frames, lines = shared.frames, shared.lines
             try:
                 if not await wait_or_fail(shared.complete[i], shared, stop, args.timeout):
                     return
@@ -488,7 +572,15 @@ async def subscriber_main(args: argparse.Namespace) -> None:
                     f"publication {i}: {shared.received[i]} of {args.subscribers} clients "
                     f"received it within {args.timeout:g} s"
                 ) from None
-            emit(event="received", i=i, bytes=shared.received_bytes[i])
+            emit(
+                event="received",
+                i=i,
+                bytes=sum(shared.received_bytes[first : i + 1]),
+                at_ns=shared.done_ns[i],
+                cpu_ns=time.process_time_ns() - cpu_ns,
+                frames=shared.frames - frames,
+                lines=shared.lines - lines,
+            )
         async with asyncio.timeout(args.timeout):
             await stop  # the driver closes stdin when done
     finally:
@@ -573,7 +665,10 @@ class Run:
     subscribers: int
     loop: str = ""
     speedups: bool = False
+    source: str = ""
     publish_ns: list[int] = field(default_factory=list)
+    #: From just before ``hub.publish`` to the last client receiving it.
+    end_to_end_ns: list[int] = field(default_factory=list)
     on_publication_ns: list[int] = field(default_factory=list)
     json_encodes: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
@@ -583,32 +678,121 @@ class Run:
     skipped: int = 0
 
 
+@dataclass
+class BurstRun:
+    """The measured bursts of one N: K publications back to back, each."""
+
+    subscribers: int
+    burst: int
+    loop: str = ""
+    speedups: bool = False
+    source: str = ""
+    #: From just before the first ``hub.publish`` to the last client receiving the last.
+    burst_ns: list[int] = field(default_factory=list)
+    #: The K ``hub.publish`` calls.
+    publish_ns: list[int] = field(default_factory=list)
+    #: Server CPU from the first ``hub.publish`` until every client had all K.
+    server_cpu_ns: list[int] = field(default_factory=list)
+    #: Subscriber process CPU meanwhile.
+    subscriber_cpu_ns: list[int] = field(default_factory=list)
+    #: Publication frames and publications received, by all clients together.
+    frames: list[int] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    json_encodes: list[int] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def deliveries(self) -> int:
+        return self.subscribers * self.burst
+
+
+async def start_children(
+    n: int, args: argparse.Namespace, cpus: tuple[int | None, int | None], children: list[Child]
+) -> tuple[Child, Child, dict[str, Any]]:
+    """Start the server and the subscriber process; wait until all N are subscribed."""
+    total = (args.warmup + args.publications) * args.burst
+    common = ["--subscribers", str(n), "--total", str(total), "--timeout", str(args.timeout)]
+    common += ["--burst", str(args.burst)]
+    server_args = ["--role", "server", *common]
+    if cpus[0] is not None:
+        server_args += ["--cpu", str(cpus[0])]
+    server = await Child.spawn("server", server_args)
+    children.append(server)
+    ready = await server.expect("ready", "listening port", args.timeout)
+
+    sub_args = ["--role", "subscriber", *common, "--port", str(ready["port"])]
+    if cpus[1] is not None:
+        sub_args += ["--cpu", str(cpus[1])]
+    subscriber = await Child.spawn("subscriber process", sub_args)
+    children.append(subscriber)
+    await subscriber.expect("subscribed", f"{n} subscriptions", args.timeout)
+    await server.send(cmd="status")
+    status = await server.expect("status", "status", args.timeout)
+    if status["subscribers"] != n:
+        raise BenchError(f"the hub has {status['subscribers']} subscribers, not {n}")
+    return server, subscriber, ready
+
+
+async def end_children(children: list[Child], args: argparse.Namespace) -> None:
+    server, subscriber = children
+    await subscriber.stop(args.timeout)
+    await server.send(cmd="quit")
+    await server.stop(args.timeout)
+
+
+async def reap(children: list[Child]) -> None:
+    for child in children:
+        child.kill()
+    for child in children:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await child.proc.wait()
+
+
+async def run_burst(
+    n: int, args: argparse.Namespace, cpus: tuple[int | None, int | None]
+) -> BurstRun:
+    k = args.burst
+    children: list[Child] = []
+    run = BurstRun(n, k)
+    try:
+        server, subscriber, ready = await start_children(n, args, cpus, children)
+        run.loop, run.speedups, run.source = ready["loop"], ready["speedups"], ready["source"]
+        for step in range(args.warmup + args.publications):
+            first = step * k
+            last = first + k - 1
+            await server.send(cmd="burst", first=first, k=k)
+            pub = await server.expect("burst", f"burst {step}", args.timeout)
+            got = await subscriber.expect("received", f"burst {step} everywhere", args.timeout)
+            await server.send(cmd="cpu")
+            cpu = await server.expect("cpu", "CPU reading", args.timeout)
+            if pub["first"] != first or got["i"] != last:
+                raise BenchError(f"burst {step}: replies for {pub['first']} and {got['i']}")
+            if got["lines"] != n * k:
+                raise BenchError(f"burst {step}: {got['lines']} publications received, not {n * k}")
+            if step < args.warmup:
+                continue
+            run.burst_ns.append(got["at_ns"] - pub["start_ns"])
+            run.publish_ns.append(pub["publish_ns"])
+            run.server_cpu_ns.append(cpu["cpu_ns"] - pub["cpu_ns"])
+            run.subscriber_cpu_ns.append(got["cpu_ns"])
+            run.frames.append(got["frames"])
+            run.lines.append(got["lines"])
+            run.json_encodes.append(pub["json_encodes"])
+            run.skipped += pub["skipped"]
+        await end_children(children, args)
+        return run
+    finally:
+        await reap(children)
+
+
 async def run_one(n: int, args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> Run:
     total = args.warmup + args.publications
-    common = ["--subscribers", str(n), "--total", str(total), "--timeout", str(args.timeout)]
     children: list[Child] = []
     run = Run(n)
     try:
-        server_args = ["--role", "server", *common]
-        if cpus[0] is not None:
-            server_args += ["--cpu", str(cpus[0])]
-        server = await Child.spawn("server", server_args)
-        children.append(server)
-        ready = await server.expect("ready", "listening port", args.timeout)
-        run.loop = ready["loop"]
-        run.speedups = ready["speedups"]
-
-        sub_args = ["--role", "subscriber", *common, "--port", str(ready["port"])]
-        if cpus[1] is not None:
-            sub_args += ["--cpu", str(cpus[1])]
-        subscriber = await Child.spawn("subscriber process", sub_args)
-        children.append(subscriber)
-        await subscriber.expect("subscribed", f"{n} subscriptions", args.timeout)
-        await server.send(cmd="status")
-        status = await server.expect("status", "status", args.timeout)
-        if status["subscribers"] != n:
-            raise BenchError(f"the hub has {status['subscribers']} subscribers, not {n}")
-
+        server, subscriber, ready = await start_children(n, args, cpus, children)
+        run.loop, run.speedups, run.source = ready["loop"], ready["speedups"], ready["source"]
         for i in range(total):
             await server.send(cmd="publish", i=i)
             pub = await server.expect("published", f"publication {i}", args.timeout)
@@ -620,6 +804,7 @@ async def run_one(n: int, args: argparse.Namespace, cpus: tuple[int | None, int 
             if i < args.warmup:
                 continue
             run.publish_ns.append(pub["publish_ns"])
+            run.end_to_end_ns.append(got["at_ns"] - pub["start_ns"])
             run.on_publication_ns.append(pub["on_publication_ns"])
             run.json_encodes.append(pub["json_encodes"])
             run.frames.append(pub["frames"])
@@ -627,18 +812,10 @@ async def run_one(n: int, args: argparse.Namespace, cpus: tuple[int | None, int 
             run.written_bytes.append(pub["written_bytes"])
             run.received_bytes.append(got["bytes"])
             run.skipped += pub["skipped"]
-
-        await subscriber.stop(args.timeout)
-        await server.send(cmd="quit")
-        await server.stop(args.timeout)
+        await end_children(children, args)
         return run
     finally:
-        for child in children:
-            child.kill()
-        for child in children:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await child.proc.wait()
+        await reap(children)
 
 
 def cpu_model() -> str:
@@ -667,8 +844,9 @@ def table(runs: Sequence[Run]) -> str:
     rows = [
         f"| subscribers | `hub.publish`, {MICRO}s (median / p90) "
         f"| `on_publication`, {MICRO}s (median / p90) | per subscriber, ns (publish / N) "
-        "| JSON encodes / pub | frames built / pub | bytes framed once | bytes written |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| JSON encodes / pub | frames built / pub | bytes framed once | bytes written "
+        f"| end to end, {MICRO}s (median / p90) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         pub_med = statistics.median(run.publish_ns)
@@ -681,9 +859,55 @@ def table(runs: Sequence[Run]) -> str:
             f"| {spread(run.json_encodes)} "
             f"| {spread(run.frames)} "
             f"| {fmt_bytes(statistics.median(run.frame_bytes))} "
-            f"| {fmt_bytes(statistics.median(run.written_bytes))} |"
+            f"| {fmt_bytes(statistics.median(run.written_bytes))} "
+            f"| {statistics.median(run.end_to_end_ns) / 1e3:.1f} "
+            f"/ {p90(run.end_to_end_ns) / 1e3:.1f} |"
         )
     return "\n".join(rows)
+
+
+def deliveries_per_s(run: BurstRun) -> list[float]:
+    return [run.deliveries / (ns / 1e9) for ns in run.burst_ns]
+
+
+def burst_table(runs: Sequence[BurstRun]) -> str:
+    rows = [
+        "| subscribers | burst | deliveries/s (median / min) | burst, ms (median / max) "
+        "| K x `hub.publish`, ms (median) | server CPU / delivery, ns "
+        "| subscriber CPU, % of the burst | frames / publication-subscriber "
+        "| JSON encodes / pub |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in runs:
+        rates = deliveries_per_s(run)
+        cpu = statistics.median(run.server_cpu_ns) / run.deliveries
+        share = statistics.median(
+            c / w for c, w in zip(run.subscriber_cpu_ns, run.burst_ns, strict=True)
+        )
+        mark = "*" if share >= 0.9 else ""
+        frames = statistics.median(f / run.deliveries for f in run.frames)
+        encodes = statistics.median(e / run.burst for e in run.json_encodes)
+        rows.append(
+            f"| {run.subscribers} | {run.burst} "
+            f"| {statistics.median(rates):,.0f}{mark} / {min(rates):,.0f} ".replace(",", " ")
+            + f"| {statistics.median(run.burst_ns) / 1e6:.1f} / {max(run.burst_ns) / 1e6:.1f} "
+            f"| {statistics.median(run.publish_ns) / 1e6:.1f} "
+            f"| {cpu:.0f} "
+            f"| {share * 100:.0f} "
+            f"| {frames:.3f} "
+            f"| {encodes:g} |"
+        )
+    return "\n".join(rows)
+
+
+def burst_notes(runs: Sequence[BurstRun]) -> list[str]:
+    out = []
+    for run in runs:
+        if run.skipped:
+            out.append(f"N={run.subscribers}: {run.skipped} deliveries skipped (slow consumer)")
+        if max(run.json_encodes) != run.burst:
+            out.append(f"N={run.subscribers}: a publication was encoded more than once")
+    return out
 
 
 def notes(runs: Sequence[Run]) -> list[str]:
@@ -701,7 +925,7 @@ def notes(runs: Sequence[Run]) -> list[str]:
     return out
 
 
-def machine_line(runs: Sequence[Run]) -> str:
+def machine_line(runs: Sequence[Run] | Sequence[BurstRun]) -> str:
     try:
         uvloop_version = f" {metadata.version('uvloop')}"
     except metadata.PackageNotFoundError:
@@ -723,6 +947,25 @@ async def driver_main(args: argparse.Namespace) -> int:
     cpus: tuple[int | None, int | None] = (None, None)
     if len(allowed) >= 2 and not args.no_pin:
         cpus = (allowed[0], allowed[1])
+    if args.burst > 1:
+        bursts = []
+        for n in counts:
+            print(
+                f"N={n}: {args.warmup} warm-up + {args.publications} bursts of {args.burst}",
+                file=sys.stderr,
+            )
+            bursts.append(await run_burst(n, args, cpus))
+        print(machine_line(bursts))
+        print(
+            f"{args.publications} bursts of {args.burst} publications of "
+            "{'n': i, 'text': 'x' * 32} per row"
+        )
+        print()
+        print(burst_table(bursts))
+        for note in burst_notes(bursts):
+            print(f"\nNote: {note}")
+        write_json(args.json, machine_line(bursts), bursts)
+        return 0
     runs = []
     for n in counts:
         print(f"N={n}: {args.warmup} warm-up + {args.publications} publications", file=sys.stderr)
@@ -733,7 +976,17 @@ async def driver_main(args: argparse.Namespace) -> int:
     print(table(runs))
     for note in notes(runs):
         print(f"\nNote: {note}")
+    write_json(args.json, machine_line(runs), runs)
     return 0
+
+
+def write_json(path: str | None, machine: str, runs: Sequence[Run] | Sequence[BurstRun]) -> None:
+    """Every figure, per publication or burst (``benchmarks.compare`` reads this)."""
+    if path is None:
+        return
+    mode = "burst" if runs and isinstance(runs[0], BurstRun) else "single"
+    with open(path, "w") as f:
+        json.dump({"machine": machine, "mode": mode, "runs": [asdict(r) for r in runs]}, f)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -747,6 +1000,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publications", type=int, default=None, help="measured (default 50)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up publications (5)")
     parser.add_argument("--quick", action="store_true", help="10 publications, 2 warm-up")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        metavar="K",
+        help="publish K back to back per step and time until all N have all K "
+        "(--publications and --warmup then count bursts: default 5 and 1)",
+    )
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write figures as JSON")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per phase (60)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     # Internal: the child processes.
@@ -756,11 +1018,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.publications is None:
-        args.publications = 10 if args.quick else 50
+        if args.burst > 1:
+            args.publications = 3 if args.quick else 5
+        else:
+            args.publications = 10 if args.quick else 50
     if args.warmup is None:
-        args.warmup = 2 if args.quick else 5
-    if args.publications < 1 or args.warmup < 0 or args.timeout <= 0:
-        parser.error("--publications must be >= 1, --warmup >= 0, --timeout > 0")
+        if args.burst > 1:
+            args.warmup = 1
+        else:
+            args.warmup = 2 if args.quick else 5
+    if args.publications < 1 or args.warmup < 0 or args.timeout <= 0 or args.burst < 1:
+        parser.error("--publications and --burst must be >= 1, --warmup >= 0, --timeout > 0")
 
     raise_open_files()
     if args.role != "driver":
