@@ -3,10 +3,16 @@
 Each wire frame is one WebSocket text message. The fast path: while a session's outbox
 is empty and its connection is writable, fan-out writes straight through
 (:func:`backchannel.asyncio.broadcast` frames a publication once for every subscriber).
-A connection over its write buffer's high water mark takes nothing more: what comes
-next waits in the session's outbox, and a drain task writes it once the socket drains,
-several texts joined into one frame (the wire format allows newline-separated messages
-in a frame), up to :data:`MAX_FRAME` bytes.
+What cannot go straight through waits in the session's outbox, and a drain task writes
+it several texts to a frame (the wire format allows newline-separated messages in a
+frame), up to :data:`MAX_FRAME` bytes. Two things make text wait:
+
+* the connection is over its write buffer's high water mark (the client is slow): the
+  drain task writes once the socket drains;
+* the connection was already written to in this turn of the event loop (a burst: many
+  publications handled in one turn): the rest of the burst goes out joined on the next
+  turn, one system call per subscriber instead of one per publication. A lone
+  publication or reply is still written at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..commands import Commands
 from ..hub import Hub
 from ..outbox import Outbox
 
-__all__ = ["MAX_FRAME", "WebSocketTransport", "websocket_handler"]
+__all__ = ["MAX_FRAME", "Turns", "WebSocketTransport", "websocket_handler"]
 
 logger = logging.getLogger("backchannel.hub")
 
@@ -35,25 +41,54 @@ logger = logging.getLogger("backchannel.hub")
 MAX_FRAME = 64 * 1024
 
 
+class Turns:
+    """Counts the turns of the event loop in which its transports wrote, so that each
+    connection is written straight through at most once per turn (one per server: a
+    server runs on one loop). Costs one callback per turn with writes, not one per
+    connection."""
+
+    __slots__ = ("_scheduled", "now")
+
+    def __init__(self) -> None:
+        self.now = 1
+        self._scheduled = False
+
+    def current(self) -> int:
+        """This turn's number; the next turn gets another."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._advance)
+        return self.now
+
+    def _advance(self) -> None:
+        self.now += 1
+        self._scheduled = False
+
+
 class WebSocketTransport:
     """A session's transport over one WebSocket connection."""
 
     name: ClassVar[str] = "websocket"
 
-    __slots__ = ("_drainer", "connection", "outbox")
+    __slots__ = ("_drainer", "_written", "connection", "outbox", "turns")
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, turns: Turns | None = None) -> None:
         self.connection = connection
+        self.turns = turns if turns is not None else Turns()
         self.outbox: Outbox | None = None
         self._drainer: asyncio.Task[None] | None = None
+        #: The turn in which this connection was last written straight through.
+        self._written = 0
 
     def attach(self, outbox: Outbox) -> None:
         self.outbox = outbox
 
     def deliver(self, text: str) -> bool:
         connection = self.connection
-        if not connection.writable:
+        turn = self.turns.current()
+        if self._written == turn or not connection.writable:
             return False
+        self._written = turn
         try:
             connection.send_nowait(text)
         except ConnectionClosed:
@@ -99,19 +134,31 @@ class WebSocketTransport:
     def deliver_many(
         cls, transports: Sequence[WebSocketTransport], text: str
     ) -> list[WebSocketTransport]:
-        skipped = broadcast([t.connection for t in transports], text)
-        if not skipped:
+        if not transports:
             return []
-        slow = {id(conn) for conn in skipped}
-        return [t for t in transports if id(t.connection) in slow]
+        turn = transports[0].turns.current()
+        waiting: list[WebSocketTransport] = []
+        ready: list[WebSocketTransport] = []
+        for transport in transports:
+            if transport._written == turn:
+                waiting.append(transport)  # a burst: joined on the next turn
+            else:
+                transport._written = turn
+                ready.append(transport)
+        skipped = broadcast([t.connection for t in ready], text)
+        if skipped:
+            slow = {id(conn) for conn in skipped}
+            waiting += [t for t in ready if id(t.connection) in slow]
+        return waiting
 
 
 def websocket_handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]:
     """A handler for :func:`backchannel.asyncio.serve` that speaks the hub's protocol."""
     commands = Commands(hub)
+    turns = Turns()
 
     async def handler(connection: ServerConnection) -> None:
-        session = hub.open_session(WebSocketTransport(connection))
+        session = hub.open_session(WebSocketTransport(connection, turns))
         try:
             async for message in connection:
                 if isinstance(message, bytes):
