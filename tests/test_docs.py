@@ -74,28 +74,10 @@ SKIP = re.compile(r"skip\s*\((?P<reason>.*\S.*)\)")
 CONTINUES = "continues the previous block"
 KINDS = ("skip (REASON)", CONTINUES, "server", "synopsis")
 
-# Blocks that fail today in files another engineer is rewriting (not to be edited here):
-# (file, a line of the block, stripped) -> (why, run). Expected to fail, strictly; run is
-# False where the block would only hit the timeout.
-PENDING: dict[tuple[str, str], tuple[str, bool]] = {
-    ("docs/quickstart.md", "await server.serve_forever()"): (
-        "a server that runs until stopped: never exits (it serves correctly on 8765)",
-        False,
-    ),
-    ("docs/quickstart.md", 'async with connect("wss://example.com/feed") as ws:'): (
-        "a fragment: top-level async with / async for, ConnectionClosed not imported, "
-        "and wss://example.com/feed is no echo server",
-        True,
-    ),
-    ("docs/quickstart.md", "await asyncio.Future()"): (
-        "a hub that runs until stopped: never exits (it serves correctly on 8000)",
-        False,
-    ),
-    ("docs/design.md", "parser = RequestParser(limits)"): (
-        "a fragment: limits, data, transport and InvalidRequest are not defined",
-        True,
-    ),
-}
+# Blocks known to fail while their page is being rewritten: (file, a line of the block,
+# stripped) -> (why, run). Expected to fail, strictly; run is False where the block would
+# only hit the timeout. Empty: every example runs.
+PENDING: dict[tuple[str, str], tuple[str, bool]] = {}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ..exceptions import (
     InvalidStatus,
     TokenError,
 )
-from ..hub import codes
+from ..hub import codes, wire
 from ..hub.wire import PROTOCOL_VERSION, ClientInfo, Position, Publication
 from .backoff import MAX_DELAY, MIN_DELAY, Backoff
 from .connection import Connection, encode_command
@@ -93,6 +93,8 @@ class Client:
     connection token, or an async callable that returns one: it is called before
     connecting, again when the hub says the token expired, and to refresh it before it
     expires (the connect result's ``ttl``, counted on the local monotonic clock).
+    ``data`` goes with every connect, for the application's ``authorize_connect`` hook
+    (a session id, for example, instead of a token).
 
     ``transports`` lists what may be used, in order of preference; WebSocket falls back
     to long polling (``longpoll_url``, by default the url with http(s) and path ``/lp``)
@@ -114,6 +116,7 @@ class Client:
         url: str,
         *,
         token: TokenSource = None,
+        data: Any = None,
         longpoll_url: str | None = None,
         transports: Sequence[TransportName] = ("websocket", "longpoll"),
         name: str | None = None,
@@ -135,6 +138,13 @@ class Client:
         else:
             self._token = None
             self._token_source = token
+        #: Sent with every connect, for the application's ``authorize_connect`` hook (a
+        #: session id, for instance): JSON, checked now so a bad value fails here.
+        self.data = data
+        if data is not None:
+            problem = wire.check_value(data)
+            if problem:
+                raise InvalidArgument(f"data: {problem}")
         self.url = url
         self.longpoll_url = longpoll_url or default_longpoll_url(url)
         self.transports: tuple[TransportName, ...] = tuple(transports)
@@ -347,6 +357,8 @@ class Client:
         params: dict[str, Any] = {"v": PROTOCOL_VERSION, "name": self.name}
         if self._token is not None:
             params["token"] = self._token
+        if self.data is not None:
+            params["data"] = self.data
         return params
 
     def _connected_on(self, conn: Connection, result: dict[str, Any]) -> None:

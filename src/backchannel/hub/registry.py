@@ -138,7 +138,9 @@ class Registry:
             if not sub.advance(offset):
                 continue  # already sent with the recovered publications
             delivered += 1
-            if session.outbox:
+            # ``size``, not ``bool(outbox)``: an attribute read on the hot path (every
+            # queued text is at least one byte, so zero means empty).
+            if session.outbox.size:
                 # Others wait before it: queue behind them, in order.
                 if not session.queue(text, size):
                     slow.append(Slow(session, sub))
