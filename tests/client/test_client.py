@@ -469,3 +469,27 @@ def test_the_long_poll_url_is_derived_from_the_websocket_url() -> None:
     assert Client("ws://example.com:8080/ws").longpoll_url == "http://example.com:8080/lp"
     assert Client("wss://example.com/ws").longpoll_url == "https://example.com/lp"
     assert Client("wss://a/ws", longpoll_url="https://b/poll").longpoll_url == "https://b/poll"
+
+
+@TRANSPORTS
+async def test_a_subscription_made_by_the_server_is_handed_over_and_renewed(
+    transport: str,
+) -> None:
+    given: asyncio.Queue[Any] = asyncio.Queue()
+    async with (
+        hub_server() as (hub, url),
+        client(url, transport, token=token("alice"), on_subscription=given.put_nowait) as alice,
+    ):
+        await hub.subscribe("alice", "feed:orders")
+        async with asyncio.timeout(WAIT):
+            sub = await given.get()
+        assert sub.channel == "feed:orders" and sub.state == "subscribed"
+        assert alice.subscription("feed:orders") is sub
+        await hub.publish("feed:orders", "one")
+        async with asyncio.timeout(WAIT):
+            assert (await anext(aiter(sub))).data == "one"
+        # After a reconnection the client renews it with recovery, like its own.
+        await hub.disconnect("alice", codes.FORCE_RECONNECT)
+        await hub.publish("feed:orders", "two")
+        async with asyncio.timeout(WAIT):
+            assert (await anext(aiter(sub))).data == "two"

@@ -108,7 +108,9 @@ class Client:
     Handlers (plain or async functions, run in order in a task of their own):
     ``on_connected(ConnectedEvent)``, ``on_disconnected(DisconnectedEvent)``,
     ``on_error(exception)`` for failures that do not stop the client (a refused
-    attempt, a failed refresh, an exception in another handler).
+    attempt, a failed refresh, an exception in another handler),
+    ``on_subscription(Subscription)`` when the hub subscribes this client itself (the
+    subscription is then also in :meth:`subscription`).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class Client:
         on_connected: Callable[[ConnectedEvent], Any] | None = None,
         on_disconnected: Callable[[DisconnectedEvent], Any] | None = None,
         on_error: Callable[[BaseException], Any] | None = None,
+        on_subscription: Callable[[Subscription], Any] | None = None,
     ) -> None:
         if not transports or any(t not in ("websocket", "longpoll") for t in transports):
             raise InvalidArgument("transports are 'websocket' and/or 'longpoll'")
@@ -157,6 +160,7 @@ class Client:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_error = on_error
+        self._on_subscription = on_subscription
 
         self.state: ClientState = "disconnected"
         #: The hub's id for the current connection, and the token's user.
@@ -541,9 +545,35 @@ class Client:
 
     def _on_push(self, push: dict[str, Any]) -> None:
         channel = push.get("channel")
-        sub = self._subs.get(channel) if isinstance(channel, str) else None
-        if sub is not None:
+        if not isinstance(channel, str):
+            return
+        sub = self._subs.get(channel)
+        if push["push"] == "subscribe":
+            if sub is None:
+                self._server_subscribed(channel, push)
+        elif sub is not None:
             sub.handle_push(push)
+
+    def _server_subscribed(self, channel: str, position: dict[str, Any]) -> None:
+        """The hub subscribed this client (an application's server-side subscribe): a
+        subscription like the client's own from now on (renewed with recovery after a
+        reconnection), handed to ``on_subscription``."""
+        sub = Subscription(
+            self,
+            channel,
+            token=None,
+            recover=True,
+            on_publication=None,
+            on_join=None,
+            on_leave=None,
+            on_unsubscribed=None,
+            on_subscribed=None,
+            max_queue=self.max_queue,
+            backoff=Backoff(self._backoff.min_delay, self._backoff.max_delay),
+        )
+        self._subs[channel] = sub
+        sub.subscribed_by_server(position)
+        self._post(self._on_subscription, sub)
 
     def forget(self, sub: Subscription) -> None:
         if self._subs.get(sub.channel) is sub:

@@ -208,6 +208,10 @@ class Subscription:
             self.handle_push(push)
         self.client.notify()
 
+    def subscribed_by_server(self, position: dict[str, Any]) -> None:
+        """The hub subscribed the client (a ``subscribe`` push with the position)."""
+        self._subscribed(self._seq, False, position)
+
     def handle_push(self, push: dict[str, Any]) -> None:
         kind = push["push"]
         if self.state == "subscribing" and kind in ("publication", "join", "leave"):
