@@ -215,6 +215,18 @@ class LongPollTransport:
             self._outbox.clear()
             self._frames.put_nowait(ending)
 
+    def abort(self) -> None:
+        """Stop polling and sending at once and leave the session to the hub, without a
+        DELETE, as a page that navigated away would (for tests of how the hub handles a
+        lost client: it keeps the session until its idle timeout). :meth:`receive` then
+        reports a lost connection (1006); :meth:`close` must still be called to release
+        the sockets."""
+        self._gone = True
+        self._end(Ending(CONNECTION_LOST, "aborted by the client", True))
+        for task in (self._poller, self._sender):
+            if task is not None and not task.done():
+                task.cancel()
+
     async def close(self) -> None:
         self._end(Ending(NORMAL_CLOSURE, "closed by the client", False))
         current = asyncio.current_task()

@@ -58,3 +58,10 @@ class WebSocketTransport:
 
     async def close(self) -> None:
         await self._ws.close()
+
+    def abort(self) -> None:
+        """Cut the TCP connection at once, without a closing handshake, as a network
+        failure would (for tests of how the hub handles a lost client). :meth:`receive`
+        then reports an abnormal closure (1006); :meth:`close` is still safe to call."""
+        if self._ws.transport is not None:
+            self._ws.transport.abort()
