@@ -9,10 +9,11 @@ frame), up to :data:`MAX_FRAME` bytes. Two things make text wait:
 
 * the connection is over its write buffer's high water mark (the client is slow): the
   drain task writes once the socket drains;
-* the connection was already written to in this turn of the event loop (a burst: many
-  publications handled in one turn): the rest of the burst goes out joined on the next
-  turn, one system call per subscriber instead of one per publication. A lone
-  publication or reply is still written at once.
+* a burst: a fan-out already wrote in this turn of the event loop (many publications
+  handled in one turn), or, for a reply or a push to one session, that connection was
+  already written to in this turn: the rest goes out joined on the next turn, one
+  system call per subscriber instead of one per publication. A lone publication or
+  reply is still written at once.
 """
 
 from __future__ import annotations
@@ -42,16 +43,17 @@ MAX_FRAME = 64 * 1024
 
 
 class Turns:
-    """Counts the turns of the event loop in which its transports wrote, so that each
-    connection is written straight through at most once per turn (one per server: a
-    server runs on one loop). Costs one callback per turn with writes, not one per
-    connection."""
+    """Counts the turns of the event loop in which its transports wrote (one per server:
+    a server runs on one loop), so that a connection is written straight through at
+    most once per turn. Costs one callback per turn with writes, nothing per
+    connection: a fan-out marks the turn as a whole."""
 
-    __slots__ = ("_scheduled", "now")
+    __slots__ = ("_fanned_out", "_scheduled", "now")
 
     def __init__(self) -> None:
         self.now = 1
         self._scheduled = False
+        self._fanned_out = False
 
     def current(self) -> int:
         """This turn's number; the next turn gets another."""
@@ -60,9 +62,16 @@ class Turns:
             asyncio.get_running_loop().call_soon(self._advance)
         return self.now
 
+    def fan_out(self) -> bool:
+        """Whether a fan-out already wrote in this turn; marks this turn as having one."""
+        self.current()
+        fanned_out, self._fanned_out = self._fanned_out, True
+        return fanned_out
+
     def _advance(self) -> None:
         self.now += 1
         self._scheduled = False
+        self._fanned_out = False
 
 
 class WebSocketTransport:
@@ -136,20 +145,16 @@ class WebSocketTransport:
     ) -> list[WebSocketTransport]:
         if not transports:
             return []
-        turn = transports[0].turns.current()
-        waiting: list[WebSocketTransport] = []
-        ready: list[WebSocketTransport] = []
-        for transport in transports:
-            if transport._written == turn:
-                waiting.append(transport)  # a burst: joined on the next turn
-            else:
-                transport._written = turn
-                ready.append(transport)
-        skipped = broadcast([t.connection for t in ready], text)
-        if skipped:
-            slow = {id(conn) for conn in skipped}
-            waiting += [t for t in ready if id(t.connection) in slow]
-        return waiting
+        if transports[0].turns.fan_out():
+            # A burst: a fan-out already wrote in this turn. This one waits and goes out
+            # joined with what follows, on the next turn (whoever it reaches: checking
+            # each connection would cost the single publication a loop).
+            return list(transports)
+        skipped = broadcast([t.connection for t in transports], text)
+        if not skipped:
+            return []
+        slow = {id(conn) for conn in skipped}
+        return [t for t in transports if id(t.connection) in slow]
 
 
 def websocket_handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]:
