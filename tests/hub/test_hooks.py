@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers.stalled import Stalled
 
 from backchannel.asyncio import ClientConnection, connect, serve
 from backchannel.exceptions import CommandError, DisconnectRequest
@@ -316,26 +317,6 @@ async def test_statistics_count_the_node_and_a_slow_consumer_is_observed() -> No
         await hub.unsubscribe_session(session, "orders:alice")
         await hub.subscribe_session(session, "orders:alice", since=since)
         assert hub.statistics().recoveries_succeeded == 1
-
-
-class Stalled:
-    name = "stalled"
-
-    def attach(self, outbox: Any) -> None:
-        pass
-
-    def deliver(self, text: str) -> bool:
-        return False
-
-    def wake(self) -> None:
-        pass
-
-    def close(self, disconnect: Any) -> None:
-        pass
-
-    @classmethod
-    def deliver_many(cls, transports: Any, text: str) -> list[Any]:
-        return list(transports)
 
 
 async def test_the_server_subscribes_a_user_and_the_client_gets_a_subscribe_push() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from helpers.stalled import Stalled
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,32 +52,6 @@ def test_take_drains_in_order_within_max_bytes(texts: list[str], max_bytes: int)
         assert len(batch) == 1 or sum(map(text_size, batch)) <= max_bytes
         drained += batch
     assert drained == texts and outbox.size == 0
-
-
-class Stalled:
-    """A transport whose client never reads: nothing is ever written, all waits."""
-
-    name = "stalled"
-
-    def __init__(self) -> None:
-        self.closed_with: Any = None
-        self.wakes = 0
-
-    def attach(self, outbox: Outbox) -> None:
-        self.outbox = outbox
-
-    def deliver(self, text: str) -> bool:
-        return False
-
-    def wake(self) -> None:
-        self.wakes += 1
-
-    def close(self, disconnect: Any) -> None:
-        self.closed_with = disconnect
-
-    @classmethod
-    def deliver_many(cls, transports: Any, text: str) -> list[Any]:
-        return list(transports)
 
 
 def options(**limits: Any) -> HubOptions:

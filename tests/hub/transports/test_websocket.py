@@ -3,9 +3,9 @@ in the session's outbox and goes out several texts to a frame."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
+
+from helpers.raw_client import RawClient
 
 from backchannel.asyncio import connect, serve
 from backchannel.hub.hub import Hub
@@ -19,68 +19,14 @@ OPTIONS = HubOptions(
 )
 
 
-class Stalling:
-    """A WebSocket client on a plain socket with a small receive buffer, that reads only
-    when told to (the asyncio client would keep draining its socket)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.loop = asyncio.get_running_loop()
-
-    @classmethod
-    async def open(cls, port: int) -> Stalling:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        client = cls(sock)
-        await client.loop.sock_connect(sock, ("127.0.0.1", port))
-        await client.loop.sock_sendall(
-            sock,
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        while b"\r\n\r\n" not in client.buffer:
-            client.buffer += await client._recv()
-        client.buffer = client.buffer.split(b"\r\n\r\n", 1)[1]
-        return client
-
-    async def _recv(self) -> bytes:
-        async with asyncio.timeout(10):
-            data = await self.loop.sock_recv(self.sock, 65536)
-        if not data:
-            raise EOFError
-        return data
-
-    async def _exactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            self.buffer += await self._recv()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    async def send(self, text: str) -> None:
-        payload = text.encode()
-        assert len(payload) < 126
-        mask = b"\x00\x00\x00\x00"  # a zero mask leaves the payload as is
-        await self.loop.sock_sendall(self.sock, bytes([0x81, 0x80 | len(payload)]) + mask + payload)
-
-    async def recv(self) -> str:
-        b0, b1 = await self._exactly(2)
-        assert b0 == 0x81, "one unfragmented text frame per message"
-        length = b1 & 0x7F
-        if length == 126:
-            length = int.from_bytes(await self._exactly(2), "big")
-        elif length == 127:
-            length = int.from_bytes(await self._exactly(8), "big")
-        return (await self._exactly(length)).decode()
-
-
 async def test_a_burst_to_a_subscriber_that_fell_behind_is_written_together() -> None:
     async with Hub(OPTIONS) as hub, serve(websocket_handler(hub), "127.0.0.1", 0) as server:
-        ws = await Stalling.open(server.port)
-        await ws.send('{"id":1,"method":"connect","params":{}}')
-        await ws.send('{"id":2,"method":"subscribe","params":{"channel":"feed:a"}}')
-        replies = [json.loads(line) for _ in range(2) for line in (await ws.recv()).split("\n")]
+        ws = await RawClient.open(server.port)
+        await ws.command({"id": 1, "method": "connect", "params": {}})
+        await ws.command({"id": 2, "method": "subscribe", "params": {"channel": "feed:a"}})
+        replies = [
+            json.loads(line) for _ in range(2) for line in (await ws.read_frame())[1].split(b"\n")
+        ]
         assert [r["id"] for r in replies][:2] == [1, 2]
         (session,) = hub.sessions
         # Large publications until the socket's buffers are full and one waits.
@@ -99,8 +45,9 @@ async def test_a_burst_to_a_subscriber_that_fell_behind_is_written_together() ->
         offsets: list[int] = []
         small_frames = 0
         while len(offsets) < published + 20:
-            frame = await ws.recv()
-            assert len(frame.encode()) <= MAX_FRAME + 100_200
+            opcode, payload = await ws.read_frame()
+            assert opcode == 1 and len(payload) <= MAX_FRAME + 100_200
+            frame = payload.decode()
             lines = frame.split("\n")
             offsets += [json.loads(line)["offset"] for line in lines]
             if any(len(line) < 1000 for line in lines):
