@@ -337,3 +337,20 @@ async def test_the_server_subscribes_a_user_and_the_client_gets_a_subscribe_push
         assert subscribed["push"] == "subscribe" and subscribed["channel"] == "orders:alice"
         assert subscribed["offset"] == 1 and isinstance(subscribed["epoch"], str)
         assert publication["push"] == "publication" and publication["data"] == "after"
+
+
+class Hanging(CookieAuth):
+    async def on_connect(self, session: Session) -> None:
+        await asyncio.Event().wait()  # never returns
+
+
+async def test_a_hook_that_hangs_does_not_stop_a_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backchannel.hub import hooks
+
+    monkeypatch.setattr(hooks, "CLOSE_TIMEOUT", 0.05)
+    hub = Hub(OPTIONS, hooks=Hanging())
+    async with hub:
+        session = hub.open_session(Stalled())
+        await hub.connect_session(session, data={"cookie": "s-alice"})
+    # Reaching here is the test: close() gave up on the hanging hook (no timing asserted).
+    assert session.closed

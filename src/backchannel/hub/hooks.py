@@ -44,6 +44,10 @@ logger = logging.getLogger("backchannel.hub")
 #: ``Hub.statistics().hook_events_dropped``) so memory stays bounded.
 MAX_QUEUED = 10_000
 
+#: Seconds a closing hub waits for the observers to run what is queued: long enough for
+#: a few quick hooks, short enough that a hook that hangs cannot stop a shutdown.
+CLOSE_TIMEOUT = 5.0
+
 #: An RPC handler: ``await handler(session, data)`` returns the reply's data.
 RpcHandler = Callable[[Session, Any], Awaitable[Any]]
 
@@ -157,15 +161,21 @@ class Observers:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        """Run what is queued, then stop."""
+        """Run what is queued (for up to :data:`CLOSE_TIMEOUT` seconds), then stop."""
         task, self._task = self._task, None
         if task is None:
             return
         self._queue.append(("", ()))  # the end
         assert self._wakeup is not None
         self._wakeup.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.shield(task)
+        except TimeoutError:
+            logger.warning("hooks still running at shutdown: %d events not run", len(self._queue))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def emit(self, name: str, *args: Any) -> None:
         if name not in self.wanted or self._task is None:
