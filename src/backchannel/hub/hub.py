@@ -384,9 +384,9 @@ class Hub:
         if not options.history_size:
             since = None
         sub = Subscription(channel, options)
-        first = self.registry.add_subscription(session, sub)
+        self.registry.add_subscription(session, sub)
         try:
-            await self._joined(session, sub, first)
+            await self._joined(session, sub)
             if not options.history_size:
                 result = SubscribeResult(None)
             else:
@@ -427,7 +427,7 @@ class Hub:
             raise CommandError(codes.NOT_SUBSCRIBED)
         await self._left(session, sub)
 
-    async def _joined(self, session: Session, sub: Subscription, first: bool) -> None:
+    async def _joined(self, session: Session, sub: Subscription) -> None:
         channel = sub.channel
         # Every subscriber waits until the node is subscribed on the broker: answered
         # earlier, it could miss a publication made meanwhile. The first one subscribes;
