@@ -143,6 +143,7 @@ class Registry:
             if session.outbox.size:
                 # Others wait before it: queue behind them, in order.
                 if not session.queue(text, size):
+                    delivered -= 1
                     slow.append(Slow(session, sub))
                 continue
             transport = session.transport
@@ -152,6 +153,7 @@ class Registry:
             for waiting in kind.deliver_many(transports, text):
                 session, sub = owners[id(waiting)]
                 if not session.queue(text, size):
+                    delivered -= 1  # dropped or disconnected: not given to it
                     slow.append(Slow(session, sub))
         self.deliveries += delivered
         return slow
