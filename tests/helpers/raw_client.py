@@ -50,12 +50,17 @@ class RawClient:
         return data
 
     async def command(self, obj: dict[str, Any]) -> None:
-        payload = json.dumps(obj).encode()
+        await self.send_text(json.dumps(obj))
+
+    async def send_text(self, text: str) -> None:
+        payload = text.encode()
         # Masked with a zero key (allowed; the key is for proxies, not secrecy here).
         if len(payload) < 126:
             header = bytes([0x81, 0x80 | len(payload)]) + bytes(4)
-        else:
+        elif len(payload) < 65536:
             header = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + bytes(4)
+        else:
+            header = bytes([0x81, 0x80 | 127]) + len(payload).to_bytes(8, "big") + bytes(4)
         await self.loop.sock_sendall(self.sock, header + payload)
 
     async def read_frame(self) -> tuple[int, bytes]:

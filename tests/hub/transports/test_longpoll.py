@@ -150,6 +150,60 @@ async def test_leaving_frees_the_session_at_once() -> None:
         await http.close()
 
 
+async def test_leaving_frees_what_was_queued_at_once() -> None:
+    # The session and its transport refer to each other: what waits for an abandoned
+    # session must be freed when it ends, not at the next full garbage collection.
+    async with endpoint() as (hub, long_poll, port):
+        http = await Http.open(port)
+        body = "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:a")])
+        _, answer = await http.request("POST", "/lp", body)
+        sid = json.loads(answer)["sid"]
+        await http.request("GET", f"/lp?sid={sid}&ack=0")  # a batch held for its ack
+        for n in range(5):
+            await hub.publish("feed:a", {"n": n})
+        transport = long_poll.sessions[sid]
+        assert transport.outbox and transport.batches
+        status, _ = await http.request("DELETE", f"/lp?sid={sid}")
+        assert status == 200
+        assert not transport.outbox and not transport.batches and transport.session is None
+        await http.close()
+
+
+async def test_replies_to_a_session_never_polled_are_bounded_by_its_outbox() -> None:
+    # Reply amplification over long polling: commands whose replies are large, from a
+    # client that never polls. Replies count against the session's outbox: past it the
+    # session ends with 3002 and what is held stays bounded.
+    options = HubOptions(
+        anonymous=True,
+        namespaces={"feed": ChannelOptions(history_size=100)},
+        outbox_max_bytes=2**20,
+    )
+    async with Hub(options) as hub:
+        long_poll = LongPoll(hub)
+        async with serve(websocket_handler(hub), "127.0.0.1", 0, process_request=long_poll) as s:
+            for n in range(100):
+                await hub.publish("feed:big", {"n": n, "pad": "x" * 1000})
+            http = await Http.open(s.port)
+            body = "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:big")])
+            _, answer = await http.request("POST", "/lp", body)
+            sid = json.loads(answer)["sid"]
+            transport = long_poll.sessions[sid]
+            reads = "\n".join(
+                command(3 + n, "history", channel="feed:big", limit=100) for n in range(100)
+            )
+            statuses = [(await http.request("POST", f"/lp?sid={sid}", reads))[0] for _ in range(5)]
+            # The first frame asks for ~10 MiB of replies: the session ends on it, and
+            # the next sends hear that it is closed, without reconnecting.
+            assert statuses[0] == 200 and set(statuses[1:]) == {410}
+            assert hub.statistics().sessions == 0
+            held = sum(len(text) for text in transport.outbox.texts())  # type: ignore[union-attr]
+            assert held <= 2**20 + 1000
+            _, body = await http.request("GET", f"/lp?sid={sid}&ack=0")
+            _, pushes = lines(body)
+            assert pushes[-1]["push"] == "disconnect" and pushes[-1]["code"] == 3002
+            await http.close()
+
+
 async def test_after_the_disconnect_push_the_session_is_gone_with_the_same_advice() -> None:
     async with Hub(HubOptions()) as hub:  # not anonymous: connect without a token is 3500
         long_poll = LongPoll(hub)

@@ -3,13 +3,17 @@ in the session's outbox and goes out several texts to a frame."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from helpers.raw_client import RawClient
 
 from backchannel.asyncio import connect, serve
+from backchannel.hub.codes import Disconnect
+from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
+from backchannel.hub.session import Session
 from backchannel.hub.transports.websocket import MAX_FRAME, websocket_handler
 
 OPTIONS = HubOptions(
@@ -74,3 +78,38 @@ async def test_while_the_client_keeps_up_each_publication_is_its_own_frame() -> 
                 assert json.loads(frame)["data"] == n
             (session,) = hub.sessions
             assert not session.outbox
+
+
+class DisconnectWatcher(Hooks):
+    """Tells the test how each session ended: the hub's own account, not a guess."""
+
+    def __init__(self) -> None:
+        self.ended: asyncio.Queue[Disconnect | None] = asyncio.Queue()
+
+    async def on_disconnect(self, session: Session, disconnect: Disconnect | None) -> None:
+        self.ended.put_nowait(disconnect)
+
+
+async def test_replies_to_a_client_that_never_reads_are_bounded_by_its_outbox() -> None:
+    # Reply amplification: a few frames of commands with large replies (100 history
+    # reads of ~100 KiB each per frame) from a client that never reads. The replies
+    # count against the session's outbox like publications: past it the session is
+    # cut with 3002, so the server holds at most about outbox_max_bytes for it.
+    watcher = DisconnectWatcher()
+    async with Hub(OPTIONS, hooks=watcher) as hub:
+        async with serve(websocket_handler(hub), "127.0.0.1", 0) as server:
+            for n in range(100):
+                await hub.publish("feed:big", {"n": n, "pad": "x" * 1000})
+            ws = await RawClient.open(server.port)
+            await ws.command({"id": 1, "method": "connect", "params": {}})
+            # History is read by subscribers.
+            await ws.command({"id": 2, "method": "subscribe", "params": {"channel": "feed:big"}})
+            history = {"method": "history", "params": {"channel": "feed:big", "limit": 100}}
+            frame = "\n".join(json.dumps({"id": 3 + i, **history}) for i in range(100))
+            for _ in range(5):  # bounded: one frame already asks for ~10 MiB of replies
+                await ws.send_text(frame)
+            async with asyncio.timeout(20):
+                disconnect = await watcher.ended.get()
+            assert disconnect is not None and disconnect.code == 3002
+            assert hub.statistics().sessions == 0
+            ws.sock.close()
