@@ -396,3 +396,14 @@ def test_only_the_long_poll_transport_imports_httpx() -> None:
         if any(name.split(".")[0] == "httpx" for name in _imports(path))
     )
     assert importers == ["client/longpoll.py"]
+
+
+def test_only_the_metrics_module_imports_prometheus_client() -> None:
+    """prometheus-client is the metrics extra: the server runs without it when metrics
+    are off."""
+    importers = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if any(name.split(".")[0] == "prometheus_client" for name in _imports(path))
+    )
+    assert importers == ["app/metrics.py"]

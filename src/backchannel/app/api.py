@@ -79,6 +79,12 @@ class HttpApi:
             "disconnect": self._disconnect,
         }
 
+    def method_name(self, path: str) -> str:
+        """The API method a path names, or ``other``: what metrics count requests by
+        (a client cannot grow the set of names)."""
+        name = path.partition("?")[0][len(self.prefix) :]
+        return name if name in self._methods else "other"
+
     async def handle(self, request: Request, address: str) -> Response:
         name = request.path.partition("?")[0][len(self.prefix) :]
         method = self._methods.get(name)

@@ -25,6 +25,7 @@ __all__ = [
     "BrokerConfig",
     "Config",
     "LongPollConfig",
+    "MetricsConfig",
     "ServerConfig",
     "load_config",
 ]
@@ -90,6 +91,13 @@ class BrokerConfig:
 
 
 @dataclass(slots=True)
+class MetricsConfig:
+    #: Serve Prometheus metrics at ``/metrics`` (needs the ``metrics`` extra). Off by
+    #: default: counts of users and channels are not for everyone who can reach the port.
+    enabled: bool = False
+
+
+@dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
     idle_timeout: float = 60.0
@@ -116,6 +124,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     longpoll: LongPollConfig = field(default_factory=LongPollConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -139,6 +148,7 @@ _SECTIONS = {
     "api": ApiConfig,
     "longpoll": LongPollConfig,
     "broker": BrokerConfig,
+    "metrics": MetricsConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type

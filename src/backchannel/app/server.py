@@ -9,11 +9,16 @@ Paths (docs/config.md):
 * ``/api/<method>``: the HTTP API for backends (docs/api.md).
 * ``/js/backchannel.js``: the browser client (``/js/backchannel.d.ts``, its types).
 * ``/`` and ``POST /demo/token``: the demo chat page, when ``server.demo`` is on.
-* ``/healthz``: 200 while the server runs.
+* ``/health``: 200 while the process runs (a liveness probe); ``/healthz``, the same with
+  the node's name.
+* ``/ready``: 200 while the node can serve (its broker answers), 503 otherwise and from
+  the moment it starts shutting down (a readiness probe; docs/operations.md).
+* ``/metrics``: Prometheus metrics, when ``metrics.enabled`` (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import json
 import logging
@@ -25,10 +30,10 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..asyncio import Server, ServerConnection, serve
-from ..exceptions import InvalidArgument
+from ..exceptions import BrokerUnavailable, InvalidArgument
 from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, websocket_handler
 from ..hub.token import make_token
 from ..hub.transports.longpoll import SessionRelay
@@ -39,13 +44,24 @@ from .api import HttpApi
 from .config import Config
 from .ratelimit import RateLimiter
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 __all__ = ["App"]
+
+#: The content type of Prometheus' text format (the same as prometheus-client's; kept
+#: here so that the module imports without the extra).
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 logger = logging.getLogger("backchannel.app")
 
 #: How long a demo token lives: the client asks for a new one before it expires, which
 #: shows token refresh at work.
 DEMO_TOKEN_TTL = 3600
+
+#: How long ``/ready`` waits for the broker's answer: a probe must answer quickly, and a
+#: broker slower than this cannot serve clients well either.
+READY_TIMEOUT = 1.0
 
 #: A demo user name: short and plain, since it is shown to everyone in the room.
 _DEMO_USER = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
@@ -99,6 +115,10 @@ class App:
         if config.server.demo:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
+        #: Prometheus metrics, when enabled (the ``metrics`` extra).
+        self.metrics = _metrics(config, self.hub, self.node, self.longpoll)
+        #: True from the hub's start to the beginning of shutdown (``/ready``).
+        self.serving = False
 
     @asynccontextmanager
     async def run(self, *, reuse_port: bool = False) -> AsyncIterator[Server]:
@@ -110,6 +130,7 @@ class App:
             context.load_cert_chain(server_config.tls_cert, server_config.tls_key or None)
         origins = server_config.origins
         await self.hub.start()
+        self.serving = True
         hub_closed = False
         try:
             async with serve(
@@ -125,6 +146,7 @@ class App:
                 try:
                     yield server
                 finally:
+                    self.serving = False
                     # The hub first, while the server still writes: every client hears
                     # 3000 (come back later) rather than a bare close.
                     hub_closed = True
@@ -153,9 +175,19 @@ class App:
                     return _too_many()
             return await self.longpoll(connection, request)
         if path.startswith(self.api.prefix):
-            return await self.api.handle(request, address)
+            response = await self.api.handle(request, address)
+            if self.metrics is not None:
+                self.metrics.api_request(self.api.method_name(path), response.status)
+            return response
         if path == "/healthz":
             return Response.json(200, {"status": "ok", "node": self.node})
+        if path == "/health":
+            return Response.json(200, {"status": "ok"})
+        if path == "/ready":
+            return await self._ready()
+        if path == "/metrics" and self.metrics is not None:
+            headers = Headers([("Content-Type", METRICS_TYPE), ("Cache-Control", "no-store")])
+            return Response(200, headers, self.metrics.render())
         if path == "/demo/token" and self.config.server.demo:
             return self._demo_token(request, address)
         file = self._files.get(path)
@@ -166,6 +198,16 @@ class App:
         if path == "/ws":
             return Response.text(426, "Upgrade Required: this is the hub's WebSocket\n")
         return Response.text(404, "Not Found\n")
+
+    async def _ready(self) -> Response:
+        if not self.serving:
+            return Response.json(503, {"status": "shutting down"})
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self.hub.broker.ping()
+        except (BrokerUnavailable, TimeoutError):
+            return Response.json(503, {"status": "broker unreachable"})
+        return Response.json(200, {"status": "ready"})
 
     def _demo_token(self, request: Request, address: str) -> Response:
         if request.method != "POST":
@@ -222,6 +264,18 @@ def _broker(config: Config) -> Broker:
             "broker.url needs the redis package: pip install 'backchannel[redis]'"
         ) from exc
     return RedisBroker(config.broker.url, prefix=config.broker.prefix)
+
+
+def _metrics(config: Config, hub: Hub, node: str, longpoll: LongPoll) -> Metrics | None:
+    if not config.metrics.enabled:
+        return None
+    try:
+        from .metrics import Metrics
+    except ImportError as exc:
+        raise InvalidArgument(
+            "metrics.enabled needs the prometheus-client package: pip install -e '.[metrics]'"
+        ) from exc
+    return Metrics(hub, node, long_polls=longpoll.held)
 
 
 def _too_many() -> Response:

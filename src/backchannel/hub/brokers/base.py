@@ -108,6 +108,10 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Stop delivering; release connections."""
 
+    async def ping(self) -> None:
+        """Return when the broker answers; :class:`BrokerUnavailable` when it cannot be
+        reached (what a readiness probe asks)."""
+
     async def subscribe(self, channel: str) -> None:
         """Deliver this channel's events to this node."""
 

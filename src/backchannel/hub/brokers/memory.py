@@ -82,6 +82,9 @@ class MemoryBroker:
         self._closed = True
         self._handler = None
 
+    async def ping(self) -> None:
+        """Always answers: it lives in this process."""
+
     async def subscribe(self, channel: str) -> None:
         self._subscribed.add(channel)
 

@@ -106,6 +106,12 @@ class LongPollTransport:
     ) -> list[LongPollTransport]:
         return list(transports)  # the sessions queue it; a poll takes it
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a poll is held, waiting for something to answer."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -187,6 +193,10 @@ class LongPoll:
         self.relay = relay
         if relay is not None:
             relay.serve_sessions(self._relayed)
+
+    def held(self) -> int:
+        """Polls held on this node now, waiting for something to answer (a metric)."""
+        return sum(1 for transport in self.sessions.values() if transport.waiting)
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)

@@ -243,6 +243,12 @@ class RedisBroker:
     async def remove_history(self, channel: str) -> None:
         await self._history.remove(channel)
 
+    async def ping(self) -> None:
+        # With the one quick retry: a pooled connection that died with a restarted Redis
+        # does not make a node look unready.
+        async with reachable():
+            await self._redis.ping()
+
     # Presence.
 
     async def add_presence(self, channel: str, who: ClientInfo, ttl: float) -> None:

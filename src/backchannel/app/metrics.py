@@ -1,0 +1,134 @@
+"""Prometheus metrics of one node, served at ``/metrics`` (docs/operations.md).
+
+The hub already counts what matters (:meth:`Hub.statistics`); this module reads those
+counts when Prometheus scrapes, so metrics add nothing to the hot path. What the hub does
+not count (HTTP API requests) is counted here, once per request. Every metric carries a
+``node`` label, so a cluster's nodes add up in one query.
+
+Needs the ``metrics`` extra (``prometheus-client``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from ..hub import Hub
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+#: The content type of the text exposition format.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The metrics of one node: its hub's statistics, read at each scrape, and the
+    counters kept here. Each instance has its own registry (several servers in one
+    process, as in tests, never share counts)."""
+
+    def __init__(self, hub: Hub, node: str, *, long_polls: Callable[[], int] | None = None) -> None:
+        self.node = node
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_HubCollector(hub, node, long_polls))
+        self._api_requests = Counter(
+            "backchannel_api_requests",
+            "HTTP API requests, by method and HTTP status.",
+            ["node", "method", "status"],
+            registry=self.registry,
+        )
+
+    def api_request(self, method: str, status: int) -> None:
+        """Count one HTTP API request. ``method`` is the API method asked for; an unknown
+        one is counted as ``other`` so a client cannot grow the label set."""
+        self._api_requests.labels(self.node, method, str(status)).inc()
+
+    def render(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+class _HubCollector(Collector):
+    """Reads :meth:`Hub.statistics` when scraped."""
+
+    def __init__(self, hub: Hub, node: str, long_polls: Callable[[], int] | None) -> None:
+        self.hub = hub
+        self.node = node
+        self.long_polls = long_polls
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.hub.statistics()
+        node = self.node
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=["node"])
+            family.add_metric([node], value)
+            return family
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=["node"])
+            family.add_metric([node], value)
+            return family
+
+        by_transport = GaugeMetricFamily(
+            "backchannel_connections",
+            "Client sessions on this node, by transport.",
+            labels=["node", "transport"],
+        )
+        # Every transport is listed, with 0 when unused, so a query never sees a gap.
+        counts = {"websocket": 0, "longpoll": 0, **stats.sessions_by_transport}
+        for transport, count in sorted(counts.items()):
+            by_transport.add_metric([node, transport], count)
+        yield by_transport
+        yield gauge("backchannel_sessions", "Client sessions on this node.", stats.sessions)
+        yield gauge("backchannel_users", "Distinct users connected to this node.", stats.users)
+        yield gauge(
+            "backchannel_subscriptions",
+            "Channel subscriptions of this node's sessions.",
+            stats.subscriptions,
+        )
+        yield gauge(
+            "backchannel_channels", "Channels with a subscriber on this node.", stats.channels
+        )
+        if self.long_polls is not None:
+            yield gauge(
+                "backchannel_long_polls_held",
+                "Long polls waiting for something to answer.",
+                self.long_polls(),
+            )
+        yield counter(
+            "backchannel_publications_accepted",
+            "Publications accepted on this node, from clients or the server.",
+            stats.publications_in,
+        )
+        yield counter(
+            "backchannel_publications_fanned_out",
+            "Publications this node fanned out to its subscribers (from any node).",
+            stats.publications_out,
+        )
+        yield counter(
+            "backchannel_deliveries",
+            "Publications, joins and leaves given to this node's subscribers.",
+            stats.deliveries,
+        )
+        yield counter(
+            "backchannel_slow_consumers",
+            "Times a session's outbox was full (the channel's slow-consumer policy applied).",
+            stats.slow_consumers,
+        )
+        recoveries = CounterMetricFamily(
+            "backchannel_recoveries",
+            "Subscriptions that asked to recover missed publications, by outcome.",
+            labels=["node", "outcome"],
+        )
+        recoveries.add_metric([node, "recovered"], stats.recoveries_succeeded)
+        recoveries.add_metric([node, "lost"], stats.recoveries_failed)
+        yield recoveries
+        yield counter(
+            "backchannel_hook_events_dropped",
+            "Observer hook events dropped because the application's hooks fell behind.",
+            stats.hook_events_dropped,
+        )
