@@ -36,6 +36,15 @@ A directive changes that: an HTML comment on the last non-blank line before the 
 - ``<!-- doctest: synopsis -->``: a shell block of usage lines (``backchannel token --sub
   USER [--ttl SECONDS]``): each subcommand must exist and know every ``--option`` shown
   (checked against its ``--help``).
+- ``<!-- doctest: browser -->``: a ``python`` block that serves a web page until it is
+  stopped, beside ``backchannel serve`` (started as for ``server``, whose address
+  replaces ``127.0.0.1:8000``; a free port replaces ``8080``). It must print its page's
+  URL first; the page, opened in Chromium (as in tests/app/test_browser.py), must say
+  ``subscribed`` once it follows the channel it subscribes to, and then show the JSON of
+  what the HTTP API publishes there, with no error on the page or its console.
+
+The directory also holds ``.venv``: the virtual environment the tests run in, as a
+checkout has it after ``make serve``.
 
 docs/README.md says the same for those who write the docs. Blocks of files being rewritten
 elsewhere that fail today are in ``PENDING``, expected to fail (strictly: once one runs,
@@ -47,13 +56,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -72,12 +85,33 @@ FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)"
 DIRECTIVE = re.compile(r"<!--\s*doctest:\s*(?P<text>.*?)\s*-->")
 SKIP = re.compile(r"skip\s*\((?P<reason>.*\S.*)\)")
 CONTINUES = "continues the previous block"
-KINDS = ("skip (REASON)", CONTINUES, "server", "synopsis")
+KINDS = ("skip (REASON)", CONTINUES, "server", "synopsis", "browser")
+#: Where ``make serve`` listens: an example that takes this port fails while it runs.
+MAKE_SERVE_PORT = 8000
 
 # Blocks known to fail while their page is being rewritten: (file, a line of the block,
 # stripped) -> (why, run). Expected to fail, strictly; run is False where the block would
 # only hit the timeout. Empty: every example runs.
-PENDING: dict[tuple[str, str], tuple[str, bool]] = {}
+PENDING: dict[tuple[str, str], tuple[str, bool]] = {
+    ("docs/quickstart.md", 'import { Client } from "http://HUB/js/backchannel.js";'): (
+        "a page of another origin loads /js/backchannel.js only once the server answers it "
+        "with Access-Control-Allow-Origin (app/server.py, being changed elsewhere)",
+        True,
+    ),
+}
+
+# Chromium for the "browser" blocks, as tests/app/test_browser.py runs it: Debian's, headless
+# and quiet (no GPU here; no background calls to Google's hosts on a closed network).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 20_000
 
 
 @dataclass(frozen=True)
@@ -217,6 +251,17 @@ def test_skips_are_few_and_explained() -> None:
     assert len(skipped) <= MAX_SKIPS, "too many skipped examples:\n" + "\n".join(skipped)
 
 
+def test_no_example_takes_the_port_of_make_serve() -> None:
+    """The quickstart runs ``make serve`` on port 8000, and a reader runs the examples
+    beside it: one that listens there too fails (an example's own server: port 0)."""
+    taken = [
+        block.id
+        for block in BLOCKS
+        if block.directive is None and re.search(rf"\b{MAKE_SERVE_PORT}\b", block.source)
+    ]
+    assert not taken, f"examples on port {MAKE_SERVE_PORT}, which make serve holds: {taken}"
+
+
 def test_pending_entries_name_blocks() -> None:
     stale = [key for key in PENDING if not any(pending(b) == PENDING[key] for b in BLOCKS)]
     assert not stale, f"PENDING entries that match no block any more (remove them): {stale}"
@@ -262,6 +307,9 @@ def environment() -> dict[str, str]:
 def workdir(tmp_path: Path, example_files: Path) -> Path:
     for file in example_files.iterdir():
         shutil.copy(file, tmp_path / file.name)
+    # The README's ". .venv/bin/activate": the environment these tests run in.
+    if (Path(sys.prefix) / "bin" / "activate").exists():
+        (tmp_path / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     return tmp_path
 
 
@@ -339,6 +387,94 @@ def check_synopsis(block: Block, cwd: Path) -> None:
         assert not unknown, f"backchannel {words[1]} has no {unknown}:\n{result.stdout}"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def api_publish(address: str, channel: str, data: object) -> None:
+    """What a backend does: POST /api/publish (no proxy, whatever the environment says)."""
+    body = json.dumps({"channel": channel, "data": data}).encode()
+    request = urllib.request.Request(
+        f"http://{address}/api/publish",
+        body,
+        {"Authorization": f"apikey {API_KEY}", "Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=TIMEOUT) as reply:
+        assert reply.status == 200, reply.read()
+
+
+def console_error(message: Any, errors: list[str]) -> None:
+    """Collect the page's console errors, but Chromium's own ask for a /favicon.ico that
+    the example's site has no reason to serve."""
+    if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+        errors.append(f"{message.text} ({message.location.get('url')})")
+
+
+def check_page(block: Block, workdir: Path, address: str) -> None:
+    """A ``browser`` block: its site beside the server, its page in Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - only without the test extra
+        sync_playwright = None
+    if (sync_playwright is None or not Path(CHROMIUM).exists()) and os.environ.get("CI") != "true":
+        pytest.skip("needs playwright and chromium (make test installs both)")
+    assert sync_playwright is not None, "playwright is missing"
+    channels = re.findall(r"""subscribe\(\s*["']([^"']+)["']""", block.source)
+    assert len(channels) == 1, f"a browser block subscribes to one channel: {channels}"
+    source = re.sub(r"\b(127\.0\.0\.1|localhost):8000\b", address, block.source)
+    source = re.sub(r"\b8080\b", str(free_port()), source)
+    (workdir / "site.py").write_text(source, encoding="utf-8")
+    with subprocess.Popen(
+        [sys.executable, "-u", "-W", "error", "site.py"],
+        cwd=workdir,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as site:
+        try:
+            assert site.stdout is not None
+            ready, _, _ = select.select([site.stdout], [], [], TIMEOUT)
+            first = site.stdout.readline() if ready else ""
+            url = re.search(r"https?://\S+?/", first)
+            assert url, f"the site printed no URL first: {first!r}"
+            with sync_playwright() as playwright:
+                chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = chromium.new_page()
+                    errors: list[str] = []
+                    page.on("pageerror", lambda error: errors.append(str(error)))
+                    page.on("console", lambda message: console_error(message, errors))
+                    page.goto(url[0])
+                    wait_for_text(page, "subscribed", errors)
+                    data = {"doctest": "published through the HTTP API"}
+                    api_publish(address, channels[0], data)
+                    wait_for_text(page, json.dumps(data, separators=(",", ":")), errors)
+                    assert not errors, errors
+                finally:
+                    chromium.close()
+        finally:
+            site.terminate()
+            _, stderr = site.communicate(timeout=15)
+        assert "Traceback" not in stderr, stderr
+
+
+def wait_for_text(page: Any, text: str, errors: list[str]) -> None:
+    """Wait until the page's text holds ``text``; on a timeout, say what the page said."""
+    try:
+        page.wait_for_function(
+            "(text) => document.body.innerText.includes(text)", arg=text, timeout=WAIT_MS
+        )
+    except Exception as exc:  # playwright's TimeoutError, imported only when installed
+        body = page.inner_text("body")
+        pytest.fail(f"the page never showed {text!r}: {exc}\npage: {body!r}\nerrors: {errors}")
+
+
 @pytest.mark.parametrize("block", params())
 def test_example(block: Block, workdir: Path, request: pytest.FixtureRequest) -> None:
     if (reason := block.skip_reason()) is not None:
@@ -347,6 +483,9 @@ def test_example(block: Block, workdir: Path, request: pytest.FixtureRequest) ->
         pytest.fail(f"unknown directive {block.directive!r}; known: {', '.join(KINDS)}")
     if block.directive == "synopsis":
         check_synopsis(block, workdir)
+        return
+    if block.directive == "browser":
+        check_page(block, workdir, request.getfixturevalue("server"))
         return
     source = block.program() if block.lang == "python" else "\n".join(block.commands) + "\n"
     if block.directive == "server":
