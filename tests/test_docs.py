@@ -53,6 +53,7 @@ its entry must go).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -62,6 +63,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +74,9 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from backchannel.app.config import Config, load_config
+from backchannel.hub import ChannelOptions, HubOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60.0
@@ -260,6 +265,31 @@ def test_no_example_takes_the_port_of_make_serve() -> None:
         if block.directive is None and re.search(rf"\b{MAKE_SERVE_PORT}\b", block.source)
     ]
     assert not taken, f"examples on port {MAKE_SERVE_PORT}, which make serve holds: {taken}"
+
+
+def test_the_config_page_gives_every_setting_with_its_default(tmp_path: Path) -> None:
+    """docs/config.md's file "with every key, with its default" is the code's: it loads,
+    it names every setting of each section and of the hub, and each value is the
+    default (the ``[channels.chat]`` table is an example namespace: every key, any value).
+    """
+    page = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    found = re.search(r"## The file\n.*?```toml\n(?P<toml>.*?)```", page, re.S)
+    assert found, "docs/config.md has no toml block under '## The file'"
+    data = tomllib.loads(found["toml"])
+    defaults = Config()
+    for section in ("server", "auth", "api", "longpoll", "broker"):
+        expected = dataclasses.asdict(getattr(defaults, section))
+        assert data[section] == expected, f"[{section}] in docs/config.md"
+    hub = {field.name: field.default for field in dataclasses.fields(HubOptions)}
+    for name in ("namespaces", "default", "anonymous"):  # [channels.*], [auth]
+        del hub[name]
+    assert data["hub"] == hub, "[hub] in docs/config.md"
+    channel = {field.name for field in dataclasses.fields(ChannelOptions)}
+    assert set(data["channels"]["chat"]) == channel, "[channels.chat] in docs/config.md"
+    # And the server takes the file as it is.
+    (tmp_path / "backchannel.toml").write_text(found["toml"], encoding="utf-8")
+    loaded = load_config(tmp_path / "backchannel.toml", {})
+    assert loaded.server == defaults.server and loaded.hub_options().max_channels == 128
 
 
 def test_pending_entries_name_blocks() -> None:
