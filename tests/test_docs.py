@@ -292,6 +292,31 @@ def test_the_config_page_gives_every_setting_with_its_default(tmp_path: Path) ->
     assert loaded.server == defaults.server and loaded.hub_options().max_channels == 128
 
 
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors a Markdown renderer makes of a file's headings (as GitHub does:
+    lower case, punctuation dropped, spaces to hyphens)."""
+    headings = re.findall(r"^#+\s+(.*?)\s*$", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_leads_somewhere() -> None:
+    """A reader who follows a link between the pages (or to a file of the checkout)
+    lands on it, and on the heading it names."""
+    broken = []
+    for path in markdown_files():
+        prose = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+        for link in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", link):
+                continue
+            file, _, anchor = link.partition("#")
+            target = (path.parent / file).resolve() if file else path
+            if not target.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {link} (no such file)")
+            elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
+                broken.append(f"{path.relative_to(ROOT)}: {link} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
 def test_pending_entries_name_blocks() -> None:
     stale = [key for key in PENDING if not any(pending(b) == PENDING[key] for b in BLOCKS)]
     assert not stale, f"PENDING entries that match no block any more (remove them): {stale}"
