@@ -1,11 +1,12 @@
 """Every example in README.md and docs/ is run (a project rule): one test per block.
 
 What is collected: every fenced block tagged ``python`` in README.md and docs/**/*.md, and
-every ``sh`` / ``shell`` / ``bash`` / ``console`` block that runs ``backchannel`` (a line
-starting with it; in ``console`` blocks, a ``$ `` line) or carries a directive. Other shell
-blocks (``make``, ``pip``, ``curl`` alone) and other languages are not examples of this
-package's Python or command line, and are left alone. The test id is ``file:line`` of the
-opening fence.
+every ``sh`` / ``shell`` / ``bash`` / ``console`` block that runs ``backchannel`` or
+``curl`` (a line starting with it; in ``console`` blocks, a ``$ `` line) or carries a
+directive: a ``curl`` example talks to the server, so it needs the ``server`` directive to
+pass. Other shell blocks (``make``, ``pip``: setting up a checkout, which the tests run
+in) and other languages are left alone. The test id is ``file:line`` of the opening
+fence.
 
 How a block runs, by default:
 
@@ -188,7 +189,7 @@ def parse(path: Path) -> list[Block]:
             previous_python = block
         elif lang in SHELLS and (
             directive is not None
-            or any(re.match(r"backchannel(\s|$)", line) for line in block.commands)
+            or any(re.match(r"(backchannel|curl)(\s|$)", line) for line in block.commands)
         ):
             blocks.append(block)
         i = j + 1
