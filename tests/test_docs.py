@@ -1,11 +1,12 @@
 """Every example in README.md and docs/ is run (a project rule): one test per block.
 
 What is collected: every fenced block tagged ``python`` in README.md and docs/**/*.md, and
-every ``sh`` / ``shell`` / ``bash`` / ``console`` block that runs ``backchannel`` (a line
-starting with it; in ``console`` blocks, a ``$ `` line) or carries a directive. Other shell
-blocks (``make``, ``pip``, ``curl`` alone) and other languages are not examples of this
-package's Python or command line, and are left alone. The test id is ``file:line`` of the
-opening fence.
+every ``sh`` / ``shell`` / ``bash`` / ``console`` block that runs ``backchannel`` or
+``curl`` (a line starting with it; in ``console`` blocks, a ``$ `` line) or carries a
+directive: a ``curl`` example talks to the server, so it needs the ``server`` directive to
+pass. Other shell blocks (``make``, ``pip``: setting up a checkout, which the tests run
+in) and other languages are left alone. The test id is ``file:line`` of the opening
+fence.
 
 How a block runs, by default:
 
@@ -36,6 +37,15 @@ A directive changes that: an HTML comment on the last non-blank line before the 
 - ``<!-- doctest: synopsis -->``: a shell block of usage lines (``backchannel token --sub
   USER [--ttl SECONDS]``): each subcommand must exist and know every ``--option`` shown
   (checked against its ``--help``).
+- ``<!-- doctest: browser -->``: a ``python`` block that serves a web page until it is
+  stopped, beside ``backchannel serve`` (started as for ``server``, whose address
+  replaces ``127.0.0.1:8000``; a free port replaces ``8080``). It must print its page's
+  URL first; the page, opened in Chromium (as in tests/app/test_browser.py), must say
+  ``subscribed`` once it follows the channel it subscribes to, and then show the JSON of
+  what the HTTP API publishes there, with no error on the page or its console.
+
+The directory also holds ``.venv``: the virtual environment the tests run in, as a
+checkout has it after ``make serve``.
 
 docs/README.md says the same for those who write the docs. Blocks of files being rewritten
 elsewhere that fail today are in ``PENDING``, expected to fail (strictly: once one runs,
@@ -44,21 +54,30 @@ its entry must go).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tomllib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from backchannel.app.config import Config, load_config
+from backchannel.hub import ChannelOptions, HubOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60.0
@@ -72,12 +91,33 @@ FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)"
 DIRECTIVE = re.compile(r"<!--\s*doctest:\s*(?P<text>.*?)\s*-->")
 SKIP = re.compile(r"skip\s*\((?P<reason>.*\S.*)\)")
 CONTINUES = "continues the previous block"
-KINDS = ("skip (REASON)", CONTINUES, "server", "synopsis")
+KINDS = ("skip (REASON)", CONTINUES, "server", "synopsis", "browser")
+#: Where ``make serve`` listens: an example that takes this port fails while it runs.
+MAKE_SERVE_PORT = 8000
 
 # Blocks known to fail while their page is being rewritten: (file, a line of the block,
 # stripped) -> (why, run). Expected to fail, strictly; run is False where the block would
 # only hit the timeout. Empty: every example runs.
-PENDING: dict[tuple[str, str], tuple[str, bool]] = {}
+PENDING: dict[tuple[str, str], tuple[str, bool]] = {
+    ("docs/quickstart.md", 'import { Client } from "http://HUB/js/backchannel.js";'): (
+        "a page of another origin loads /js/backchannel.js only once the server answers it "
+        "with Access-Control-Allow-Origin (app/server.py, being changed elsewhere)",
+        True,
+    ),
+}
+
+# Chromium for the "browser" blocks, as tests/app/test_browser.py runs it: Debian's, headless
+# and quiet (no GPU here; no background calls to Google's hosts on a closed network).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 20_000
 
 
 @dataclass(frozen=True)
@@ -149,7 +189,7 @@ def parse(path: Path) -> list[Block]:
             previous_python = block
         elif lang in SHELLS and (
             directive is not None
-            or any(re.match(r"backchannel(\s|$)", line) for line in block.commands)
+            or any(re.match(r"(backchannel|curl)(\s|$)", line) for line in block.commands)
         ):
             blocks.append(block)
         i = j + 1
@@ -217,6 +257,67 @@ def test_skips_are_few_and_explained() -> None:
     assert len(skipped) <= MAX_SKIPS, "too many skipped examples:\n" + "\n".join(skipped)
 
 
+def test_no_example_takes_the_port_of_make_serve() -> None:
+    """The quickstart runs ``make serve`` on port 8000, and a reader runs the examples
+    beside it: one that listens there too fails (an example's own server: port 0)."""
+    taken = [
+        block.id
+        for block in BLOCKS
+        if block.directive is None and re.search(rf"\b{MAKE_SERVE_PORT}\b", block.source)
+    ]
+    assert not taken, f"examples on port {MAKE_SERVE_PORT}, which make serve holds: {taken}"
+
+
+def test_the_config_page_gives_every_setting_with_its_default(tmp_path: Path) -> None:
+    """docs/config.md's file "with every key, with its default" is the code's: it loads,
+    it names every setting of each section and of the hub, and each value is the
+    default (the ``[channels.chat]`` table is an example namespace: every key, any value).
+    """
+    page = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    found = re.search(r"## The file\n.*?```toml\n(?P<toml>.*?)```", page, re.S)
+    assert found, "docs/config.md has no toml block under '## The file'"
+    data = tomllib.loads(found["toml"])
+    defaults = Config()
+    for section in ("server", "auth", "api", "longpoll", "broker"):
+        expected = dataclasses.asdict(getattr(defaults, section))
+        assert data[section] == expected, f"[{section}] in docs/config.md"
+    hub = {field.name: field.default for field in dataclasses.fields(HubOptions)}
+    for name in ("namespaces", "default", "anonymous"):  # [channels.*], [auth]
+        del hub[name]
+    assert data["hub"] == hub, "[hub] in docs/config.md"
+    channel = {field.name for field in dataclasses.fields(ChannelOptions)}
+    assert set(data["channels"]["chat"]) == channel, "[channels.chat] in docs/config.md"
+    # And the server takes the file as it is.
+    (tmp_path / "backchannel.toml").write_text(found["toml"], encoding="utf-8")
+    loaded = load_config(tmp_path / "backchannel.toml", {})
+    assert loaded.server == defaults.server and loaded.hub_options().max_channels == 128
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors a Markdown renderer makes of a file's headings (as GitHub does:
+    lower case, punctuation dropped, spaces to hyphens)."""
+    headings = re.findall(r"^#+\s+(.*?)\s*$", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_leads_somewhere() -> None:
+    """A reader who follows a link between the pages (or to a file of the checkout)
+    lands on it, and on the heading it names."""
+    broken = []
+    for path in markdown_files():
+        prose = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+        for link in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", link):
+                continue
+            file, _, anchor = link.partition("#")
+            target = (path.parent / file).resolve() if file else path
+            if not target.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {link} (no such file)")
+            elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
+                broken.append(f"{path.relative_to(ROOT)}: {link} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
 def test_pending_entries_name_blocks() -> None:
     stale = [key for key in PENDING if not any(pending(b) == PENDING[key] for b in BLOCKS)]
     assert not stale, f"PENDING entries that match no block any more (remove them): {stale}"
@@ -262,6 +363,9 @@ def environment() -> dict[str, str]:
 def workdir(tmp_path: Path, example_files: Path) -> Path:
     for file in example_files.iterdir():
         shutil.copy(file, tmp_path / file.name)
+    # The README's ". .venv/bin/activate": the environment these tests run in.
+    if (Path(sys.prefix) / "bin" / "activate").exists():
+        (tmp_path / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     return tmp_path
 
 
@@ -339,6 +443,94 @@ def check_synopsis(block: Block, cwd: Path) -> None:
         assert not unknown, f"backchannel {words[1]} has no {unknown}:\n{result.stdout}"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def api_publish(address: str, channel: str, data: object) -> None:
+    """What a backend does: POST /api/publish (no proxy, whatever the environment says)."""
+    body = json.dumps({"channel": channel, "data": data}).encode()
+    request = urllib.request.Request(
+        f"http://{address}/api/publish",
+        body,
+        {"Authorization": f"apikey {API_KEY}", "Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=TIMEOUT) as reply:
+        assert reply.status == 200, reply.read()
+
+
+def console_error(message: Any, errors: list[str]) -> None:
+    """Collect the page's console errors, but Chromium's own ask for a /favicon.ico that
+    the example's site has no reason to serve."""
+    if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+        errors.append(f"{message.text} ({message.location.get('url')})")
+
+
+def check_page(block: Block, workdir: Path, address: str) -> None:
+    """A ``browser`` block: its site beside the server, its page in Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - only without the test extra
+        sync_playwright = None
+    if (sync_playwright is None or not Path(CHROMIUM).exists()) and os.environ.get("CI") != "true":
+        pytest.skip("needs playwright and chromium (make test installs both)")
+    assert sync_playwright is not None, "playwright is missing"
+    channels = re.findall(r"""subscribe\(\s*["']([^"']+)["']""", block.source)
+    assert len(channels) == 1, f"a browser block subscribes to one channel: {channels}"
+    source = re.sub(r"\b(127\.0\.0\.1|localhost):8000\b", address, block.source)
+    source = re.sub(r"\b8080\b", str(free_port()), source)
+    (workdir / "site.py").write_text(source, encoding="utf-8")
+    with subprocess.Popen(
+        [sys.executable, "-u", "-W", "error", "site.py"],
+        cwd=workdir,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as site:
+        try:
+            assert site.stdout is not None
+            ready, _, _ = select.select([site.stdout], [], [], TIMEOUT)
+            first = site.stdout.readline() if ready else ""
+            url = re.search(r"https?://\S+?/", first)
+            assert url, f"the site printed no URL first: {first!r}"
+            with sync_playwright() as playwright:
+                chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = chromium.new_page()
+                    errors: list[str] = []
+                    page.on("pageerror", lambda error: errors.append(str(error)))
+                    page.on("console", lambda message: console_error(message, errors))
+                    page.goto(url[0])
+                    wait_for_text(page, "subscribed", errors)
+                    data = {"doctest": "published through the HTTP API"}
+                    api_publish(address, channels[0], data)
+                    wait_for_text(page, json.dumps(data, separators=(",", ":")), errors)
+                    assert not errors, errors
+                finally:
+                    chromium.close()
+        finally:
+            site.terminate()
+            _, stderr = site.communicate(timeout=15)
+        assert "Traceback" not in stderr, stderr
+
+
+def wait_for_text(page: Any, text: str, errors: list[str]) -> None:
+    """Wait until the page's text holds ``text``; on a timeout, say what the page said."""
+    try:
+        page.wait_for_function(
+            "(text) => document.body.innerText.includes(text)", arg=text, timeout=WAIT_MS
+        )
+    except Exception as exc:  # playwright's TimeoutError, imported only when installed
+        body = page.inner_text("body")
+        pytest.fail(f"the page never showed {text!r}: {exc}\npage: {body!r}\nerrors: {errors}")
+
+
 @pytest.mark.parametrize("block", params())
 def test_example(block: Block, workdir: Path, request: pytest.FixtureRequest) -> None:
     if (reason := block.skip_reason()) is not None:
@@ -347,6 +539,9 @@ def test_example(block: Block, workdir: Path, request: pytest.FixtureRequest) ->
         pytest.fail(f"unknown directive {block.directive!r}; known: {', '.join(KINDS)}")
     if block.directive == "synopsis":
         check_synopsis(block, workdir)
+        return
+    if block.directive == "browser":
+        check_page(block, workdir, request.getfixturevalue("server"))
         return
     source = block.program() if block.lang == "python" else "\n".join(block.commands) + "\n"
     if block.directive == "server":
