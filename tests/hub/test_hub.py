@@ -15,7 +15,7 @@ from helpers.hub_client import HubClient, LongPollClient, ReplyError
 from helpers.raw_client import RawClient
 
 from backchannel.asyncio import connect, serve
-from backchannel.exceptions import BrokerUnavailable, InvalidStatus
+from backchannel.exceptions import BrokerUnavailable, ConnectionClosedError, InvalidStatus
 from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker
 from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
@@ -305,16 +305,27 @@ async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed
         with pytest.raises(ReplyError) as info:
             await client.call("subscribe", channel=42)
         assert info.value.code == 107
-        # 10 000 subscribes (in frames of 100): the first 20 (max_channels) succeed,
-        # every other one gets 106, and the connection stays.
-        replies = []
+        # 10 000 subscribes (in frames of 100): the first 20 (max_channels) succeed, the
+        # next get 106, and once the command burst (500, counting every command, whatever
+        # its result) is spent the connection ends with 3505: such churn would flood
+        # every watcher of a channel with join and leave pushes.
+        replies: list[dict[str, Any]] = []
         for start in range(0, 10_000, 100):
             batch = [("subscribe", {"channel": f"feed:{n}"}) for n in range(start, start + 100)]
-            replies += await client.batch(batch)
+            try:
+                replies += await client.batch(batch)
+            except ConnectionClosedError:
+                break
         assert all("result" in reply for reply in replies[:20])
         assert {reply["error"]["code"] for reply in replies[20:]} == {106}
-        assert len(replies) == 10_000
-        # A publish flood: 111 (temporary) after the burst.
+        # Three commands before these, refills while they ran: far fewer than 10 000.
+        assert 400 <= len(replies) < 2000
+        assert await client.closed() == (3505, "too many commands")
+
+        # A publish flood on a fresh connection: 111 (temporary) after the publish burst,
+        # within the command rate.
+        client = await HubClient.open(port, token=token("noisy"))
+        await client.call("subscribe", channel="feed:0")
         errors = []
         for n in range(50):
             try:
@@ -336,6 +347,24 @@ async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed
         (pub,) = await bystander.publications(1)
         assert pub["data"] == "still here"
         await bystander.close()
+
+
+@TRANSPORTS
+async def test_a_command_flood_ends_the_session_with_3505(client_type: ClientType) -> None:
+    # A rate so low that no token comes back while the test runs: the burst is exact.
+    options = HubOptions(namespaces={"feed": ChannelOptions()}, command_rate=1e-6, command_burst=10)
+    async with hub_server(options) as (_, port):
+        client = await client_type.open(port, token=token("noisy"))
+        # connect took one token; nine pings pass, whatever they answer.
+        for _ in range(9):
+            await client.call("ping")
+        with pytest.raises(ConnectionClosedError):
+            await client.call("ping")
+        assert await client.closed() == (3505, "too many commands")
+        # Another connection has its own bucket.
+        other = await client_type.open(port, token=token("calm"))
+        await other.call("ping")
+        await other.close()
 
 
 @TRANSPORTS

@@ -227,7 +227,8 @@ class Hub:
         session = Session(
             transport,
             Outbox(options.outbox_max_bytes, options.outbox_max_messages),
-            burst=options.publish_burst,
+            publish_burst=options.publish_burst,
+            command_burst=options.command_burst,
         )
         self.registry.add_session(session)
         self._arm_connect_timeout(session)

@@ -62,6 +62,13 @@ class HubOptions:
     #: past it gets error 111 and the others are not slowed down.
     publish_rate: float = 50.0
     publish_burst: int = 100
+    #: Commands per second per connection (every command, publishes included), with
+    #: bursts up to ``command_burst``: a reconnecting client resubscribing to
+    #: ``max_channels`` channels plus its connect fits in the burst; a client past it
+    #: (subscribe/unsubscribe churn floods every watcher of a channel with join and leave
+    #: pushes) is disconnected with 3505.
+    command_rate: float = 100.0
+    command_burst: int = 500
     #: What may wait for a client that does not read (replies and pushes alike), in
     #: bytes and in messages: one MiB is seconds of a busy chat for a slow phone; past it
     #: the channel's slow-consumer policy applies (a reply: disconnected with 3002).
