@@ -74,6 +74,12 @@ class HubOptions:
     #: the channel's slow-consumer policy applies (a reply: disconnected with 3002).
     outbox_max_bytes: int = 1024 * 1024
     outbox_max_messages: int = 1000
+    #: Seconds a connection being closed is kept for a client that has not read what
+    #: was already written to it (at most the write buffer's high water mark plus one
+    #: frame, about 128 KiB), so that it still finds the disconnect push and close frame
+    #: (3002 for a slow consumer) when it reads again; then ``close_timeout`` more, and
+    #: the connection is dropped. 0: no wait.
+    close_linger: float = 30.0
     #: Connections per user: one user opening thousands of tabs or bots is refused (3504).
     max_connections_per_user: int = 100
     #: Seconds a connection may take to send its connect command (3005 after).
