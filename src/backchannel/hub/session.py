@@ -115,6 +115,17 @@ class Session:
             self.transport.wake()
         return True
 
+    def note_dropped(self, channel: str, text: str) -> None:
+        """Tell the client (``text``: a ``dropped`` push) that publications of
+        ``channel`` were not queued for it, as soon as its outbox has room."""
+        if self.closed:
+            return
+        outbox = self.outbox
+        empty = not outbox
+        outbox.note(channel, text)
+        if empty and outbox:
+            self.transport.wake()
+
     def disconnect(self, disconnect: Disconnect) -> None:
         """Tell the client why, and end the connection: what the outbox holds goes first,
         except for a slow consumer, whose backlog is dropped (it recovers from history)."""
