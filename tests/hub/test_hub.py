@@ -494,7 +494,7 @@ async def test_the_server_can_unsubscribe_and_disconnect_a_user(client_type: Cli
         await alice.close()
 
 
-async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> None:
+async def test_a_slow_consumer_under_the_drop_policy_stays_and_is_told_what_it_missed() -> None:
     options = HubOptions(
         namespaces={"drop": ChannelOptions(slow_consumer="drop", history_size=10_000)},
         publish_rate=1e9,
@@ -521,15 +521,22 @@ async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> N
                 break
         assert dropped and not session.closed
         # Reading again, the slow client gets everything up to the dropped publication
-        # (a backlog comes several to a frame), then, after it, a gap in offsets it can
-        # fill from history.
-        offsets: list[int] = []
+        # (a backlog comes several to a frame), then a dropped push naming it, though no
+        # later publication shows the gap: it reads the dropped one from history.
+        lines: list[dict[str, Any]] = []
         for _ in range(10_000):
             _, payload = await slow.read_frame()
-            offsets += [json.loads(line)["offset"] for line in payload.decode().split("\n")]
-            if offsets[-1] == dropped - 1:
+            lines += [json.loads(line) for line in payload.decode().split("\n")]
+            if lines[-1]["push"] == "dropped":
                 break
-        assert offsets == list(range(1, dropped))
+        *publications, notice = lines
+        assert [p["offset"] for p in publications] == list(range(1, dropped))
+        assert notice == {
+            "push": "dropped",
+            "channel": "drop:firehose",
+            "epoch": publications[0]["epoch"],
+            "offset": dropped,
+        }
         await hub.publish("drop:firehose", "after the gap")
         _, payload = await slow.read_frame()
         assert json.loads(payload)["offset"] == dropped + 1

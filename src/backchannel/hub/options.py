@@ -32,8 +32,8 @@ class ChannelOptions:
     #: Who may publish: subscribed clients, or only the server (HTTP API, Hub.publish).
     publish: Literal["clients", "server"] = "clients"
     #: What a subscriber that cannot keep up gets: disconnected with 3002 (it reconnects
-    #: and recovers), or publications dropped (it sees the gap in offsets and reads
-    #: history).
+    #: and recovers), or publications dropped (a ``dropped`` push tells it once it can
+    #: take one, and it reads them from history).
     slow_consumer: Literal["disconnect", "drop"] = "disconnect"
 
     def __post_init__(self) -> None:
