@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +52,7 @@ OPTIONS = HubOptions(
         "feed": ChannelOptions(history_size=10),
         "news": ChannelOptions(publish="server"),
         "count": ChannelOptions(presence=True, presence_count_only=True),
+        "drop": ChannelOptions(history_size=1000, slow_consumer="drop"),
     },
 )
 
@@ -493,3 +496,92 @@ async def test_a_subscription_made_by_the_server_is_handed_over_and_renewed(
         await hub.publish("feed:orders", "two")
         async with asyncio.timeout(WAIT):
             assert (await anext(aiter(sub))).data == "two"
+
+
+class Valve:
+    """A TCP proxy between a client and the hub whose hub-to-client direction can be
+    shut: the client then reads nothing, like one on a stalled network, while its own
+    library keeps reading its socket. The proxy's socket to the hub has a small receive
+    buffer, so the hub's side fills quickly."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.open = asyncio.Event()
+        self.open.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        upstream = socket.socket()
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        upstream.setblocking(False)
+        await loop.sock_connect(upstream, ("127.0.0.1", self.port))
+
+        async def to_hub() -> None:
+            while data := await reader.read(65536):
+                await loop.sock_sendall(upstream, data)
+
+        async def to_client() -> None:
+            while True:
+                await self.open.wait()
+                data = await loop.sock_recv(upstream, 65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [loop.create_task(to_hub()), loop.create_task(to_client())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            upstream.close()
+            writer.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_publications_the_hub_dropped_for_a_stalled_reader_are_recovered_at_once() -> None:
+    """Drop policy: the reader stalls, the hub drops what does not fit in its outbox and
+    no later publication comes to show the gap; its ``dropped`` push makes the client
+    read them from history: every publication, in order, once."""
+    subscribed = Recorder()
+    async with hub_server() as (hub, url):
+        valve = Valve(int(url.rsplit(":", 1)[1].split("/")[0]))
+        port = await valve.start()
+        async with client(f"ws://127.0.0.1:{port}/ws", "websocket", token=token("r")) as reader:
+            sub = await reader.subscribe("drop:feed", on_subscribed=subscribed)
+            await subscribed.wait(1)
+            valve.open.clear()
+            published = 0
+            # Bounded: the stalled sockets and the 1 MiB outbox hold a few MiB.
+            for _ in range(1000):
+                # Random text: the connection compresses, and must still fill up.
+                await hub.publish("drop:feed", [published, os.urandom(20_000).hex()])
+                published += 1
+                # A turn of the loop between publications, as a real server has, so that
+                # the outbox fills because the reader stalls, not within one turn.
+                await asyncio.sleep(0)
+                if hub.statistics().slow_consumers >= 3:
+                    break
+            # The last publications were dropped, and nothing comes after them.
+            assert hub.statistics().slow_consumers >= 3
+            valve.open.set()
+            pubs = await take(sub, published)
+            assert [p.data[0] for p in pubs] == list(range(published))
+            assert [p.offset for p in pubs] == list(range(1, published + 1))
+            # Nothing came twice: a round trip later, the queue is empty.
+            await reader.call("ping")
+            assert sub._queue == type(sub._queue)() and sub.dropped == 0
+        await valve.close()

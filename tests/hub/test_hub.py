@@ -15,7 +15,7 @@ from helpers.hub_client import HubClient, LongPollClient, ReplyError
 from helpers.raw_client import RawClient
 
 from backchannel.asyncio import connect, serve
-from backchannel.exceptions import BrokerUnavailable, InvalidStatus
+from backchannel.exceptions import BrokerUnavailable, ConnectionClosedError, InvalidStatus
 from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker
 from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
@@ -305,16 +305,27 @@ async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed
         with pytest.raises(ReplyError) as info:
             await client.call("subscribe", channel=42)
         assert info.value.code == 107
-        # 10 000 subscribes (in frames of 100): the first 20 (max_channels) succeed,
-        # every other one gets 106, and the connection stays.
-        replies = []
+        # 10 000 subscribes (in frames of 100): the first 20 (max_channels) succeed, the
+        # next get 106, and once the command burst (500, counting every command, whatever
+        # its result) is spent the connection ends with 3505: such churn would flood
+        # every watcher of a channel with join and leave pushes.
+        replies: list[dict[str, Any]] = []
         for start in range(0, 10_000, 100):
             batch = [("subscribe", {"channel": f"feed:{n}"}) for n in range(start, start + 100)]
-            replies += await client.batch(batch)
+            try:
+                replies += await client.batch(batch)
+            except ConnectionClosedError:
+                break
         assert all("result" in reply for reply in replies[:20])
         assert {reply["error"]["code"] for reply in replies[20:]} == {106}
-        assert len(replies) == 10_000
-        # A publish flood: 111 (temporary) after the burst.
+        # Three commands before these, refills while they ran: far fewer than 10 000.
+        assert 400 <= len(replies) < 2000
+        assert await client.closed() == (3505, "too many commands")
+
+        # A publish flood on a fresh connection: 111 (temporary) after the publish burst,
+        # within the command rate.
+        client = await HubClient.open(port, token=token("noisy"))
+        await client.call("subscribe", channel="feed:0")
         errors = []
         for n in range(50):
             try:
@@ -336,6 +347,24 @@ async def test_bad_input_gets_its_documented_answer_and_others_are_not_disturbed
         (pub,) = await bystander.publications(1)
         assert pub["data"] == "still here"
         await bystander.close()
+
+
+@TRANSPORTS
+async def test_a_command_flood_ends_the_session_with_3505(client_type: ClientType) -> None:
+    # A rate so low that no token comes back while the test runs: the burst is exact.
+    options = HubOptions(namespaces={"feed": ChannelOptions()}, command_rate=1e-6, command_burst=10)
+    async with hub_server(options) as (_, port):
+        client = await client_type.open(port, token=token("noisy"))
+        # connect took one token; nine pings pass, whatever they answer.
+        for _ in range(9):
+            await client.call("ping")
+        with pytest.raises(ConnectionClosedError):
+            await client.call("ping")
+        assert await client.closed() == (3505, "too many commands")
+        # Another connection has its own bucket.
+        other = await client_type.open(port, token=token("calm"))
+        await other.call("ping")
+        await other.close()
 
 
 @TRANSPORTS
@@ -465,7 +494,7 @@ async def test_the_server_can_unsubscribe_and_disconnect_a_user(client_type: Cli
         await alice.close()
 
 
-async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> None:
+async def test_a_slow_consumer_under_the_drop_policy_stays_and_is_told_what_it_missed() -> None:
     options = HubOptions(
         namespaces={"drop": ChannelOptions(slow_consumer="drop", history_size=10_000)},
         publish_rate=1e9,
@@ -492,15 +521,22 @@ async def test_a_slow_consumer_under_the_drop_policy_stays_and_sees_a_gap() -> N
                 break
         assert dropped and not session.closed
         # Reading again, the slow client gets everything up to the dropped publication
-        # (a backlog comes several to a frame), then, after it, a gap in offsets it can
-        # fill from history.
-        offsets: list[int] = []
+        # (a backlog comes several to a frame), then a dropped push naming it, though no
+        # later publication shows the gap: it reads the dropped one from history.
+        lines: list[dict[str, Any]] = []
         for _ in range(10_000):
             _, payload = await slow.read_frame()
-            offsets += [json.loads(line)["offset"] for line in payload.decode().split("\n")]
-            if offsets[-1] == dropped - 1:
+            lines += [json.loads(line) for line in payload.decode().split("\n")]
+            if lines[-1]["push"] == "dropped":
                 break
-        assert offsets == list(range(1, dropped))
+        *publications, notice = lines
+        assert [p["offset"] for p in publications] == list(range(1, dropped))
+        assert notice == {
+            "push": "dropped",
+            "channel": "drop:firehose",
+            "epoch": publications[0]["epoch"],
+            "offset": dropped,
+        }
         await hub.publish("drop:firehose", "after the gap")
         _, payload = await slow.read_frame()
         assert json.loads(payload)["offset"] == dropped + 1

@@ -3,6 +3,7 @@ slow-consumer policy it triggers, one rule for every transport."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from helpers.stalled import Stalled
@@ -97,11 +98,22 @@ async def test_overflow_by_bytes_drops_under_the_drop_policy_and_the_session_sta
         assert len(session.outbox) == 3 and session.outbox.size > 825
         await hub.publish("drop:a", "x" * 250 + "3")  # does not fit: dropped
         assert not session.closed and transport.closed_with is None
-        assert len(session.outbox) == 3 and hub.statistics().slow_consumers == 1
+        assert hub.statistics().slow_consumers == 1
+        # The client is told at once (the small notice fits where the publication did
+        # not), after what it has not read yet: it reads offset 4 from history.
+        *publications, notice = session.outbox.texts()
+        assert len(publications) == 3
+        epoch = json.loads(publications[0])["epoch"]
+        assert json.loads(notice) == {
+            "push": "dropped",
+            "channel": "drop:a",
+            "epoch": epoch,
+            "offset": 4,
+        }
         session.outbox.take(10**6)  # the client catches up
         await hub.publish("drop:a", "after")
         (text,) = session.outbox.texts()
-        assert '"offset":5' in text  # offset 4 is the gap it reads from history
+        assert '"offset":5' in text
 
 
 async def test_overflow_by_count_drops_under_the_drop_policy() -> None:
@@ -111,6 +123,36 @@ async def test_overflow_by_count_drops_under_the_drop_policy() -> None:
             await hub.publish("drop:a", n)
         assert not session.closed and len(session.outbox) == 2
         assert hub.statistics().slow_consumers == 2
+        # No room for the notice either: it waits, and names the last one dropped. Once
+        # the client reads, it comes next, before anything published later.
+        (first,) = session.outbox.take(1)
+        assert json.loads(first)["offset"] == 1
+        texts = [json.loads(text) for text in session.outbox.texts()]
+        assert [(t["push"], t["offset"]) for t in texts] == [("publication", 2), ("dropped", 4)]
+        session.outbox.take(10**6)
+        await hub.publish("drop:a", 4)
+        (text,) = session.outbox.texts()
+        assert json.loads(text)["offset"] == 5
+
+
+def test_a_notice_waits_for_room_and_goes_before_later_texts() -> None:
+    outbox = Outbox(max_bytes=100, max_messages=2)
+    assert outbox.put("a", 1) and outbox.put("b", 1)
+    outbox.note("chan", "dropped 1")
+    outbox.note("chan", "dropped 2")  # the newer notice of a key replaces the older
+    outbox.note("other", "dropped x")
+    assert outbox.texts() == ["a", "b"] and outbox.size == 2
+    assert outbox.take(1) == ["a"]
+    # Room for one: the oldest waiting notice goes in; the other waits again.
+    assert outbox.texts() == ["b", "dropped 2"]
+    assert not outbox.put("c", 1)  # full, and the notice stays ahead of it
+    assert outbox.take(100) == ["b", "dropped 2"]
+    assert outbox.texts() == ["dropped x"]
+    assert outbox.put("c", 1)
+    assert outbox.texts() == ["dropped x", "c"]
+    outbox.clear()
+    outbox.note("k", "n")
+    assert outbox.texts() == ["n"]  # room now: queued at once
 
 
 async def test_a_reply_that_does_not_fit_disconnects_whatever_the_channel_policy() -> None:

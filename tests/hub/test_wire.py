@@ -21,10 +21,12 @@ from backchannel.hub.wire import (
     ClientInfo,
     Command,
     InvalidMessage,
+    Position,
     Publication,
     decode_commands,
     encode,
     encode_disconnect,
+    encode_dropped,
     encode_error,
     encode_join,
     encode_leave,
@@ -71,6 +73,7 @@ def test_vectors_cover_every_method_and_push() -> None:
         "join",
         "leave",
         "unsubscribe",
+        "dropped",
         "disconnect",
     }
     error_codes = {case["error"]["code"] for case in VECTORS["replies"] if "error" in case}
@@ -165,6 +168,9 @@ def encode_push(kind: str, given: dict[str, Any]) -> str:
         return encode_unsubscribe(given["channel"], codes.Error(given["code"], given["reason"]))
     if kind == "disconnect":
         return encode_disconnect(codes.Disconnect(given["code"], given["reason"]))
+    if kind == "dropped":
+        position = Position(given["epoch"], given["offset"]) if "offset" in given else None
+        return encode_dropped(given["channel"], position)
     raise AssertionError(f"unknown push {kind!r}")
 
 

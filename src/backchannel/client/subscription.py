@@ -62,6 +62,10 @@ class Subscription:
     After a reconnection the subscription is renewed with ``recover``: the publications
     missed meanwhile are delivered before the live ones. When history could not fill
     the gap, ``recovered`` is False and ``on_subscribed`` gets an event saying so.
+    The same happens, without a reconnection, when the hub says (a ``dropped`` push, in
+    a channel with the ``drop`` slow-consumer policy) that it did not send some
+    publications because this client read too slowly: they are read from history and
+    delivered before any newer one.
 
     Iteration ends when the subscription ends (``unsubscribe()``, or by the hub) or the
     client is closed; it raises the client's error when the client stopped on one.
@@ -108,6 +112,13 @@ class Subscription:
         self._wakeup = asyncio.Event()
         #: Live publications that came before the subscribe result was applied.
         self._early: list[dict[str, Any]] = []
+        #: While publications the hub dropped are read from history: the live ones that
+        #: came meanwhile (delivered after them), whether another read is needed (more
+        #: were dropped, or too many live ones came to hold), and the read's task.
+        self._catching_up = False
+        self._held: list[dict[str, Any]] = []
+        self._again = False
+        self._catch_up_task: asyncio.Task[None] | None = None
         #: Bumped when a connection is lost or the subscription ends: work for an older
         #: value is stale.
         self._seq = 0
@@ -214,13 +225,22 @@ class Subscription:
 
     def handle_push(self, push: dict[str, Any]) -> None:
         kind = push["push"]
-        if self.state == "subscribing" and kind in ("publication", "join", "leave"):
+        if self.state == "subscribing" and kind in ("publication", "join", "leave", "dropped"):
             if len(self._early) < self._max_queue:
                 self._early.append(push)
             return
         if kind == "publication":
-            if self.state == "subscribed":
+            if self.state != "subscribed":
+                return
+            if not self._catching_up:
                 self._deliver(parse_publication(push, self.channel))
+            elif len(self._held) < self._max_queue:
+                self._held.append(push)
+            else:
+                # Not held, but in history: the next read gets it.
+                self._again = True
+        elif kind == "dropped":
+            self._dropped(push)
         elif kind == "join":
             self._handlers.post(self._on_join, parse_client_info(push.get("info")))
         elif kind == "leave":
@@ -234,6 +254,83 @@ class Subscription:
                     reason if isinstance(reason, str) else codes.UNSUBSCRIBED.message,
                 )
             )
+
+    def _dropped(self, push: dict[str, Any]) -> None:
+        """The hub did not send this client the publications up to the push's position:
+        read them from history, and deliver them before any newer one."""
+        epoch, offset = push.get("epoch"), push.get("offset")
+        if self.state != "subscribed" or not self._recover:
+            return
+        if not isinstance(epoch, str) or type(offset) is not int:
+            return  # a channel without history: nothing to read them from
+        if epoch == self.epoch and self.offset is not None and offset <= self.offset:
+            return  # delivered already
+        if self._catching_up:
+            self._again = True  # dropped after the read under way was answered, maybe
+            return
+        conn = self.client.live_connection()
+        if conn is None:
+            return  # the renewal on the next connection recovers them
+        self._catching_up = True
+        self._again = False
+        self._catch_up_task = asyncio.get_running_loop().create_task(
+            self._catch_up(conn, self._seq)
+        )
+
+    async def _catch_up(self, conn: Connection, seq: int) -> None:
+        def current() -> bool:
+            # Not after a reconnection or the end, and not once a newer read took over.
+            return self._seq == seq and asyncio.current_task() is self._catch_up_task
+
+        try:
+            while current() and self._catching_up:
+                self._again = False
+                params: dict[str, Any] = {"channel": self.channel}
+                if self.epoch is not None and self.offset is not None:
+                    params.update(epoch=self.epoch, offset=self.offset)
+                async with asyncio.timeout(self.client.timeout):
+                    await conn.request("history", params, functools.partial(self._caught_up, seq))
+                if not self._again:
+                    return
+        except ConnectionClosed:
+            return  # connection_lost() reset this; the renewal recovers
+        except (CommandError, TimeoutError) as exc:
+            if current():
+                self.client.emit_error(exc)
+        finally:
+            if current() and self._catching_up:
+                # Given up: what was held still goes out, after the gap.
+                self._release_held()
+
+    def _caught_up(self, seq: int, result: dict[str, Any]) -> None:
+        """Apply a history result; called by the reader, before later pushes."""
+        if self._seq != seq or not self._catching_up:
+            return
+        publications = result.get("publications")
+        if result.get("recovered") is False:
+            # Older than what the channel keeps: what is missing is lost; say so, as a
+            # renewal that could not recover does.
+            self.recovered = False
+            epoch, offset = result.get("epoch"), result.get("offset")
+            event = SubscribedEvent(
+                self.channel,
+                False,
+                epoch if isinstance(epoch, str) else "",
+                offset if type(offset) is int else 0,
+            )
+            self._handlers.post(self._on_subscribed, event)
+        if isinstance(publications, list):
+            for pub in publications:
+                if isinstance(pub, dict):
+                    self._deliver(parse_publication(pub, self.channel))
+        if not self._again:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        self._catching_up = False
+        held, self._held = self._held, []
+        for push in held:
+            self._deliver(parse_publication(push, self.channel))
 
     def _deliver(self, pub: Publication) -> None:
         if pub.offset:
@@ -256,6 +353,7 @@ class Subscription:
         self.state = "subscribing"
         self._seq += 1
         self._early = []
+        self._stop_catching_up()
 
     def client_closed(self) -> None:
         self.connection_lost()
@@ -269,6 +367,7 @@ class Subscription:
         self.error = error
         self._seq += 1
         self._early = []
+        self._stop_catching_up()
         self.client.forget(self)
         if error is not None:
             event = UnsubscribedEvent(self.channel, error.code, error.message)
@@ -281,5 +380,16 @@ class Subscription:
         if self.state == "unsubscribed":
             raise self.error or InvalidState(f"unsubscribed from {self.channel!r}")
 
+    def _stop_catching_up(self) -> None:
+        self._catching_up = False
+        self._held = []
+        self._again = False
+        # A read under way sees the new _seq and ends by itself.
+
     async def aclose(self) -> None:
+        task, self._catch_up_task = self._catch_up_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._handlers.aclose()

@@ -1,6 +1,7 @@
 """Client commands: each frame a session receives, run through the hub's public door.
 
-:class:`Commands` decodes a frame, checks the session's rate, runs each command with the
+:class:`Commands` decodes a frame, checks the session's command rate (every command
+counts; past it the session ends with 3505), runs each command with the
 hub's methods (:meth:`Hub.connect_session`, :meth:`Hub.publish` with ``session=``, ...),
 and answers each with a reply, in order. What is refused becomes an error reply
 (``CommandError``: its code; a broker that cannot be reached: the temporary 116) or a
@@ -58,8 +59,15 @@ class Commands:
             logger.info("closing session %s: %s", session.client, exc)
             session.disconnect(codes.BAD_PROTOCOL)
             return
+        options = self.hub.options
         for command in commands:
             if session.closed:
+                return
+            # Every command counts, whatever its result: an unknown method or a refused
+            # subscribe costs the server as much work as a good one.
+            if not session.take_command_token(options.command_rate, options.command_burst):
+                logger.info("disconnecting session %s: too many commands", session.client)
+                session.disconnect(codes.FLOOD)
                 return
             await self._run(session, command)
 

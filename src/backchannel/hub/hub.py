@@ -227,7 +227,8 @@ class Hub:
         session = Session(
             transport,
             Outbox(options.outbox_max_bytes, options.outbox_max_messages),
-            burst=options.publish_burst,
+            publish_burst=options.publish_burst,
+            command_burst=options.command_burst,
         )
         self.registry.add_session(session)
         self._arm_connect_timeout(session)
@@ -274,20 +275,28 @@ class Hub:
         self._timers.pop(session, None)
         session.disconnect(codes.TOKEN_EXPIRED_DISCONNECT)
 
-    def slow_consumer(self, session: Session, channel: str | None) -> None:
-        """A session's outbox was full: for a publication, its channel's policy; for a
-        reply or an unsubscribe push (``channel`` None), disconnect (3002)."""
+    def slow_consumer(
+        self, session: Session, channel: str | None, dropped: Position | None = None
+    ) -> None:
+        """A session's outbox was full: for a publication (at ``dropped``, None without
+        history), its channel's policy; for a reply or an unsubscribe push (``channel``
+        None), disconnect (3002)."""
         self._slow_consumers += 1
         policy = "disconnect"
+        sub = None
         if channel is not None:
             sub = session.subscriptions.get(channel)
             if sub is not None:
                 policy = sub.options.slow_consumer
-        if policy == "disconnect" and not session.closed:
-            logger.info("disconnecting slow consumer %s", session.client)
-            session.disconnect(codes.SLOW_CONSUMER)
-        # "drop": the publication is not sent; the client sees the gap in offsets and
-        # reads it from history.
+        if policy == "disconnect":
+            if not session.closed:
+                logger.info("disconnecting slow consumer %s", session.client)
+                session.disconnect(codes.SLOW_CONSUMER)
+        elif channel is not None and sub is not None:
+            # "drop": the publication is not sent. The client is told so once its outbox
+            # has room, not only by the gap a later publication shows (there may be none):
+            # it reads the missing ones from history at once.
+            session.note_dropped(channel, wire.encode_dropped(channel, dropped))
         self._observers.emit("on_slow_consumer", session, channel)
 
     def send(self, session: Session, text: str) -> None:
@@ -417,7 +426,7 @@ class Hub:
         pending, sub.pending = sub.pending, []
         for offset, text in pending:
             if sub.advance(offset) and not session.send(text):
-                self.slow_consumer(session, channel)
+                self.slow_consumer(session, channel, _position(text) if offset else None)
                 if session.closed:
                     return
 
@@ -722,7 +731,12 @@ class Hub:
             return
         self._publications_out += 1
         text = wire.encode_publication(publication)
-        self._slow(self.registry.fan_out(publication.channel, text, publication.offset))
+        slow = self.registry.fan_out(publication.channel, text, publication.offset)
+        if slow:
+            position = None
+            if publication.offset:
+                position = Position(publication.epoch, publication.offset)
+            self._slow(slow, position)
 
     def on_join(self, channel: str, who: ClientInfo) -> None:
         if self.registry.has_subscribers(channel):
@@ -738,9 +752,9 @@ class Hub:
         for session, _ in self.registry.subscribers(channel):
             session.disconnect(codes.FORCE_RECONNECT)
 
-    def _slow(self, slow: list[Slow]) -> None:
+    def _slow(self, slow: list[Slow], dropped: Position | None = None) -> None:
         for item in slow:
-            self.slow_consumer(item.session, item.subscription.channel)
+            self.slow_consumer(item.session, item.subscription.channel, dropped)
 
     # Authorization.
 
@@ -763,3 +777,10 @@ class Hub:
                 raise CommandError(codes.PERMISSION_DENIED)
             if claims.user != session.user:
                 raise CommandError(codes.PERMISSION_DENIED)
+
+
+def _position(text: str) -> Position:
+    """The position of an encoded publication with history (read back only for one
+    dropped while its subscriber was still subscribing: a rare path)."""
+    obj = json.loads(text)
+    return Position(obj["epoch"], obj["offset"])

@@ -32,8 +32,8 @@ class ChannelOptions:
     #: Who may publish: subscribed clients, or only the server (HTTP API, Hub.publish).
     publish: Literal["clients", "server"] = "clients"
     #: What a subscriber that cannot keep up gets: disconnected with 3002 (it reconnects
-    #: and recovers), or publications dropped (it sees the gap in offsets and reads
-    #: history).
+    #: and recovers), or publications dropped (a ``dropped`` push tells it once it can
+    #: take one, and it reads them from history).
     slow_consumer: Literal["disconnect", "drop"] = "disconnect"
 
     def __post_init__(self) -> None:
@@ -62,11 +62,24 @@ class HubOptions:
     #: past it gets error 111 and the others are not slowed down.
     publish_rate: float = 50.0
     publish_burst: int = 100
+    #: Commands per second per connection (every command, publishes included), with
+    #: bursts up to ``command_burst``: a reconnecting client resubscribing to
+    #: ``max_channels`` channels plus its connect fits in the burst; a client past it
+    #: (subscribe/unsubscribe churn floods every watcher of a channel with join and leave
+    #: pushes) is disconnected with 3505.
+    command_rate: float = 100.0
+    command_burst: int = 500
     #: What may wait for a client that does not read (replies and pushes alike), in
     #: bytes and in messages: one MiB is seconds of a busy chat for a slow phone; past it
     #: the channel's slow-consumer policy applies (a reply: disconnected with 3002).
     outbox_max_bytes: int = 1024 * 1024
     outbox_max_messages: int = 1000
+    #: Seconds a connection being closed is kept for a client that has not read what
+    #: was already written to it (at most the write buffer's high water mark plus one
+    #: frame, about 128 KiB), so that it still finds the disconnect push and close frame
+    #: (3002 for a slow consumer) when it reads again; then ``close_timeout`` more, and
+    #: the connection is dropped. 0: no wait.
+    close_linger: float = 30.0
     #: Connections per user: one user opening thousands of tabs or bots is refused (3504).
     max_connections_per_user: int = 100
     #: Seconds a connection may take to send its connect command (3005 after).

@@ -6,6 +6,12 @@ transport drains its outbox its own way (WebSocket writes frames once the socket
 long polling answers the next poll). The bound is in bytes and in messages, so neither a
 burst of small pushes nor a few large replies can grow a server's memory without limit:
 past it, the caller applies the slow-consumer policy.
+
+A notice (a ``dropped`` push: publications were not queued because the outbox was full)
+cannot go in while the outbox is full, and must not wait for a later text that may never
+come: the outbox keeps it aside, one per key (channel), and queues it as soon as it fits,
+when a transport takes texts out or before the next text put in, so it always comes
+after the texts queued before it and before those queued after.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ def text_size(text: str) -> int:
 class Outbox:
     """Wire texts in order, with their total size in bytes."""
 
-    __slots__ = ("_items", "max_bytes", "max_messages", "size")
+    __slots__ = ("_items", "_notices", "max_bytes", "max_messages", "size")
 
     def __init__(self, max_bytes: int, max_messages: int) -> None:
         self._items: deque[tuple[str, int]] = deque()
+        #: Notices waiting for room, by key: at most one per key (the newest), so at
+        #: most one per channel of the session.
+        self._notices: dict[str, tuple[str, int]] = {}
         #: UTF-8 bytes of the texts waiting.
         self.size = 0
         self.max_bytes = max_bytes
@@ -72,8 +81,28 @@ class Outbox:
             out.append(text)
             taken += size
         self.size -= taken
+        if self._notices:
+            self._admit()
         return out
+
+    def note(self, key: str, text: str) -> None:
+        """Queue the notice ``text`` as soon as it fits (now if it does); a later notice
+        with the same ``key`` replaces one still waiting."""
+        self._notices.pop(key, None)
+        self._notices[key] = (text, text_size(text))
+        self._admit()
+
+    def _admit(self) -> None:
+        notices = self._notices
+        items = self._items
+        for key, (text, size) in list(notices.items()):
+            if len(items) >= self.max_messages or self.size + size > self.max_bytes:
+                return
+            del notices[key]
+            items.append((text, size))
+            self.size += size
 
     def clear(self) -> None:
         self._items.clear()
+        self._notices.clear()
         self.size = 0

@@ -21,7 +21,28 @@ from .subscription import Subscription
 from .transports.base import Transport
 from .wire import ClientInfo
 
-__all__ = ["Session"]
+__all__ = ["Session", "TokenBucket"]
+
+
+class TokenBucket:
+    """A rate limit: full at start, refilled at ``rate`` per second up to ``burst``."""
+
+    __slots__ = ("_refilled", "_tokens")
+
+    def __init__(self, burst: int) -> None:
+        self._tokens = float(burst)
+        self._refilled = time.monotonic()
+
+    def take(self, rate: float, burst: int) -> bool:
+        """Take one token; False (and none taken) when the bucket is empty."""
+        now = time.monotonic()
+        tokens = min(float(burst), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if tokens < 1:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1
+        return True
 
 
 class Session:
@@ -29,8 +50,8 @@ class Session:
 
     __slots__ = (
         "__weakref__",
-        "_publish_tokens",
-        "_refilled",
+        "_commands",
+        "_publishes",
         "client",
         "closed",
         "connected",
@@ -43,7 +64,9 @@ class Session:
         "user",
     )
 
-    def __init__(self, transport: Transport, outbox: Outbox, *, burst: int) -> None:
+    def __init__(
+        self, transport: Transport, outbox: Outbox, *, publish_burst: int, command_burst: int
+    ) -> None:
         self.transport = transport
         self.outbox = outbox
         transport.attach(outbox)
@@ -59,9 +82,9 @@ class Session:
         self.expires: int | None = None
         #: Channel -> subscription; written only by the hub's registry.
         self.subscriptions: dict[str, Subscription] = {}
-        # Publish rate limit: a token bucket, full at start.
-        self._publish_tokens = float(burst)
-        self._refilled = time.monotonic()
+        # Rate limits: every command, and within them, publishes.
+        self._commands = TokenBucket(command_burst)
+        self._publishes = TokenBucket(publish_burst)
 
     @property
     def who(self) -> ClientInfo:
@@ -92,6 +115,17 @@ class Session:
             self.transport.wake()
         return True
 
+    def note_dropped(self, channel: str, text: str) -> None:
+        """Tell the client (``text``: a ``dropped`` push) that publications of
+        ``channel`` were not queued for it, as soon as its outbox has room."""
+        if self.closed:
+            return
+        outbox = self.outbox
+        empty = not outbox
+        outbox.note(channel, text)
+        if empty and outbox:
+            self.transport.wake()
+
     def disconnect(self, disconnect: Disconnect) -> None:
         """Tell the client why, and end the connection: what the outbox holds goes first,
         except for a slow consumer, whose backlog is dropped (it recovers from history)."""
@@ -110,11 +144,9 @@ class Session:
     def take_publish_token(self, rate: float, burst: int) -> bool:
         """Take one token from the session's publish bucket, refilled at ``rate`` per
         second up to ``burst``; False when it is empty."""
-        now = time.monotonic()
-        tokens = min(float(burst), self._publish_tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if tokens < 1:
-            self._publish_tokens = tokens
-            return False
-        self._publish_tokens = tokens - 1
-        return True
+        return self._publishes.take(rate, burst)
+
+    def take_command_token(self, rate: float, burst: int) -> bool:
+        """Take one token from the bucket of all the session's commands; False when it
+        is empty (the session floods: it is disconnected with 3505)."""
+        return self._commands.take(rate, burst)

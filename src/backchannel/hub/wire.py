@@ -37,6 +37,7 @@ __all__ = [
     "decode_commands",
     "encode",
     "encode_disconnect",
+    "encode_dropped",
     "encode_error",
     "encode_join",
     "encode_leave",
@@ -313,3 +314,14 @@ def encode_disconnect(disconnect: codes.Disconnect) -> str:
             "reconnect": disconnect.reconnect,
         }
     )
+
+
+def encode_dropped(channel: str, position: Position | None) -> str:
+    """Publications of ``channel`` up to ``position`` (the last one dropped) were not
+    sent to this client, whose outbox was full (the ``drop`` slow-consumer policy): it
+    reads them from history. No position in a channel without history."""
+    out: dict[str, Any] = {"push": "dropped", "channel": channel}
+    if position is not None:
+        out["epoch"] = position.epoch
+        out["offset"] = position.offset
+    return _dumps(out)

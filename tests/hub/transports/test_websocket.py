@@ -113,3 +113,55 @@ async def test_replies_to_a_client_that_never_reads_are_bounded_by_its_outbox() 
             assert disconnect is not None and disconnect.code == 3002
             assert hub.statistics().sessions == 0
             ws.sock.close()
+
+
+async def test_a_slow_consumer_that_reads_only_after_the_close_timeout_still_learns_3002() -> None:
+    options = HubOptions(
+        anonymous=True,
+        namespaces={"feed": ChannelOptions()},
+        max_data_size=200_000,
+    )
+    close_timeout = 0.2
+    async with (
+        Hub(options) as hub,
+        serve(websocket_handler(hub), "127.0.0.1", 0, close_timeout=close_timeout) as server,
+    ):
+        ws = await RawClient.open(server.port)
+        await ws.command({"id": 1, "method": "connect", "params": {}})
+        await ws.command({"id": 2, "method": "subscribe", "params": {"channel": "feed:a"}})
+        replies = [
+            json.loads(line) for _ in range(2) for line in (await ws.read_frame())[1].split(b"\n")
+        ]
+        assert [r["id"] for r in replies][:2] == [1, 2]
+        (session,) = hub.sessions
+        big = "x" * 100_000
+        stalled = False
+        for _ in range(2000):  # bounded: a stalled loopback socket holds a few MiB
+            await hub.publish("feed:a", big)
+            # One turn of the loop between publications, as a server has: the outbox
+            # fills because the socket is full, not because of one turn's burst.
+            await asyncio.sleep(0)
+            stalled = stalled or not session.transport.connection.writable
+            if session.closed:
+                break
+        assert stalled, "the outbox filled before the socket did"
+        assert session.ended is not None and session.ended.code == 3002
+        # The client goes on not reading for several close timeouts: this stall is the
+        # case under test (a phone in a tunnel), not a wait for something to happen. The
+        # server used to drop the connection once close_timeout passed after its close
+        # frame, which was still behind the publications in its buffer, unread.
+        await asyncio.sleep(5 * close_timeout)
+        frames = await ws.read_until_close()
+        opcode, payload = frames[-1]
+        assert opcode == 8 and int.from_bytes(payload[:2], "big") == 3002
+        last = json.loads(frames[-2][1].split(b"\n")[-1])
+        assert last == {
+            "push": "disconnect",
+            "code": 3002,
+            "reason": "slow consumer",
+            "reconnect": True,
+        }
+        # Nothing after the outbox was dropped: every frame before the push holds whole
+        # publications, in order, with no gap in what reached the socket.
+        data = [json.loads(line) for _, p in frames[:-2] for line in p.split(b"\n")]
+        assert all(d["push"] == "publication" for d in data)

@@ -14,6 +14,14 @@ frame), up to :data:`MAX_FRAME` bytes. Two things make text wait:
   already written to in this turn: the rest goes out joined on the next turn, one
   system call per subscriber instead of one per publication. A lone publication or
   reply is still written at once.
+
+Ending a session whose client does not read (a slow consumer, cut with 3002) must not
+lose the reason: the disconnect push and the close frame go after what the socket
+already holds, which is bounded (the write buffer's high water mark plus the last frame
+written), and the close handshake's timeout only starts once the client has read that
+far. Until then the connection is kept for at most ``linger`` seconds
+(``HubOptions.close_linger``), after which the client is given ``close_timeout`` more and
+then dropped.
 """
 
 from __future__ import annotations
@@ -79,13 +87,19 @@ class WebSocketTransport:
 
     name: ClassVar[str] = "websocket"
 
-    __slots__ = ("_drainer", "_written", "connection", "outbox", "turns")
+    __slots__ = ("_closer", "_drainer", "_written", "connection", "linger", "outbox", "turns")
 
-    def __init__(self, connection: Connection, turns: Turns | None = None) -> None:
+    def __init__(
+        self, connection: Connection, turns: Turns | None = None, *, linger: float = 30.0
+    ) -> None:
         self.connection = connection
         self.turns = turns if turns is not None else Turns()
+        #: Seconds the connection is kept, when closing, for a client that does not read
+        #: what the socket already holds.
+        self.linger = linger
         self.outbox: Outbox | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         #: The turn in which this connection was last written straight through.
         self._written = 0
 
@@ -127,6 +141,28 @@ class WebSocketTransport:
             self._drainer = None
 
     def close(self, disconnect: Disconnect) -> None:
+        if self._closer is not None:
+            return
+        if self.connection.writable or self.linger <= 0:
+            self._close_now(disconnect)
+            return
+        # The client does not read what the socket holds. A close frame written now
+        # would sit behind it, and the close timeout (counted from when it is written)
+        # would drop the connection, and the frame with it, before the client read so
+        # far: wait until it does, for at most ``linger``.
+        self._closer = asyncio.get_running_loop().create_task(self._close_when_read(disconnect))
+
+    async def _close_when_read(self, disconnect: Disconnect) -> None:
+        try:
+            async with asyncio.timeout(self.linger):
+                # Returns once the buffer is below its low water mark, or the connection
+                # is lost.
+                await self.connection.drain()
+        except TimeoutError:
+            logger.info("closing a connection whose client read nothing for %s s", self.linger)
+        self._close_now(disconnect)
+
+    def _close_now(self, disconnect: Disconnect) -> None:
         # The disconnect push is the outbox's last text: write what is queued (bounded
         # by the outbox) without waiting, then the close frame with the same code.
         outbox = self.outbox
@@ -163,7 +199,8 @@ def websocket_handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]
     turns = Turns()
 
     async def handler(connection: ServerConnection) -> None:
-        session = hub.open_session(WebSocketTransport(connection, turns))
+        transport = WebSocketTransport(connection, turns, linger=hub.options.close_linger)
+        session = hub.open_session(transport)
         try:
             async for message in connection:
                 if isinstance(message, bytes):
