@@ -261,7 +261,7 @@ def _broker(config: Config) -> Broker:
         from ..hub.brokers.redis import RedisBroker
     except ImportError as exc:
         raise InvalidArgument(
-            "broker.url needs the redis package: pip install 'backchannel[redis]'"
+            "broker.url needs the redis package: pip install -e '.[redis]'"
         ) from exc
     return RedisBroker(config.broker.url, prefix=config.broker.prefix)
 

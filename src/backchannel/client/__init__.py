@@ -2,7 +2,7 @@
 
 A layer above :mod:`backchannel.hub`'s wire format, beside :mod:`backchannel.app`: it
 speaks docs/protocol.md over WebSocket (:mod:`backchannel.asyncio`) or, when WebSocket
-does not get through, HTTP long polling (httpx: ``pip install 'backchannel[client]'``).
+does not get through, HTTP long polling (httpx: ``pip install -e '.[client]'`` in a checkout).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For networks where the WebSocket upgrade does not get through (docs/protocol.md,
 polling"): ``POST /lp`` opens a session with the connect frame, ``GET /lp?sid&ack``
 polls for batches, ``POST /lp?sid`` sends commands, ``DELETE /lp?sid`` leaves.
 
-httpx is an optional dependency (``pip install 'backchannel[client]'``); it is imported
+httpx is an optional dependency (``pip install -e '.[client]'`` in a checkout); it is imported
 only when a long-polling transport is opened.
 """
 
@@ -44,7 +44,7 @@ def _import_httpx() -> Any:
     try:
         import httpx
     except ImportError as exc:
-        raise ImportError("long polling needs httpx: pip install 'backchannel[client]'") from exc
+        raise ImportError("long polling needs httpx: pip install -e '.[client]'") from exc
     return httpx
 
 

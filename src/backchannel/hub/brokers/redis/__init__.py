@@ -1,4 +1,4 @@
-"""The Redis broker (``pip install backchannel[redis]``): several nodes act as one hub.
+"""The Redis broker (``pip install -e '.[redis]'``): several nodes act as one hub.
 
 :class:`RedisBroker` (:mod:`.broker`) is the whole public API; its parts are
 :mod:`.history`, :mod:`.presence`, :mod:`.occupancy` and :mod:`.relay`, with key names

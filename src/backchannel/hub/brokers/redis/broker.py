@@ -1,6 +1,6 @@
 """The Redis broker: several nodes (processes, machines) act as one hub through one Redis.
 
-Install with ``pip install backchannel[redis]``. :class:`RedisBroker` is the facade that
+Install with ``pip install -e '.[redis]'`` from a checkout. :class:`RedisBroker` is the facade that
 implements :class:`~backchannel.hub.brokers.base.Broker`; it owns the connections and the
 pub/sub reader and delegates the rest, one concept per module: :mod:`.history` (streams,
 offsets, idempotency keys), :mod:`.presence`, :mod:`.occupancy` (which nodes have local
