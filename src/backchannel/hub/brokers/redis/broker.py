@@ -129,6 +129,7 @@ class RedisBroker:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._alive: asyncio.Task[None] | None = None
         self._fresh: asyncio.Task[None] | None = None
+        self._closed = False
 
     # Lifecycle.
 
@@ -145,6 +146,14 @@ class RedisBroker:
         self._fresh = loop.create_task(self._occupancy.keep_fresh())
 
     async def close(self) -> None:
+        # A subscribe still waiting for Redis's confirmation would wait for a reader
+        # that is about to stop: it fails now (BrokerUnavailable: the client gets the
+        # temporary 116, or has already been disconnected), and so does any later one.
+        self._closed = True
+        for confirmed in self._confirmations.values():
+            if not confirmed.done():
+                confirmed.set_exception(BrokerUnavailable("the node is shutting down"))
+                confirmed.exception()  # retrieved here; the waiter still gets it
         self._handler = None
         for task in (self._reader, self._alive, self._fresh):
             if task is not None:
@@ -166,6 +175,8 @@ class RedisBroker:
     async def subscribe(self, channel: str) -> None:
         """Subscribe this node; returns once Redis confirmed it, so a publication made
         after this returns is delivered."""
+        if self._closed:
+            raise BrokerUnavailable("the node is shutting down")
         if channel in self._channels:
             return
         self._channels[channel] = None
