@@ -30,6 +30,7 @@ from helpers.cluster import (
     node_env,
     token,
 )
+from helpers.http import Http, Reply
 from helpers.hub_client import HubClient
 from helpers.redis_server import RedisServer, require_redis
 
@@ -546,3 +547,74 @@ async def test_sigterm_with_a_thousand_reconnecting_clients_stops_at_once(
     finally:
         for client in clients + late:
             client.stop()
+
+
+# A long poll relayed to a node that dies.
+
+
+async def held_relayed_poll(
+    sid: str, owner: int, other: int, ack: int
+) -> tuple[Http, asyncio.Task[Reply]]:
+    """A poll sent through ``other`` and held by ``owner``, the session's node. Known
+    held without a clock: a newer poll of a session answers the one held before it, so
+    of a poll on each node, the one answered first came first and the other is held."""
+    relayed_http = await Http.open(other)
+    direct_http = await Http.open(owner)
+    target = f"/lp?sid={sid}&ack={ack}"
+    relayed = asyncio.create_task(relayed_http.exchange("GET", target, wait=None))
+    direct = asyncio.create_task(direct_http.exchange("GET", target, wait=None))
+    async with asyncio.timeout(20):
+        done, _ = await asyncio.wait([relayed, direct], return_when=asyncio.FIRST_COMPLETED)
+        if relayed in done:
+            # The relayed poll came first: send another through ``other``; the direct
+            # one's answer says it has arrived.
+            assert (await relayed).status == 200
+            relayed_http2 = await Http.open(other)
+            relayed = asyncio.create_task(relayed_http2.exchange("GET", target, wait=None))
+            await relayed_http.close()
+            relayed_http = relayed_http2
+        assert (await direct).status == 200
+    await direct_http.close()
+    return relayed_http, relayed
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_poll_relayed_to_a_node_that_dies_gets_404_long_before_the_poll_timeout(
+    cluster: Cluster, how: str
+) -> None:
+    # Polls held a minute: a relayed poll that waited for its timeout could not pass.
+    env = cluster.env(BACKCHANNEL_LONGPOLL_POLL_TIMEOUT="60")
+    owner, other = cluster.spawn(env=env), cluster.spawn(env=env)
+    owner_port, other_port = await owner.ready(), await other.ready()
+    http = await Http.open(owner_port)
+    connect = json.dumps({"id": 1, "method": "connect", "params": {"token": token("lp")}})
+    reply = await http.exchange("POST", "/lp", connect)
+    sid = reply.json()["sid"]
+    assert (await http.exchange("GET", f"/lp?sid={sid}&ack=0")).status == 200  # connect's
+    await http.close()
+
+    relayed_http, relayed = await held_relayed_poll(sid, owner_port, other_port, ack=1)
+    if how == "killed":
+        await owner.kill()  # Redis sees its connections close at once
+    else:
+        # A machine that vanished: its connections stay open, it stops refreshing its
+        # sign of life (the alive key lives 10 s).
+        owner.process.send_signal(signal.SIGSTOP)
+    try:
+        # The test's own bound, far under the poll timeout of 60 s.
+        async with asyncio.timeout(20):
+            answer = await relayed
+        assert answer.status == 404, answer.text
+        assert answer.json()["reconnect"] is True
+        # A send relayed to the dead node is told the same, without waiting.
+        send = await Http.open(other_port)
+        ping = json.dumps({"id": 2, "method": "ping", "params": {}})
+        async with asyncio.timeout(20):
+            answer = await send.exchange("POST", f"/lp?sid={sid}", ping)
+        assert answer.status == 404, answer.text
+        assert answer.json()["reconnect"] is True
+        await send.close()
+    finally:
+        if how == "frozen":
+            owner.process.send_signal(signal.SIGCONT)
+        await relayed_http.close()

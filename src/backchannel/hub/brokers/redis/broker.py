@@ -46,7 +46,7 @@ from .history import RedisHistory
 from .keys import Keys
 from .occupancy import RedisOccupancy
 from .presence import RedisPresence
-from .relay import RedisRelay
+from .relay import OWNER_CHECK, RedisRelay
 
 if TYPE_CHECKING:
     from ...transports.longpoll import Answer
@@ -80,6 +80,7 @@ class RedisBroker:
         prefix: str = "backchannel",
         clock: Callable[[], float] = time.time,
         socket_timeout: float = 5.0,
+        owner_check: float = OWNER_CHECK,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -118,7 +119,9 @@ class RedisBroker:
         self._presence = RedisPresence(self._redis, self._keys, self._now_ms)
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
-        self._relay = RedisRelay(self._redis, self._keys, self.node)
+        #: ``owner_check``: seconds between checks, while a long-poll request relayed to
+        #: another node waits, that the node is still up (see :mod:`.relay`).
+        self._relay = RedisRelay(self._redis, self._keys, self.node, owner_check=owner_check)
         self._occupancy = RedisOccupancy(self._redis, self._keys, self.node, self._now_ms)
         self._handler: BrokerHandler | None = None
         self._pubsub: Any = None
