@@ -594,6 +594,7 @@ async def test_a_poll_relayed_to_a_node_that_dies_gets_404_long_before_the_poll_
     await http.close()
 
     relayed_http, relayed = await held_relayed_poll(sid, owner_port, other_port, ack=1)
+    started = time.monotonic()
     if how == "killed":
         await owner.kill()  # Redis sees its connections close at once
     else:
@@ -604,6 +605,8 @@ async def test_a_poll_relayed_to_a_node_that_dies_gets_404_long_before_the_poll_
         # The test's own bound, far under the poll timeout of 60 s.
         async with asyncio.timeout(20):
             answer = await relayed
+        took = time.monotonic() - started
+        print(f"\nthe poll relayed to a {how} node was answered {answer.status} in {took:.2f} s")
         assert answer.status == 404, answer.text
         assert answer.json()["reconnect"] is True
         # A send relayed to the dead node is told the same, without waiting.
