@@ -54,7 +54,9 @@ __all__ = ["ALIVE_TTL_MS", "OWNER_CHECK", "RedisRelay"]
 logger = logging.getLogger("backchannel.hub")
 
 #: How long (ms) a node counts as up after its last sign of life (refreshed every third
-#: of it): a killed node's long-poll sessions are given up within this long.
+#: of it): the sessions of a node that hangs, or whose machine vanished with its
+#: connections still open, are given up within this long (a killed node's within
+#: OWNER_CHECK, since Redis sees its connections close).
 ALIVE_TTL_MS = 10_000
 
 #: Seconds between checks that a node still holds the requests forwarded to it: how long
