@@ -298,9 +298,16 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _until_signal() -> None:
-    stop = asyncio.get_running_loop().create_future()
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def stopping() -> None:
+        # A second signal during the shutdown (an orchestrator that repeats SIGTERM) is
+        # the same request: not an error.
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+        asyncio.get_running_loop().add_signal_handler(sig, stopping)
     await stop
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from helpers.cluster import (
     node_env,
     token,
 )
+from helpers.http import Http, Reply
 from helpers.hub_client import HubClient
 from helpers.redis_server import RedisServer, require_redis
 
@@ -377,3 +380,253 @@ async def test_workers_need_a_broker(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     assert "BACKCHANNEL_BROKER_URL" in result.stderr
     assert result.stdout == ""
+
+
+# Shutdown with a crowd: a thousand WebSocket clients that reconnect at once when cut.
+
+#: The handshake every light client sends (no extension offered: frames stay plain).
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame, masked with a zero key (RFC 6455 section 5.3: the key is for
+    proxies, a zero one is valid)."""
+    if len(payload) < 126:
+        header = bytes([0x80 | opcode, 0x80 | len(payload)])
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return header + bytes(4) + payload
+
+
+class LightClient(asyncio.Protocol):
+    """A hub client on a bare asyncio protocol (a thousand fit in one test process): it
+    connects and subscribes in its first frame, and when cut, connects again at once,
+    at most ``RECONNECTS`` times. It records what each connection ended with."""
+
+    RECONNECTS = 5
+
+    def __init__(self, port: int, user: str, channel: str) -> None:
+        self.port = port
+        commands = [
+            {"id": 1, "method": "connect", "params": {"token": token(user)}},
+            {"id": 2, "method": "subscribe", "params": {"channel": channel}},
+        ]
+        text = "\n".join(json.dumps(command) for command in commands).encode()
+        self.hello = UPGRADE + client_frame(0x1, text)
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.upgraded = False
+        #: Set once a connection got its subscribe answered.
+        self.subscribed = asyncio.Event()
+        #: Per connection: the close code received (None: cut without one), or the
+        #: HTTP status of a refused upgrade.
+        self.ends: list[int | None] = []
+        #: Replies to the subscribe (results or errors), every connection's.
+        self.subscribes: list[dict[str, Any]] = []
+        #: Connections refused by the kernel (nobody listening).
+        self.refused = 0
+        self.attempts = 0
+        self.stopped = False
+        self.done = asyncio.Event()
+        self._code: int | None = None
+
+    def start(self) -> None:
+        self.attempts += 1
+        task = self.loop.create_task(self._connect())
+        task.add_done_callback(lambda t: t.exception())
+
+    async def _connect(self) -> None:
+        try:
+            await self.loop.create_connection(lambda: self, "127.0.0.1", self.port)
+        except OSError:
+            self.refused += 1
+            self.done.set()  # nobody listens: a real client would back off here
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer, self.upgraded, self._code = b"", False, None
+        transport.write(self.hello)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            status = int(head.split(b" ", 2)[1])
+            if status != 101:
+                self._code = status
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded, self.buffer = True, rest
+        while len(self.buffer) >= 2:
+            opcode, length, start = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(self.buffer[2:4], "big"), 4
+            elif length == 127:
+                length, start = int.from_bytes(self.buffer[2:10], "big"), 10
+            if len(self.buffer) < start + length:
+                return
+            payload = self.buffer[start : start + length]
+            self.buffer = self.buffer[start + length :]
+            if opcode == 0x1:
+                for line in payload.decode().split("\n"):
+                    message = json.loads(line)
+                    if message.get("id") == 2:
+                        self.subscribes.append(message)
+                        self.subscribed.set()
+            elif opcode == 0x8:
+                self._code = int.from_bytes(payload[:2], "big") if payload else 1005
+                assert self.transport is not None
+                self.transport.write(client_frame(0x8, payload[:2]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ends.append(self._code)
+        self.transport = None
+        if self.stopped or self.attempts > self.RECONNECTS:
+            self.done.set()
+        else:
+            self.start()  # at once, as the issue's clients did
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def test_sigterm_with_a_thousand_reconnecting_clients_stops_at_once(
+    cluster: Cluster,
+) -> None:
+    node = cluster.spawn()
+    port = await node.ready()
+    # A channel each: every subscribe, a reconnected client's too, waits on Redis.
+    clients = [LightClient(port, f"u{i}", f"feed:crowd{i}") for i in range(1000)]
+    # And a late wave, still connecting and subscribing when the signal comes.
+    late = [LightClient(port, f"late{i}", f"feed:late{i}") for i in range(50)]
+    try:
+        async with asyncio.timeout(90):
+            for i, client in enumerate(clients):
+                client.start()
+                if i % 100 == 99:  # in waves, as a crowd arrives through a balancer
+                    await asyncio.gather(*(c.subscribed.wait() for c in clients[: i + 1]))
+        assert all("result" in c.subscribes[0] for c in clients)
+
+        for client in late:
+            client.start()
+        started = time.monotonic()
+        node.process.send_signal(signal.SIGTERM)
+        # Repeated during the shutdown, as orchestrators do: the same request, not an
+        # error (two signals sent together would be one for the kernel).
+        async with asyncio.timeout(20):
+            while True:  # the node's output is a file: read it until the line is there
+                if "shutting down" in node.output():
+                    break
+                await asyncio.sleep(0.01)
+        node.process.send_signal(signal.SIGTERM)
+        assert await node.exited() == 0
+        took = time.monotonic() - started
+        print(f"\nSIGTERM with 1 000 clients connected: the node exited in {took:.2f} s")
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(c.done.wait() for c in clients + late))
+
+        assert "Traceback" not in node.errors(), node.errors()
+        # The port is free at once: a replacement binds it.
+        replacement = cluster.spawn("--port", str(port))
+        assert await replacement.ready() == port
+        for client in clients + late:
+            # Whoever got in was told to come back later (3000); whoever came during
+            # the shutdown was told so (503) or refused. A connection still in the
+            # listener's queue when it closed is reset (None): nothing waited there.
+            # Never a bare 1001 after a wait, as when newcomers got in and their
+            # subscribes waited on a closed broker.
+            assert set(client.ends) <= {3000, 503, None}, (client.ends, client.subscribes)
+            assert client.refused <= 1
+        for client in clients:
+            assert client.ends[0] == 3000, (client.ends, client.subscribes)
+        # A subscribe in flight at the signal is answered: a result, or the temporary
+        # 116, never left without a word.
+        for reply in (r for c in late for r in c.subscribes):
+            assert "result" in reply or reply["error"]["code"] == 116, reply
+    finally:
+        for client in clients + late:
+            client.stop()
+
+
+# A long poll relayed to a node that dies.
+
+
+async def held_relayed_poll(
+    sid: str, owner: int, other: int, ack: int
+) -> tuple[Http, asyncio.Task[Reply]]:
+    """A poll sent through ``other`` and held by ``owner``, the session's node. Known
+    held without a clock: a newer poll of a session answers the one held before it, so
+    of a poll on each node, the one answered first came first and the other is held."""
+    relayed_http = await Http.open(other)
+    direct_http = await Http.open(owner)
+    target = f"/lp?sid={sid}&ack={ack}"
+    relayed = asyncio.create_task(relayed_http.exchange("GET", target, wait=None))
+    direct = asyncio.create_task(direct_http.exchange("GET", target, wait=None))
+    async with asyncio.timeout(20):
+        done, _ = await asyncio.wait([relayed, direct], return_when=asyncio.FIRST_COMPLETED)
+        if relayed in done:
+            # The relayed poll came first: send another through ``other``; the direct
+            # one's answer says it has arrived.
+            assert (await relayed).status == 200
+            relayed_http2 = await Http.open(other)
+            relayed = asyncio.create_task(relayed_http2.exchange("GET", target, wait=None))
+            await relayed_http.close()
+            relayed_http = relayed_http2
+        assert (await direct).status == 200
+    await direct_http.close()
+    return relayed_http, relayed
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_a_poll_relayed_to_a_node_that_dies_gets_404_long_before_the_poll_timeout(
+    cluster: Cluster, how: str
+) -> None:
+    # Polls held a minute: a relayed poll that waited for its timeout could not pass.
+    env = cluster.env(BACKCHANNEL_LONGPOLL_POLL_TIMEOUT="60")
+    owner, other = cluster.spawn(env=env), cluster.spawn(env=env)
+    owner_port, other_port = await owner.ready(), await other.ready()
+    http = await Http.open(owner_port)
+    connect = json.dumps({"id": 1, "method": "connect", "params": {"token": token("lp")}})
+    reply = await http.exchange("POST", "/lp", connect)
+    sid = reply.json()["sid"]
+    assert (await http.exchange("GET", f"/lp?sid={sid}&ack=0")).status == 200  # connect's
+    await http.close()
+
+    relayed_http, relayed = await held_relayed_poll(sid, owner_port, other_port, ack=1)
+    started = time.monotonic()
+    if how == "killed":
+        await owner.kill()  # Redis sees its connections close at once
+    else:
+        # A machine that vanished: its connections stay open, it stops refreshing its
+        # sign of life (the alive key lives 10 s).
+        owner.process.send_signal(signal.SIGSTOP)
+    try:
+        # The test's own bound, far under the poll timeout of 60 s.
+        async with asyncio.timeout(20):
+            answer = await relayed
+        took = time.monotonic() - started
+        print(f"\nthe poll relayed to a {how} node was answered {answer.status} in {took:.2f} s")
+        assert answer.status == 404, answer.text
+        assert answer.json()["reconnect"] is True
+        # A send relayed to the dead node is told the same, without waiting.
+        send = await Http.open(other_port)
+        ping = json.dumps({"id": 2, "method": "ping", "params": {}})
+        async with asyncio.timeout(20):
+            answer = await send.exchange("POST", f"/lp?sid={sid}", ping)
+        assert answer.status == 404, answer.text
+        assert answer.json()["reconnect"] is True
+        await send.close()
+    finally:
+        if how == "frozen":
+            owner.process.send_signal(signal.SIGCONT)
+        await relayed_http.close()

@@ -130,7 +130,7 @@ async def test_ready_is_503_once_shutdown_begins() -> None:
         http = await Http.open(port)
         assert (await http.exchange("GET", "/ready")).status == 200
         # Shutting down: load balancers must stop sending new clients here at once.
-        app.serving = False
+        app.closing = True
         reply = await http.exchange("GET", "/ready")
-        assert reply.status == 503 and json.loads(reply.body) == {"status": "shutting down"}
+        assert reply.status == 503 and json.loads(reply.body)["error"]["code"] == 116
         await http.close()

@@ -84,6 +84,21 @@ async def test_graceful_shutdown_closes_every_connection_with_1001() -> None:
         assert ws.close_code == 1001
 
 
+async def test_stop_listening_refuses_newcomers_and_keeps_open_connections() -> None:
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        port = server.port
+        async with connect(f"ws://127.0.0.1:{port}/", proxy=None) as ws:
+            server.stop_listening()
+            # Nobody listens: the kernel refuses at once, and the port is free.
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)
+            replacement = await serve(echo, "127.0.0.1", port)
+            await replacement.aclose()
+            # The connection accepted before goes on until the server closes it.
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+
+
 async def test_handler_return_closes_with_1000_and_exception_with_1011() -> None:
     async def greet(ws: ServerConnection) -> None:
         await ws.send("hello")

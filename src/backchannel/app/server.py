@@ -112,13 +112,13 @@ class App:
         self._files: dict[str, tuple[bytes, str]] = {
             path: (_resource(name), kind) for path, (name, kind) in _STATIC.items()
         }
+        #: Set when shutdown begins: every request is then answered 503.
+        self.closing = False
         if config.server.demo:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
         self.metrics = _metrics(config, self.hub, self.node, self.longpoll)
-        #: True from the hub's start to the beginning of shutdown (``/ready``).
-        self.serving = False
 
     @asynccontextmanager
     async def run(self, *, reuse_port: bool = False) -> AsyncIterator[Server]:
@@ -130,7 +130,6 @@ class App:
             context.load_cert_chain(server_config.tls_cert, server_config.tls_key or None)
         origins = server_config.origins
         await self.hub.start()
-        self.serving = True
         hub_closed = False
         try:
             async with serve(
@@ -146,9 +145,14 @@ class App:
                 try:
                     yield server
                 finally:
-                    self.serving = False
-                    # The hub first, while the server still writes: every client hears
-                    # 3000 (come back later) rather than a bare close.
+                    # Newcomers first: the port is closed at once (a replacement can
+                    # bind it), and a request on a connection already accepted is told
+                    # 503, so nobody new joins a hub that is going away.
+                    self.closing = True
+                    server.stop_listening()
+                    # Then the hub, while the server still writes: every client hears
+                    # 3000 (come back later) rather than a bare close, and what waits on
+                    # the broker is answered when it closes.
                     hub_closed = True
                     await self.hub.close()
         finally:
@@ -159,6 +163,8 @@ class App:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         """Route one HTTP request; None lets a WebSocket upgrade through."""
+        if self.closing:
+            return _shutting_down()
         path = request.path.partition("?")[0]
         address = self._address(connection, request)
         if is_upgrade_request(request):
@@ -200,8 +206,8 @@ class App:
         return Response.text(404, "Not Found\n")
 
     async def _ready(self) -> Response:
-        if not self.serving:
-            return Response.json(503, {"status": "shutting down"})
+        # Once shutdown begins, every request (this one too) is answered 503 before it
+        # gets here: see process_request.
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 await self.hub.broker.ping()
@@ -282,4 +288,13 @@ def _too_many() -> Response:
     error = {"code": 111, "message": "too many new connections from this address"}
     response = Response.json(429, {"error": error})
     response.headers.add("Retry-After", "1")
+    return response
+
+
+def _shutting_down() -> Response:
+    # 503 with Retry-After: the client comes back later, as a 3000 disconnect says
+    # (RFC 9110 section 15.6.4); through a load balancer, it reaches another node.
+    response = Response.json(503, {"error": {"code": 116, "message": "server shutting down"}})
+    response.headers.add("Retry-After", "1")
+    response.headers.set("Connection", "close")
     return response

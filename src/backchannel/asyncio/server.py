@@ -257,15 +257,21 @@ class Server:
         finally:
             self._handler_tasks.discard(task)
 
+    def stop_listening(self) -> None:
+        """Close the listening sockets: new connections are refused at once (and the port
+        is free for a replacement), while those already accepted go on. :meth:`aclose`
+        does this first; call it earlier to refuse newcomers during a longer shutdown."""
+        self._closing = True
+        if self.server is not None:
+            self.server.close()
+
     async def aclose(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop listening, close every connection with ``code`` (1001) and wait for them.
 
         Connections get ``close_timeout`` seconds to complete the closing handshake; then
         they are dropped and their handlers cancelled.
         """
-        self._closing = True
-        if self.server is not None:
-            self.server.close()
+        self.stop_listening()
         connections = list(self.connections)
         for connection in connections:
             proto = connection.protocol

@@ -3,7 +3,9 @@ broker has to get right (several nodes, losing Redis and getting it back)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -115,3 +117,28 @@ async def test_redis_going_away_is_a_temporary_error_and_delivery_resumes_after(
         assert [e[1].offset for e in recorder.events] == [1, 2, 3]
         await node.close()
         await other.close()
+
+
+async def test_closing_answers_a_subscribe_still_waiting_for_redis(tmp_path: Path) -> None:
+    require_redis()
+    with RedisServer(tmp_path) as server:
+        node = RedisBroker(server.url, prefix="x", socket_timeout=2)
+        await node.start(Recorder())
+        assert server.process is not None
+        # Redis hangs: a SUBSCRIBE goes out and is never confirmed.
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            waiting = asyncio.create_task(node.subscribe("orders"))
+            closing = asyncio.create_task(node.close())
+            # Answered by the close (a temporary error), not after the 10 s a subscribe
+            # waits for its confirmation: a node's shutdown does not wait for it.
+            async with asyncio.timeout(5):
+                with pytest.raises(BrokerUnavailable):
+                    await waiting
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await closing
+        # Nor does a subscribe that comes after the close wait for a reader that is gone.
+        async with asyncio.timeout(5):
+            with pytest.raises(BrokerUnavailable):
+                await node.subscribe("later")

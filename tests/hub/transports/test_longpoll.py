@@ -285,11 +285,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @asynccontextmanager
-async def node(redis_url: str) -> AsyncIterator[tuple[Hub, int]]:
+async def node(
+    redis_url: str, *, owner_check: float = 1.0, poll_timeout: float = 25.0
+) -> AsyncIterator[tuple[Hub, int]]:
     """One node of a cluster: a hub on the Redis broker, long polling relayed."""
-    broker = RedisBroker(redis_url, prefix="lp")
+    broker = RedisBroker(redis_url, prefix="lp", owner_check=owner_check)
     async with Hub(OPTIONS, broker=broker) as hub:
-        long_poll = LongPoll(hub, relay=broker)
+        long_poll = LongPoll(hub, relay=broker, poll_timeout=poll_timeout)
         async with serve(websocket_handler(hub), "127.0.0.1", 0, process_request=long_poll) as s:
             yield hub, s.port
 
@@ -345,3 +347,22 @@ async def test_a_session_whose_node_is_gone_is_unknown_everywhere(
         status, body = await other.request("GET", f"/lp?sid={sid}&ack=0")
         assert (status, json.loads(body)["reconnect"]) == (404, True)
         await other.close()
+
+
+async def test_a_relayed_poll_held_by_a_live_node_is_not_taken_for_gone(
+    redis_server: RedisServer,
+) -> None:
+    # The node that relays checks its peer every 10 ms: a hundred checks while the poll
+    # is held for its whole timeout (1 s), each of which must find the peer up.
+    async with (
+        node(redis_server.url, poll_timeout=1) as (_, port_a),
+        node(redis_server.url, owner_check=0.01, poll_timeout=1) as (_, port_b),
+    ):
+        http_a, http_b = await Http.open(port_a), await Http.open(port_b)
+        sid = json.loads((await http_a.request("POST", "/lp", command(1, "connect")))[1])["sid"]
+        status, body = await http_a.request("GET", f"/lp?sid={sid}&ack=0")
+        ack, _ = lines(body)
+        status, body = await http_b.request("GET", f"/lp?sid={sid}&ack={ack}")
+        assert (status, json.loads(body)) == (200, {"batch": ack})
+        await http_a.close()
+        await http_b.close()

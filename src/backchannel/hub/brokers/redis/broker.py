@@ -46,7 +46,7 @@ from .history import RedisHistory
 from .keys import Keys
 from .occupancy import RedisOccupancy
 from .presence import RedisPresence
-from .relay import RedisRelay
+from .relay import OWNER_CHECK, RedisRelay
 
 if TYPE_CHECKING:
     from ...transports.longpoll import Answer
@@ -80,6 +80,7 @@ class RedisBroker:
         prefix: str = "backchannel",
         clock: Callable[[], float] = time.time,
         socket_timeout: float = 5.0,
+        owner_check: float = OWNER_CHECK,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -118,7 +119,9 @@ class RedisBroker:
         self._presence = RedisPresence(self._redis, self._keys, self._now_ms)
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
-        self._relay = RedisRelay(self._redis, self._keys, self.node)
+        #: ``owner_check``: seconds between checks, while a long-poll request relayed to
+        #: another node waits, that the node is still up (see :mod:`.relay`).
+        self._relay = RedisRelay(self._redis, self._keys, self.node, owner_check=owner_check)
         self._occupancy = RedisOccupancy(self._redis, self._keys, self.node, self._now_ms)
         self._handler: BrokerHandler | None = None
         self._pubsub: Any = None
@@ -129,6 +132,7 @@ class RedisBroker:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._alive: asyncio.Task[None] | None = None
         self._fresh: asyncio.Task[None] | None = None
+        self._closed = False
 
     # Lifecycle.
 
@@ -145,6 +149,14 @@ class RedisBroker:
         self._fresh = loop.create_task(self._occupancy.keep_fresh())
 
     async def close(self) -> None:
+        # A subscribe still waiting for Redis's confirmation would wait for a reader
+        # that is about to stop: it fails now (BrokerUnavailable: the client gets the
+        # temporary 116, or has already been disconnected), and so does any later one.
+        self._closed = True
+        for confirmed in self._confirmations.values():
+            if not confirmed.done():
+                confirmed.set_exception(BrokerUnavailable("the node is shutting down"))
+                confirmed.exception()  # retrieved here; the waiter still gets it
         self._handler = None
         for task in (self._reader, self._alive, self._fresh):
             if task is not None:
@@ -166,6 +178,8 @@ class RedisBroker:
     async def subscribe(self, channel: str) -> None:
         """Subscribe this node; returns once Redis confirmed it, so a publication made
         after this returns is delivered."""
+        if self._closed:
+            raise BrokerUnavailable("the node is shutting down")
         if channel in self._channels:
             return
         self._channels[channel] = None
