@@ -163,7 +163,10 @@ def websocket_handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]
     turns = Turns()
 
     async def handler(connection: ServerConnection) -> None:
-        session = hub.open_session(WebSocketTransport(connection, turns))
+        request = connection.request
+        session = hub.open_session(
+            WebSocketTransport(connection, turns), request.headers if request else ()
+        )
         try:
             async for message in connection:
                 if isinstance(message, bytes):
