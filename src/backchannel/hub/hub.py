@@ -308,7 +308,7 @@ class Hub:
             session.disconnect(Disconnect(exc.code, exc.reason))
             return
         except CommandError as exc:
-            logger.warning("session %s not refreshed: %s %s", session.client, exc.code, exc)
+            logger.info("session %s not refreshed: %s %s", session.client, exc.code, exc)
             expires = 0
         except Exception:
             logger.exception("hook authorize_refresh failed")
