@@ -16,10 +16,11 @@ import pytest
 from helpers.backend import Backend
 from helpers.hub_client import TIMEOUT, HubClient, LongPollClient, ReplyError
 
-from backchannel.app import Config
+from backchannel.app import App, Config
 from backchannel.app.config import ProxyConfig
 from backchannel.asyncio import connect
 from backchannel.client.longpoll import LongPollTransport
+from backchannel.exceptions import InvalidArgument, InvalidStatus
 
 from .conftest import SECRET, make_config, running
 
@@ -38,8 +39,13 @@ def backend() -> Iterator[Backend]:
         yield server
 
 
+#: The site's own pages (cookies are passed on only for requests from these, or from
+#: clients that send no Origin).
+SITE = "https://shop.example"
+
+
 def proxy_config(backend: Backend, **proxy: Any) -> Config:
-    config = make_config()
+    config = make_config(origins=[SITE])
     config.proxy = ProxyConfig(
         connect_url=backend.url("connect"),
         refresh_url=backend.url("refresh"),
@@ -134,6 +140,37 @@ async def test_the_backend_refuses_a_connect_with_its_error_or_its_disconnect(
         banned = await open_client("websocket", BROWSER)
         banned.send_raw('{"id": 1, "method": "connect", "params": {"data": {"ban": true}}}')
         assert await banned.closed() == (4501, "banned")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cookies_of_a_page_of_another_site_are_not_passed_on(
+    backend: Backend, transport: str
+) -> None:
+    async with running(proxy_config(backend)) as (_, port), clients(port) as open_client:
+        own = await open_client(transport, {**BROWSER, "Origin": SITE})
+        assert (await own.call("connect"))["user"] == "alice"
+        if transport == "websocket":
+            # The handshake itself refuses another site's page.
+            with pytest.raises(InvalidStatus) as refused:
+                await open_client(transport, {**BROWSER, "Origin": "https://evil.example"})
+            assert refused.value.status == 403
+            return
+        # A long-poll open from another site's page is answered (without CORS headers,
+        # so that page cannot read it), but its visitor's cookie does not reach the backend.
+        other = await open_client(
+            transport, {"Cookie": BROWSER["Cookie"], "Origin": "https://evil.example"}
+        )
+        with pytest.raises(ReplyError) as not_logged_in:
+            await other.call("connect")
+        assert not_logged_in.value.code == 1000
+
+
+def test_passing_cookies_on_needs_the_sites_origins(backend: Backend) -> None:
+    config = proxy_config(backend)
+    for origins in ([], ["*"]):
+        config.server.origins = origins
+        with pytest.raises(InvalidArgument, match=r"proxy\.cookies: set server\.origins"):
+            App(config)
 
 
 async def test_a_client_with_a_token_connects_as_its_token_says_without_the_backend(

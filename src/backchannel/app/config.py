@@ -157,8 +157,15 @@ class ProxyConfig:
             "rpc": self.rpc_url,
         }
 
-    def check(self) -> None:
-        """InvalidArgument naming the first setting that cannot work."""
+    def check(self, origins: list[str] | None = None) -> None:
+        """InvalidArgument naming the first setting that cannot work (or, with the
+        server's ``origins``, that would be unsafe)."""
+        if self.cookies and origins is not None and (not origins or "*" in origins):
+            # A browser sends its cookies with a page's requests to any site: without a
+            # list of our own pages, any site's page could connect as its visitor.
+            raise InvalidArgument(
+                'proxy.cookies: set server.origins to your pages\' origins (not "*")'
+            )
         for kind, url in self.urls().items():
             if url and not url.startswith(("http://", "https://")):
                 raise InvalidArgument(f"proxy.{kind}_url: expected an http:// or https:// URL")
@@ -250,7 +257,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     _apply_environ(config, environ if environ is not None else {})
     # Built here so that a bad [hub] or [channels] value is reported at start.
     config.hub_options()
-    config.proxy.check()
+    config.proxy.check(config.server.origins)
     return config
 
 

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import httpx
@@ -40,15 +40,18 @@ logger = logging.getLogger("backchannel.proxy")
 class BackendProxy(Hooks):
     """Forwards what ``config`` names to the backend; the rest is the hub's default."""
 
-    def __init__(self, config: ProxyConfig) -> None:
-        config.check()
+    def __init__(self, config: ProxyConfig, *, origins: Collection[str] | None = None) -> None:
+        config.check(None if origins is None else list(origins))
         self.config = config
         self._urls = config.urls()
         self._headers = tuple(name.lower() for name in config.headers)
         self._cookies = frozenset(config.cookies)
+        #: Origins whose pages' cookies are passed on (None: any). The WebSocket
+        #: handshake refuses other origins already; a long-poll open does not.
+        self._origins = None if origins is None else frozenset(origins)
         # The hub keeps these of each client's request on its session, and no others.
         self.request_headers = frozenset(self._headers) | (
-            frozenset({"cookie"}) if config.cookies else frozenset()
+            frozenset({"cookie", "origin"}) if config.cookies else frozenset()
         )
         # One client, so connections to the backend are kept alive and bounded in number.
         limits = httpx.Limits(
@@ -176,6 +179,10 @@ class BackendProxy(Hooks):
         """The client's headers and cookies that the config names, as request headers."""
         headers = {name: kept[name] for name in self._headers if name in kept}
         cookie = kept.get("cookie")
+        origin = kept.get("origin")
+        if origin is not None and self._origins is not None and origin not in self._origins:
+            # A page of another site: its visitor's cookies must not speak for it.
+            cookie = None
         if cookie is not None and self._cookies:
             chosen = []
             for pair in cookie.split(";"):

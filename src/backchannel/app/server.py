@@ -291,7 +291,8 @@ def _proxy(config: Config) -> BackendProxy | None:
         from .proxy import BackendProxy
     except ImportError as exc:
         raise InvalidArgument("[proxy] needs the httpx package: pip install -e '.[proxy]'") from exc
-    return BackendProxy(config.proxy)
+    config.proxy.check(config.server.origins)
+    return BackendProxy(config.proxy, origins=config.server.origins)
 
 
 def _too_many() -> Response:
