@@ -388,14 +388,15 @@ def test_the_client_uses_only_the_wire_format_of_the_hub() -> None:
     assert bad == []
 
 
-def test_only_the_long_poll_transport_imports_httpx() -> None:
-    """httpx is the client extra: importing anything else must not need it."""
+def test_only_the_long_poll_transport_and_the_backend_proxy_import_httpx() -> None:
+    """httpx is the client and proxy extras: importing anything else must not need it
+    (the server imports the proxy only when ``[proxy]`` is configured)."""
     importers = sorted(
         str(path.relative_to(SRC))
         for path in SRC.rglob("*.py")
         if any(name.split(".")[0] == "httpx" for name in _imports(path))
     )
-    assert importers == ["client/longpoll.py"]
+    assert importers == ["app/proxy.py", "client/longpoll.py"]
 
 
 def test_only_the_metrics_module_imports_prometheus_client() -> None:

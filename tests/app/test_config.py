@@ -101,6 +101,10 @@ def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[channels.chat]\nhistory = 3\n", "[channels.chat] has no setting 'history'"),
         ("[channels.chat]\npublish = 'anyone'\n", "publish is 'clients' or 'server'"),
         ("[server\n", "cannot read config"),
+        ("[proxy]\nrpc_url = 'backend:80/rpc'\n", "proxy.rpc_url: expected an http:// or https://"),
+        ("[proxy]\nheaders = ['Cookie']\n", "proxy.headers: 'Cookie' cannot be passed on"),
+        ("[proxy]\ntimeout = 0\n", "proxy.timeout: must be more than 0 seconds"),
+        ("[proxy]\ncookies = ['sid']\n", "proxy.cookies: set server.origins"),
     ],
 )
 def test_mistakes_in_the_file_are_errors_that_name_the_setting(
@@ -108,6 +112,17 @@ def test_mistakes_in_the_file_are_errors_that_name_the_setting(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[").replace(".", r"\.")):
         load_config(write(tmp_path, text), {})
+
+
+def test_the_proxy_section_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    text = '[proxy]\nconnect_url = "http://app/c"\ncookies = ["sid"]\ntimeout = 2\n'
+    text += '[server]\norigins = ["https://app.example"]\n'
+    path = write(tmp_path, text)
+    config = load_config(path, {"BACKCHANNEL_PROXY_HEADERS": "Authorization, X-Tenant"})
+    proxy = config.proxy
+    assert (proxy.connect_url, proxy.cookies, proxy.timeout) == ("http://app/c", ["sid"], 2.0)
+    assert proxy.headers == ["Authorization", "X-Tenant"]
+    assert proxy.enabled and not load_config(None, {}).proxy.enabled
 
 
 def test_a_bad_environment_value_names_the_variable() -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers.http import Http
 from helpers.stalled import Stalled
 
 from backchannel.asyncio import ClientConnection, connect, serve
@@ -21,6 +23,7 @@ from backchannel.hub.hooks import Connected, ConnectRequest, Hooks, RpcHandler
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.session import Session
+from backchannel.hub.transports.longpoll import LongPoll
 from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.hub.wire import Publication
 
@@ -174,6 +177,117 @@ async def test_rpc_handlers_by_name_and_application_errors_reach_the_client() ->
 
         hub.add_rpc("echo", echo)
         assert (await client.call("rpc", method="echo", data=[1]))["result"] == {"data": [1]}
+
+
+class CatchAll(CookieAuth):
+    """Answers every RPC method without a handler of its own."""
+
+    async def rpc(self, session: Session, method: str, data: Any) -> Any:
+        if method == "refuse":
+            raise CommandError(1005, "no")
+        return {"method": method, "data": data, "by": session.user}
+
+
+async def test_an_rpc_without_a_handler_goes_to_the_hooks_rpc() -> None:
+    async def named(session: Session, data: Any) -> Any:
+        return "the named handler"
+
+    async with hub_server(CatchAll(), {"named": named}) as (_, url), peer(url) as client:
+        await client.call("connect", data={"cookie": "s-bob"})
+        answer = await client.call("rpc", method="orders.list", data=[1])
+        assert answer["result"] == {"data": {"method": "orders.list", "data": [1], "by": "bob"}}
+        assert (await client.call("rpc", method="named"))["result"] == {"data": "the named handler"}
+        refused = await client.call("rpc", method="refuse")
+        assert refused["error"]["code"] == 1005
+
+
+class HeaderAuth(Hooks):
+    """Connects by a header of the HTTP request; answers RPCs with what it kept."""
+
+    request_headers = frozenset({"x-team", "Cookie"})
+
+    async def authorize_connect(self, request: ConnectRequest) -> Connected | None:
+        assert request.headers is request.session.headers
+        return Connected(request.headers.get("x-team", "nobody"))
+
+    async def rpc(self, session: Session, method: str, data: Any) -> Any:
+        return dict(session.headers)
+
+
+async def test_the_request_headers_the_hooks_name_and_no_others_are_kept_on_the_session() -> None:
+    sent = [("X-Team", "red"), ("Cookie", "a=1"), ("cookie", "b=2"), ("X-Other", "secret")]
+    kept = {"x-team": "red", "cookie": "a=1; b=2"}
+    async with (
+        Hub(OPTIONS, hooks=HeaderAuth()) as hub,
+        serve(websocket_handler(hub), "127.0.0.1", 0, process_request=LongPoll(hub)) as server,
+    ):
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with connect(url, additional_headers=sent) as ws:
+            client = Peer(ws)
+            assert (await client.call("connect"))["result"]["user"] == "red"
+            assert (await client.call("rpc", method="headers"))["result"]["data"] == kept
+        http = await Http.open(server.port)
+        try:
+            frame = '{"id":1,"method":"connect"}\n{"id":2,"method":"rpc","params":{"method":"h"}}'
+            opened = await http.exchange("POST", "/lp", frame, sent)
+            sid = opened.json()["sid"]
+            batch = await http.exchange("GET", f"/lp?sid={sid}&ack=0")
+            replies = [json.loads(line) for line in batch.text.split("\n")[1:]]
+            assert replies[0]["result"]["user"] == "red"
+            assert replies[1]["result"]["data"] == kept
+        finally:
+            await http.close()
+
+
+class Renewal(CookieAuth):
+    """Connections expire at once; ``authorize_refresh`` does what ``outcome`` says."""
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.asked = asyncio.Event()
+
+    async def authorize_connect(self, request: ConnectRequest) -> Connected | None:
+        return Connected("ann", expires=int(time.time()) - 1)
+
+    async def authorize_refresh(self, session: Session) -> int | None:
+        # Set before deciding, without a suspension after: when the test wakes up, the
+        # hub has applied the decision.
+        self.asked.set()
+        if self.outcome == "disconnect":
+            raise DisconnectRequest(4001, "renew")
+        if self.outcome == "past":
+            return int(time.time()) - 1
+        if self.outcome == "bug":
+            raise RuntimeError("a bug in the application")
+        return None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "closed"),
+    [
+        ("none", None),
+        ("disconnect", (4001, "renew")),
+        ("past", (3004, "token expired")),
+        ("bug", (3004, "token expired")),
+    ],
+)
+async def test_authorize_refresh_decides_whether_an_expired_connection_lives_on(
+    outcome: str, closed: tuple[int, str] | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks = Renewal(outcome)
+    async with hub_server(hooks) as (hub, url), peer(url) as client:
+        assert (await client.call("connect"))["result"]["ttl"] == 0
+        async with asyncio.timeout(TIMEOUT):
+            await hooks.asked.wait()
+        if closed is None:
+            (session,) = hub.sessions
+            assert session.expires is None and not session.closed
+            assert "result" in await client.call("ping")
+        else:
+            assert await client.closed() == closed
+    if outcome == "bug":
+        (record,) = [r for r in caplog.records if r.exc_info]
+        assert isinstance(record.exc_info[1], RuntimeError)  # type: ignore[index]
 
 
 class Gate(CookieAuth):

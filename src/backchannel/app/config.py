@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "LongPollConfig",
     "MetricsConfig",
+    "ProxyConfig",
     "ServerConfig",
     "load_config",
 ]
@@ -97,6 +98,89 @@ class MetricsConfig:
     enabled: bool = False
 
 
+#: Request headers that are the proxy's own to set, never a client's to pass on.
+_NOT_PASSED = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "cookie",
+        "upgrade",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "accept-encoding",
+    }
+)
+
+
+@dataclass(slots=True)
+class ProxyConfig:
+    """The backend proxy (docs/operations.md, "Backend proxy"): each non-empty URL
+    forwards its kind of client command to the application's backend."""
+
+    #: Connects without a token: the backend says who the client is (or refuses).
+    connect_url: str = ""
+    #: A connection's expiry passed: the backend extends it or ends it.
+    refresh_url: str = ""
+    subscribe_url: str = ""
+    #: The backend may refuse a client's publish or change its data.
+    publish_url: str = ""
+    #: RPC methods without a handler of their own.
+    rpc_url: str = ""
+    #: Headers of the client's HTTP request passed on to the backend (``Authorization``,
+    #: ``Accept-Language``...); ``Cookie`` is passed through ``cookies`` only.
+    headers: list[str] = field(default_factory=list)
+    #: Cookies of the client's request passed on, by name (the backend's session cookie).
+    cookies: list[str] = field(default_factory=list)
+    #: Seconds a backend has to answer: past it the command gets error 116.
+    timeout: float = 5.0
+    #: Connections open to the backend at once; a request beyond waits for one.
+    max_connections: int = 100
+    #: Bytes of a backend's answer: past it, error 100.
+    max_response_size: int = 2**20
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.urls().values())
+
+    def urls(self) -> dict[str, str]:
+        """Each kind's URL (empty: not proxied)."""
+        return {
+            "connect": self.connect_url,
+            "refresh": self.refresh_url,
+            "subscribe": self.subscribe_url,
+            "publish": self.publish_url,
+            "rpc": self.rpc_url,
+        }
+
+    def check(self, origins: list[str] | None = None) -> None:
+        """InvalidArgument naming the first setting that cannot work (or, with the
+        server's ``origins``, that would be unsafe)."""
+        if self.cookies and origins is not None and (not origins or "*" in origins):
+            # A browser sends its cookies with a page's requests to any site: without a
+            # list of our own pages, any site's page could connect as its visitor.
+            raise InvalidArgument(
+                'proxy.cookies: set server.origins to your pages\' origins (not "*")'
+            )
+        for kind, url in self.urls().items():
+            if url and not url.startswith(("http://", "https://")):
+                raise InvalidArgument(f"proxy.{kind}_url: expected an http:// or https:// URL")
+        for name in self.headers:
+            if name.lower() in _NOT_PASSED:
+                hint = " (use proxy.cookies)" if name.lower() == "cookie" else ""
+                raise InvalidArgument(f"proxy.headers: {name!r} cannot be passed on{hint}")
+        if not self.timeout > 0:
+            raise InvalidArgument("proxy.timeout: must be more than 0 seconds")
+        if self.max_connections < 1:
+            raise InvalidArgument("proxy.max_connections: must be at least 1")
+        if self.max_response_size < 1:
+            raise InvalidArgument("proxy.max_response_size: must be at least 1")
+
+
 @dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
@@ -125,6 +209,7 @@ class Config:
     longpoll: LongPollConfig = field(default_factory=LongPollConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -149,6 +234,7 @@ _SECTIONS = {
     "longpoll": LongPollConfig,
     "broker": BrokerConfig,
     "metrics": MetricsConfig,
+    "proxy": ProxyConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type
@@ -171,6 +257,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     _apply_environ(config, environ if environ is not None else {})
     # Built here so that a bad [hub] or [channels] value is reported at start.
     config.hub_options()
+    config.proxy.check(config.server.origins)
     return config
 
 

@@ -46,6 +46,7 @@ from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .proxy import BackendProxy
 
 __all__ = ["App"]
 
@@ -92,10 +93,13 @@ class App:
         #: This process's name in a cluster (in /healthz and the logs).
         self.node = f"{socket.gethostname()}:{os.getpid()}"
         broker = _broker(config)
+        #: The backend proxy, when ``[proxy]`` names a URL (the ``proxy`` extra).
+        self.proxy = _proxy(config)
         self.hub = Hub(
             config.hub_options(),
             broker=broker,
             tokens=TokenVerifier(secret=self.secret, public_key=public_key),
+            hooks=self.proxy,
         )
         self.longpoll = LongPoll(
             self.hub,
@@ -158,6 +162,8 @@ class App:
         finally:
             if not hub_closed:
                 await self.hub.close()
+            if self.proxy is not None:
+                await self.proxy.aclose()
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -282,6 +288,17 @@ def _metrics(config: Config, hub: Hub, node: str, longpoll: LongPoll) -> Metrics
             "metrics.enabled needs the prometheus-client package: pip install -e '.[metrics]'"
         ) from exc
     return Metrics(hub, node, long_polls=longpoll.held)
+
+
+def _proxy(config: Config) -> BackendProxy | None:
+    if not config.proxy.enabled:
+        return None
+    try:
+        from .proxy import BackendProxy
+    except ImportError as exc:
+        raise InvalidArgument("[proxy] needs the httpx package: pip install -e '.[proxy]'") from exc
+    config.proxy.check(config.server.origins)
+    return BackendProxy(config.proxy, origins=config.server.origins)
 
 
 def _too_many() -> Response:

@@ -14,7 +14,12 @@ Subclass :class:`Hooks`, override what you need, and pass it as ``Hub(hooks=...)
   delay the event or another session. Events wait in a bounded queue; past
   :data:`MAX_QUEUED` the newest are dropped and counted (a hook that cannot keep up
   must not grow memory).
-* **RPC** handlers by method name: ``Hub(rpc={"orders.get": handler})``.
+* **RPC** handlers by method name: ``Hub(rpc={"orders.get": handler})``; a method
+  without one goes to :meth:`Hooks.rpc` (104 unless overridden).
+
+A hook that needs the client's HTTP request (a cookie, an ``Authorization`` header)
+names the headers in :attr:`Hooks.request_headers`: the transports keep those, and only
+those, on the session (``session.headers``) for its life.
 
 Hooks run on the node where the event starts (the client's node; the node that accepted
 a publish), once per event in a cluster. Anything but ``CommandError`` and
@@ -28,10 +33,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..exceptions import CommandError, DisconnectRequest
+from . import codes
 from .codes import Disconnect
 from .session import Session
 from .wire import Publication
@@ -58,7 +65,8 @@ class ConnectRequest:
 
     ``user``, ``info`` and ``expires`` come from the connection token when there is one
     (``user`` is None without a token); ``data`` is the connect command's ``data``
-    (anything the client sends to prove who it is, such as a session id)."""
+    (anything the client sends to prove who it is, such as a session id); ``headers``,
+    the HTTP request's headers named in :attr:`Hooks.request_headers` (lowercase names)."""
 
     session: Session
     token: str | None
@@ -67,6 +75,7 @@ class ConnectRequest:
     expires: int | None
     data: Any
     name: str | None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,11 @@ class Connected:
 class Hooks:
     """Override what the application needs; every method here does nothing."""
 
+    #: Names of the HTTP request headers (of the WebSocket upgrade, of the long-poll
+    #: open) that the hooks read from ``session.headers``, lowercase. Nothing is kept
+    #: by default: a header kept costs memory for the session's whole life.
+    request_headers: frozenset[str] = frozenset()
+
     async def authorize_connect(self, request: ConnectRequest) -> Connected | None:
         """Accept a connect as someone (return :class:`Connected`), accept it as the
         token says (return None), or refuse it (raise). Without a token and with
@@ -94,6 +108,17 @@ class Hooks:
     async def authorize_publish(self, session: Session, channel: str, data: Any) -> Any:
         """Return the data to publish (the same, or changed); raise to refuse."""
         return data
+
+    async def authorize_refresh(self, session: Session) -> int | None:
+        """A connected session's expiry passed (``session.expires``): return a new one
+        (Unix time; None: no expiry) to let it live on, or raise to end it. By default
+        it ends with 3004 (a client with a token refreshes it before then)."""
+        raise DisconnectRequest(codes.TOKEN_EXPIRED_DISCONNECT)
+
+    async def rpc(self, session: Session, method: str, data: Any) -> Any:
+        """An ``rpc`` whose method has no handler of its own: return the reply's data,
+        or raise. By default: error 104."""
+        raise CommandError(codes.METHOD_NOT_FOUND)
 
     async def on_connect(self, session: Session) -> None:
         """A session connected."""

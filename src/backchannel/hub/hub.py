@@ -24,9 +24,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from .. import __version__
@@ -44,7 +44,7 @@ from .hooks import ConnectRequest, Hooks, Observers, RpcHandler
 from .options import ChannelOptions, HubOptions
 from .outbox import Outbox
 from .registry import Registry, Slow
-from .session import Session
+from .session import NO_HEADERS, Session
 from .subscription import Subscription
 from .token import Claims, TokenVerifier
 from .transports.base import Transport
@@ -141,6 +141,9 @@ class Hub:
         self.registry = Registry()
         self._observers = Observers(self.hooks)
         self._sends = type(self.hooks).on_send is not Hooks.on_send
+        self._refreshes = type(self.hooks).authorize_refresh is not Hooks.authorize_refresh
+        #: Request headers kept on sessions: only those the hooks read.
+        self._headers = frozenset(name.lower() for name in self.hooks.request_headers)
         self._timers: dict[Session, asyncio.TimerHandle] = {}
         self._presence_task: asyncio.Task[None] | None = None
         #: Per channel: done once this node is subscribed on the broker.
@@ -225,18 +228,36 @@ class Hub:
 
     # Sessions: the transports' door.
 
-    def open_session(self, transport: Transport) -> Session:
-        """A new session for a connection; it must send connect within connect_timeout."""
+    def open_session(
+        self, transport: Transport, headers: Iterable[tuple[str, str]] = ()
+    ) -> Session:
+        """A new session for a connection; it must send connect within connect_timeout.
+        ``headers``: its HTTP request's, of which the session keeps those the hooks
+        name in ``request_headers``."""
         options = self.options
         session = Session(
             transport,
             Outbox(options.outbox_max_bytes, options.outbox_max_messages),
             publish_burst=options.publish_burst,
             command_burst=options.command_burst,
+            headers=self._kept_headers(headers),
         )
         self.registry.add_session(session)
         self._arm_connect_timeout(session)
         return session
+
+    def _kept_headers(self, headers: Iterable[tuple[str, str]]) -> Mapping[str, str]:
+        wanted = self._headers
+        if not wanted:
+            return NO_HEADERS
+        kept: dict[str, str] = {}
+        for name, value in headers:
+            lower = name.lower()
+            if lower in wanted:
+                # Repeated fields are joined as RFC 9110 5.3 says (RFC 6265: "; " for Cookie).
+                joiner = "; " if lower == "cookie" else ", "
+                kept[lower] = f"{kept[lower]}{joiner}{value}" if lower in kept else value
+        return MappingProxyType(kept)
 
     async def close_session(self, session: Session) -> None:
         """The connection is gone: forget the session and its subscriptions."""
@@ -277,7 +298,33 @@ class Hub:
 
     def _expired(self, session: Session) -> None:
         self._timers.pop(session, None)
-        session.disconnect(codes.TOKEN_EXPIRED_DISCONNECT)
+        if self._refreshes:
+            self._spawn(self._extend(session))
+        else:
+            session.disconnect(codes.TOKEN_EXPIRED_DISCONNECT)
+
+    async def _extend(self, session: Session) -> None:
+        """Ask the application's ``authorize_refresh`` whether an expired session lives
+        on. An expiry that has passed already ends it too: asking again at once would
+        loop."""
+        try:
+            expires = await self.hooks.authorize_refresh(session)
+        except DisconnectRequest as exc:
+            session.disconnect(Disconnect(exc.code, exc.reason))
+            return
+        except CommandError as exc:
+            logger.info("session %s not refreshed: %s %s", session.client, exc.code, exc)
+            expires = 0
+        except Exception:
+            logger.exception("hook authorize_refresh failed")
+            expires = 0
+        if session.closed:
+            return
+        if expires is not None and expires <= time.time():
+            session.disconnect(codes.TOKEN_EXPIRED_DISCONNECT)
+            return
+        session.expires = expires
+        self._schedule_expiry(session)
 
     def slow_consumer(
         self, session: Session, channel: str | None, dropped: Position | None = None
@@ -334,6 +381,7 @@ class Hub:
                 claims.expires if claims else None,
                 data,
                 name,
+                session.headers,
             )
         )
         if decided is not None:
@@ -508,10 +556,11 @@ class Hub:
                 logger.warning("presence not refreshed: %s", exc)
 
     async def rpc(self, session: Session, method: str, data: Any) -> Any:
-        """Answer a client's ``rpc`` with the application's handler for ``method``."""
+        """Answer a client's ``rpc`` with the application's handler for ``method``, or
+        without one, its ``Hooks.rpc``."""
         handler = self.rpc_handlers.get(method)
         if handler is None:
-            raise CommandError(codes.METHOD_NOT_FOUND)
+            return await self.hooks.rpc(session, method, data)
         return await handler(session, data)
 
     async def message(self, session: Session, data: Any) -> None:

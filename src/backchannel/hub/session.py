@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from . import codes, wire
@@ -21,7 +23,10 @@ from .subscription import Subscription
 from .transports.base import Transport
 from .wire import ClientInfo
 
-__all__ = ["Session", "TokenBucket"]
+__all__ = ["NO_HEADERS", "Session", "TokenBucket"]
+
+#: The headers of a session whose hooks asked for none: one shared empty view.
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class TokenBucket:
@@ -57,6 +62,7 @@ class Session:
         "connected",
         "ended",
         "expires",
+        "headers",
         "info",
         "outbox",
         "subscriptions",
@@ -65,7 +71,13 @@ class Session:
     )
 
     def __init__(
-        self, transport: Transport, outbox: Outbox, *, publish_burst: int, command_burst: int
+        self,
+        transport: Transport,
+        outbox: Outbox,
+        *,
+        publish_burst: int,
+        command_burst: int,
+        headers: Mapping[str, str] = NO_HEADERS,
     ) -> None:
         self.transport = transport
         self.outbox = outbox
@@ -80,6 +92,9 @@ class Session:
         #: Why the server ended it (None: the client left, or the connection was lost).
         self.ended: Disconnect | None = None
         self.expires: int | None = None
+        #: The HTTP request's headers that the hooks asked for (read only; lowercase
+        #: names, repeated fields joined), from the WebSocket upgrade or long-poll open.
+        self.headers = headers
         #: Channel -> subscription; written only by the hub's registry.
         self.subscriptions: dict[str, Subscription] = {}
         # Rate limits: every command, and within them, publishes.

@@ -261,7 +261,7 @@ class LongPoll:
     async def _open(self, request: Request) -> Response:
         sid = secrets.token_urlsafe(16)
         transport = LongPollTransport(self, sid)
-        session = self.hub.open_session(transport)
+        session = self.hub.open_session(transport, request.headers)
         transport.session = session
         self.sessions[sid] = transport
         self._arm_idle(transport)

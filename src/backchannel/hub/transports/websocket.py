@@ -200,7 +200,8 @@ def websocket_handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]
 
     async def handler(connection: ServerConnection) -> None:
         transport = WebSocketTransport(connection, turns, linger=hub.options.close_linger)
-        session = hub.open_session(transport)
+        request = connection.request
+        session = hub.open_session(transport, request.headers if request else ())
         try:
             async for message in connection:
                 if isinstance(message, bytes):
