@@ -89,6 +89,9 @@ async def test_metrics_count_a_scripted_session() -> None:
         assert value("backchannel_slow_consumers_total") == 0
         assert value("backchannel_recoveries_total", outcome="recovered") == 0
         assert value("backchannel_api_requests_total", method="publish", status="200") == 3
+        # Each publication's fan-out timed once (the API's three, and none other).
+        assert value("backchannel_fanout_seconds_count") == 3
+        assert value("backchannel_fanout_seconds_bucket", le="+Inf") == 3
         # An unknown method is counted as "other": clients cannot grow the label set.
         assert value("backchannel_api_requests_total", method="other", status="404") == 1
 

@@ -13,11 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..hub import Hub
+from ..hub.latency import BUCKETS
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -127,6 +133,19 @@ class _HubCollector(Collector):
         recoveries.add_metric([node, "recovered"], stats.recoveries_succeeded)
         recoveries.add_metric([node, "lost"], stats.recoveries_failed)
         yield recoveries
+        fanout = self.hub.fanout_latency.snapshot()
+        latency = HistogramMetricFamily(
+            "backchannel_fanout_seconds",
+            "From a publication reaching this node to every local subscriber's copy "
+            "written or queued.",
+            labels=["node"],
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip((*BUCKETS, float("inf")), fanout.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        latency.add_metric([node], buckets, fanout.total)
+        yield latency
         yield counter(
             "backchannel_hook_events_dropped",
             "Observer hook events dropped because the application's hooks fell behind.",

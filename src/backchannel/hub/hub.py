@@ -41,6 +41,7 @@ from . import codes, wire
 from .brokers import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from .codes import Disconnect
 from .hooks import ConnectRequest, Hooks, Observers, RpcHandler
+from .latency import Histogram
 from .options import ChannelOptions, HubOptions
 from .outbox import Outbox
 from .registry import Registry, Slow
@@ -152,6 +153,9 @@ class Hub:
         self._started = time.time()
         self._publications_in = 0
         self._publications_out = 0
+        #: Seconds from a publication reaching this node (accepted here, or from the
+        #: broker) to every local subscriber's copy written or queued.
+        self.fanout_latency = Histogram()
         self._slow_consumers = 0
         self._recovered = [0, 0]  # failed, succeeded
 
@@ -782,6 +786,7 @@ class Hub:
     def on_publication(self, publication: Publication) -> None:
         if not self.registry.has_subscribers(publication.channel):
             return
+        started = time.perf_counter()
         self._publications_out += 1
         text = wire.encode_publication(publication)
         slow = self.registry.fan_out(publication.channel, text, publication.offset)
@@ -790,6 +795,8 @@ class Hub:
             if publication.offset:
                 position = Position(publication.epoch, publication.offset)
             self._slow(slow, position)
+        # Once per publication, not per delivery: two clock reads and a bisect.
+        self.fanout_latency.observe(time.perf_counter() - started)
 
     def on_join(self, channel: str, who: ClientInfo) -> None:
         if self.registry.has_subscribers(channel):
