@@ -27,6 +27,7 @@ __all__ = [
     "LongPollConfig",
     "MetricsConfig",
     "ServerConfig",
+    "WebhooksConfig",
     "load_config",
 ]
 
@@ -97,6 +98,75 @@ class MetricsConfig:
     enabled: bool = False
 
 
+#: The events webhooks can send (docs/operations.md, "Webhooks").
+WEBHOOK_EVENTS = (
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "channel_occupied",
+    "channel_vacated",
+    "presence_join",
+    "presence_leave",
+)
+
+
+@dataclass(slots=True)
+class WebhooksConfig:
+    #: Where events are POSTed (needs the ``webhooks`` extra). Empty: no webhooks.
+    url: str = ""
+    #: The HMAC-SHA256 key of each request's signature; required with ``url``.
+    secret: str = ""
+    #: Which events to send ("*": all of WEBHOOK_EVENTS), and for channel events, which
+    #: namespaces ("*": all; "default" for names without one).
+    events: list[str] = field(default_factory=lambda: ["*"])
+    namespaces: list[str] = field(default_factory=lambda: ["*"])
+    #: Seconds one request may take: a receiver that hangs must not hold a sender.
+    timeout: float = 10.0
+    #: Attempts per event, and the age (seconds) after which an event is not tried
+    #: again: past either it goes to the dead-letter log.
+    max_attempts: int = 10
+    max_age: float = 600.0
+    #: Backoff between attempts: full jitter, the bound doubling from ``retry_min`` up
+    #: to ``retry_max`` seconds.
+    retry_min: float = 0.5
+    retry_max: float = 60.0
+    #: Events waiting (queued, in flight or waiting for a retry): past it new events are
+    #: dropped and counted, so a receiver that is down cannot grow the server's memory.
+    queue_size: int = 10_000
+    #: Requests in flight at once.
+    concurrency: int = 4
+    #: Seconds a stopping server keeps delivering what waits; what is left goes to the
+    #: dead-letter log.
+    flush_timeout: float = 5.0
+
+    def check(self) -> None:
+        """InvalidArgument, naming the setting, for a configuration that cannot work."""
+        if not self.url:
+            return
+        if not self.url.startswith(("http://", "https://")):
+            raise InvalidArgument("webhooks.url must be an http:// or https:// URL")
+        if not self.secret:
+            raise InvalidArgument("webhooks.secret is required when webhooks.url is set")
+        unknown = [e for e in self.events if e != "*" and e not in WEBHOOK_EVENTS]
+        if unknown:
+            known = ", ".join(WEBHOOK_EVENTS)
+            raise InvalidArgument(f"webhooks.events: unknown event {unknown[0]!r} (known: {known})")
+        if not self.events:
+            raise InvalidArgument("webhooks.events is empty: leave webhooks.url empty instead")
+        if not self.namespaces:
+            raise InvalidArgument('webhooks.namespaces is empty: use ["*"] for all')
+        for name in ("timeout", "max_age", "retry_min", "retry_max", "flush_timeout"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"webhooks.{name} must be > 0")
+        for name in ("max_attempts", "queue_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"webhooks.{name} must be >= 1")
+        if self.retry_max < self.retry_min:
+            raise InvalidArgument("webhooks.retry_max must be >= webhooks.retry_min")
+
+
 @dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
@@ -125,6 +195,7 @@ class Config:
     longpoll: LongPollConfig = field(default_factory=LongPollConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -149,6 +220,7 @@ _SECTIONS = {
     "longpoll": LongPollConfig,
     "broker": BrokerConfig,
     "metrics": MetricsConfig,
+    "webhooks": WebhooksConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type
@@ -171,6 +243,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     _apply_environ(config, environ if environ is not None else {})
     # Built here so that a bad [hub] or [channels] value is reported at start.
     config.hub_options()
+    config.webhooks.check()
     return config
 
 

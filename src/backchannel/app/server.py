@@ -46,6 +46,7 @@ from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .webhooks import Webhooks
 
 __all__ = ["App"]
 
@@ -92,10 +93,13 @@ class App:
         #: This process's name in a cluster (in /healthz and the logs).
         self.node = f"{socket.gethostname()}:{os.getpid()}"
         broker = _broker(config)
+        #: Signed webhooks out, when ``webhooks.url`` is set (docs/operations.md).
+        self.webhooks = _webhooks(config, self.node)
         self.hub = Hub(
             config.hub_options(),
             broker=broker,
             tokens=TokenVerifier(secret=self.secret, public_key=public_key),
+            hooks=self.webhooks,
         )
         self.longpoll = LongPoll(
             self.hub,
@@ -116,7 +120,7 @@ class App:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
-        self.metrics = _metrics(config, self.hub, self.node, self.longpoll)
+        self.metrics = _metrics(config, self.hub, self.node, self.longpoll, self.webhooks)
         #: True from the hub's start to the beginning of shutdown (``/ready``).
         self.serving = False
 
@@ -130,6 +134,8 @@ class App:
             context.load_cert_chain(server_config.tls_cert, server_config.tls_key or None)
         origins = server_config.origins
         await self.hub.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         self.serving = True
         hub_closed = False
         try:
@@ -150,10 +156,16 @@ class App:
                     # The hub first, while the server still writes: every client hears
                     # 3000 (come back later) rather than a bare close.
                     hub_closed = True
-                    await self.hub.close()
+                    await self._stop_hub()
         finally:
             if not hub_closed:
-                await self.hub.close()
+                await self._stop_hub()
+
+    async def _stop_hub(self) -> None:
+        await self.hub.close()
+        # After the hub, whose observers have queued the last events (the disconnects).
+        if self.webhooks is not None:
+            await self.webhooks.close()
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -266,7 +278,21 @@ def _broker(config: Config) -> Broker:
     return RedisBroker(config.broker.url, prefix=config.broker.prefix)
 
 
-def _metrics(config: Config, hub: Hub, node: str, longpoll: LongPoll) -> Metrics | None:
+def _webhooks(config: Config, node: str) -> Webhooks | None:
+    if not config.webhooks.url:
+        return None
+    try:
+        from .webhooks import Webhooks
+    except ImportError as exc:
+        raise InvalidArgument(
+            "webhooks.url needs the httpx package: pip install -e '.[webhooks]'"
+        ) from exc
+    return Webhooks(config.webhooks, config.hub_options(), node=node)
+
+
+def _metrics(
+    config: Config, hub: Hub, node: str, longpoll: LongPoll, webhooks: Webhooks | None
+) -> Metrics | None:
     if not config.metrics.enabled:
         return None
     try:
@@ -275,7 +301,9 @@ def _metrics(config: Config, hub: Hub, node: str, longpoll: LongPoll) -> Metrics
         raise InvalidArgument(
             "metrics.enabled needs the prometheus-client package: pip install -e '.[metrics]'"
         ) from exc
-    return Metrics(hub, node, long_polls=longpoll.held)
+    return Metrics(
+        hub, node, long_polls=longpoll.held, webhooks=webhooks.stats if webhooks else None
+    )
 
 
 def _too_many() -> Response:
