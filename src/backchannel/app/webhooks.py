@@ -130,19 +130,25 @@ class Webhooks(Hooks):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.flush_timeout):
                     await self._drained.wait()
+        # Taken before the workers stop (a stopped worker forgets its request): a request
+        # cut short may have been processed, so it is a dead letter, to be replayed and
+        # dropped by its id if it was.
+        left = [*self._sending.values(), *self._waiting.values()]
         workers, self._workers = self._workers, []
         for task in workers:
             task.cancel()
         for task in workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        left = [*self._sending.values(), *self._waiting.values()]
         while not self._ready.empty():
             left.append(self._ready.get_nowait())
         for delivery in left:
             if delivery.retry is not None:
                 delivery.retry.cancel()
-            self._dead_letter(delivery, f"not delivered at shutdown (last error: {delivery.error})")
+            error = "not delivered at shutdown"
+            if delivery.error:
+                error += f" (last error: {delivery.error})"
+            self._dead_letter(delivery, error)
         self._sending.clear()
         self._waiting.clear()
         if self._client is not None:
