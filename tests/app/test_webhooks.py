@@ -332,7 +332,7 @@ async def test_a_three_node_cluster_sends_each_event_once(
         await alice.call("publish", channel="chat:room", data="alice")
         await alice.call("unsubscribe", channel="chat:room")
         await alice.close()
-        await bob.close()
+        # Bob stays: his node's shutdown ends his session, and sends what follows.
         expected = {
             ("connect", "alice", None, "null"): 0,
             ("subscribe", "alice", "chat:room", "null"): 0,
@@ -351,17 +351,20 @@ async def test_a_three_node_cluster_sends_each_event_once(
             ("channel_vacated", None, "chat:room", "null"): 1,
             ("disconnect", "bob", None, "null"): 1,
         }
-        await receiver.wait_accepted(len(expected))
-        # A clean stop of every node delivers whatever else they had: nothing more.
+        # A clean stop of a node delivers what it holds, the events of its own
+        # shutdown included.
         for node in nodes:
             assert await node.stop() == 0
         records = await receiver.stop()
+        await bob.close()
     finally:
         await receiver.kill()
         await cluster.close()
 
     accepted = [r["event"] for r in receiver.of_kind("accepted")]
     assert Counter(key(e) for e in accepted) == Counter(expected.keys())
+    [bye] = [e for e in accepted if e["event"] == "disconnect" and e["user"] == "bob"]
+    assert (bye["code"], bye["reason"]) == (3000, "server shutting down")
     # Each from the node where it happened (its name ends with the node's pid).
     pids = [node.process.pid for node in nodes]
     for event in accepted:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -146,14 +147,17 @@ def main() -> None:
 class Receiver:
     """The receiver as a child process of a test.
 
-    ``records`` holds every request's record read so far, in order; :meth:`wait`
-    reads until a condition holds, :meth:`stop` reads to the end."""
+    Its output is read as it comes (a receiver blocked on a full pipe would stall the
+    sender under test): ``records`` holds every request's record so far, in order.
+    :meth:`wait_accepted` waits for deliveries, :meth:`stop` for the end."""
 
     def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
         self.process = process
         self.port = port
         self.url = f"http://127.0.0.1:{port}/hooks"
         self.records: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.get_running_loop().create_task(self._read_all())
 
     @classmethod
     async def start(cls, secret: str, *options: str) -> Receiver:
@@ -179,21 +183,36 @@ class Receiver:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [record for record in self.records if record["kind"] == kind]
 
-    async def _read(self) -> bool:
-        """Read one line into ``records``; False at the end."""
+    async def _read_all(self) -> None:
         assert self.process.stdout is not None
-        async with asyncio.timeout(LINE_TIMEOUT):
-            line = (await self.process.stdout.readline()).decode()
-        if not line or line == "done\n":
-            return False
-        self.records.append(json.loads(line))
-        return True
+        try:
+            while True:
+                line = (await self.process.stdout.readline()).decode()
+                if not line or line == "done\n":
+                    return
+                async with self._changed:
+                    self.records.append(json.loads(line))
+                    self._changed.notify_all()
+        finally:
+            async with self._changed:
+                self._changed.notify_all()
 
     async def wait_accepted(self, count: int) -> list[dict[str, Any]]:
-        """Until ``count`` deliveries were accepted; the events accepted."""
-        while len(self.of_kind("accepted")) < count:
-            if not await self._read():
-                raise AssertionError(f"the receiver ended: {self.records}")
+        """Until ``count`` deliveries were accepted (AssertionError after
+        LINE_TIMEOUT seconds without news); the events accepted."""
+
+        def enough() -> bool:
+            return len(self.of_kind("accepted")) >= count or self._reader.done()
+
+        while not enough():
+            async with self._changed:
+                try:
+                    async with asyncio.timeout(LINE_TIMEOUT):
+                        await self._changed.wait_for(enough)
+                except TimeoutError:
+                    raise AssertionError(f"{count} deliveries expected: {self.records}") from None
+        if len(self.of_kind("accepted")) < count:
+            raise AssertionError(f"the receiver ended: {self.records}")
         return [record["event"] for record in self.of_kind("accepted")]
 
     async def stop(self) -> list[dict[str, Any]]:
@@ -202,18 +221,20 @@ class Receiver:
         if not self.process.stdin.is_closing():
             self.process.stdin.close()
         try:
-            while await self._read():
-                pass
+            async with asyncio.timeout(LINE_TIMEOUT):
+                await self._reader
         finally:
-            if self.process.returncode is None:
-                self.process.kill()
-            await self.process.wait()
+            await self.kill()
         return self.records
 
     async def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        if not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
 
 
 if __name__ == "__main__":
