@@ -123,6 +123,8 @@ def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_webhooks_need_a_secret_and_known_events() -> None:
+    with pytest.raises(InvalidArgument, match=r"^webhooks.url must be an http"):
+        load_config(None, {"BACKCHANNEL_WEBHOOKS_URL": "backend.example/hooks"})
     with pytest.raises(InvalidArgument, match=r"^webhooks.secret is required"):
         load_config(None, {"BACKCHANNEL_WEBHOOKS_URL": "https://backend.example/hooks"})
     with pytest.raises(InvalidArgument, match=r"^webhooks.events: unknown event 'joined'"):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exceptions import InvalidArgument
 from ..hub import ChannelOptions, HubOptions
@@ -145,8 +146,9 @@ class WebhooksConfig:
         """InvalidArgument, naming the setting, for a configuration that cannot work."""
         if not self.url:
             return
-        if not self.url.startswith(("http://", "https://")):
-            raise InvalidArgument("webhooks.url must be an http:// or https:// URL")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidArgument("webhooks.url must be an http:// or https:// URL with a host")
         if not self.secret:
             raise InvalidArgument("webhooks.secret is required when webhooks.url is set")
         unknown = [e for e in self.events if e != "*" and e not in WEBHOOK_EVENTS]

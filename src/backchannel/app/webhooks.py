@@ -264,6 +264,10 @@ class Webhooks(Hooks):
             self._sending[delivery.id] = delivery
             try:
                 delivered = await self._attempt(delivery)
+            except Exception as exc:  # a bug here must not stop a sender for good
+                logger.exception("webhook %s: sending failed", delivery.id)
+                delivery.error = repr(exc)
+                delivered = False
             finally:
                 self._sending.pop(delivery.id, None)
             if delivered:
