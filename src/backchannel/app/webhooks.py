@@ -83,7 +83,8 @@ class _Delivery:
 
 class Webhooks(Hooks):
     """Sends the hub's events to ``config.url``; pass it as ``Hub(hooks=...)``, call
-    :meth:`start` before the hub starts and :meth:`close` after it closed."""
+    :meth:`start` before clients come (events before it are dropped) and :meth:`close`
+    after the hub closed (so the events of its shutdown go out too)."""
 
     def __init__(self, config: WebhooksConfig, options: HubOptions, *, node: str = "") -> None:
         config.check()
