@@ -388,15 +388,39 @@ def test_the_client_uses_only_the_wire_format_of_the_hub() -> None:
     assert bad == []
 
 
-def test_only_the_long_poll_transport_and_the_backend_proxy_import_httpx() -> None:
-    """httpx is the client and proxy extras: importing anything else must not need it
-    (the server imports the proxy only when ``[proxy]`` is configured)."""
-    importers = sorted(
-        str(path.relative_to(SRC))
-        for path in SRC.rglob("*.py")
-        if any(name.split(".")[0] == "httpx" for name in _imports(path))
+#: The modules that may import httpx: each is the one module of an optional extra.
+HTTPX_IMPORTERS = [
+    "app/proxy.py",  # the proxy extra
+    "app/webhooks.py",  # the webhooks extra
+    "client/longpoll.py",  # the client extra
+]
+
+
+def httpx_importers(root: Path) -> list[str]:
+    """Modules under ``root`` that import httpx (anywhere in them), as paths."""
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if any(name.split(".")[0] == "httpx" for name in _imports(path, _module_name(path, root)))
     )
-    assert importers == ["app/proxy.py", "client/longpoll.py"]
+
+
+def test_only_the_extras_modules_import_httpx() -> None:
+    """httpx is in optional extras: importing anything else must not need it."""
+    assert httpx_importers(SRC) == HTTPX_IMPORTERS
+
+
+def test_httpx_rule_catches_a_violation(tmp_path: Path) -> None:
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "app/webhooks.py": "import httpx\n",
+            "app/server.py": "def hooks():\n    from httpx import AsyncClient\n",
+            "app/api.py": "from .webhooks import Webhooks\n",  # ours, not the library
+        },
+    )
+    assert httpx_importers(root) == ["app/server.py", "app/webhooks.py"]
 
 
 def test_only_the_metrics_module_imports_prometheus_client() -> None:

@@ -135,3 +135,29 @@ def test_a_bad_environment_value_names_the_variable() -> None:
 def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="cannot read config"):
         load_config(tmp_path / "absent.toml", {})
+
+
+def test_webhooks_need_a_secret_and_known_events() -> None:
+    with pytest.raises(InvalidArgument, match=r"^webhooks.url must be an http"):
+        load_config(None, {"BACKCHANNEL_WEBHOOKS_URL": "backend.example/hooks"})
+    with pytest.raises(InvalidArgument, match=r"^webhooks.secret is required"):
+        load_config(None, {"BACKCHANNEL_WEBHOOKS_URL": "https://backend.example/hooks"})
+    with pytest.raises(InvalidArgument, match=r"^webhooks.events: unknown event 'joined'"):
+        load_config(
+            None,
+            {
+                "BACKCHANNEL_WEBHOOKS_URL": "https://backend.example/hooks",
+                "BACKCHANNEL_WEBHOOKS_SECRET": "s",
+                "BACKCHANNEL_WEBHOOKS_EVENTS": "publish,joined",
+            },
+        )
+    config = load_config(
+        None,
+        {
+            "BACKCHANNEL_WEBHOOKS_URL": "https://backend.example/hooks",
+            "BACKCHANNEL_WEBHOOKS_SECRET": "s",
+            "BACKCHANNEL_WEBHOOKS_EVENTS": "publish, presence_join",
+        },
+    )
+    assert config.webhooks.events == ["publish", "presence_join"]
+    assert load_config(None, {}).webhooks.url == ""  # off unless configured

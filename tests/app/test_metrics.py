@@ -137,3 +137,40 @@ async def test_ready_is_503_once_shutdown_begins() -> None:
         reply = await http.exchange("GET", "/ready")
         assert reply.status == 503 and json.loads(reply.body)["error"]["code"] == 116
         await http.close()
+
+
+async def test_webhook_outcomes_are_counted() -> None:
+    from helpers.webhook_receiver import Receiver
+
+    from backchannel.app.config import WebhooksConfig
+
+    receiver = await Receiver.start("hook-secret", "--fail-first", "1")
+    try:
+        config = make_config()
+        config.metrics.enabled = True
+        config.webhooks = WebhooksConfig(
+            url=receiver.url,
+            secret="hook-secret",
+            events=["connect"],
+            retry_min=0.01,
+            retry_max=0.05,
+        )
+        async with running(config) as (app, port):
+            ws = await HubClient.open(port, path="/ws", token=make_token(SECRET, "alice"))
+            await receiver.wait_accepted(1)
+            await ws.close()
+            status, text = await get(port, "/metrics")
+            assert status == 200 and "backchannel_webhooks_total" in text
+    finally:
+        await receiver.kill()
+    # Read once the server has stopped: the sender has seen the answer by then.
+    assert app.metrics is not None
+    values = samples(app.metrics.render().decode())
+    node = ("node", app.node)
+
+    def total(outcome: str) -> float:
+        return values[("backchannel_webhooks_total", frozenset({node, ("outcome", outcome)}))]
+
+    # The first attempt got 500, the second was accepted.
+    assert (total("sent"), total("failed"), total("retried")) == (1, 1, 1)
+    assert (total("dropped"), total("dead_lettered")) == (0, 0)

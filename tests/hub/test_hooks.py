@@ -469,3 +469,33 @@ async def test_a_hook_that_hangs_does_not_stop_a_shutdown(monkeypatch: pytest.Mo
         await hub.connect_session(session, data={"cookie": "s-alice"})
     # Reaching here is the test: close() gave up on the hanging hook (no timing asserted).
     assert session.closed
+
+
+class Watcher(Hooks):
+    """Only watches: records the events it sees."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    async def on_connect(self, session: Session) -> None:
+        self.events.put_nowait(("connect", session.user))
+
+    async def on_subscribe(self, session: Session, channel: str) -> None:
+        self.events.put_nowait(("subscribe", channel))
+
+
+async def test_observers_watch_beside_the_hooks_that_decide() -> None:
+    # One Hooks decides (the cookie), others only watch (as webhooks do beside a proxy):
+    # each observer sees every event, in order, and none can decide anything.
+    first, second = Watcher(), Watcher()
+    async with (
+        Hub(OPTIONS, hooks=CookieAuth(), observers=[first, second]) as hub,
+        serve(websocket_handler(hub), "127.0.0.1", 0) as server,
+        peer(f"ws://127.0.0.1:{server.port}/") as client,
+    ):
+        await client.call("connect", data={"cookie": "s-alice"})
+        await client.call("subscribe", channel="orders:alice")
+        for recorder in (first, second):
+            async with asyncio.timeout(10):
+                seen = [await recorder.events.get() for _ in range(2)]
+            assert seen == [("connect", "alice"), ("subscribe", "orders:alice")]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exceptions import InvalidArgument
 from ..hub import ChannelOptions, HubOptions
@@ -28,6 +29,7 @@ __all__ = [
     "MetricsConfig",
     "ProxyConfig",
     "ServerConfig",
+    "WebhooksConfig",
     "load_config",
 ]
 
@@ -117,6 +119,20 @@ _NOT_PASSED = frozenset(
 )
 
 
+#: The events webhooks can send (docs/operations.md, "Webhooks").
+WEBHOOK_EVENTS = (
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "channel_occupied",
+    "channel_vacated",
+    "presence_join",
+    "presence_leave",
+)
+
+
 @dataclass(slots=True)
 class ProxyConfig:
     """The backend proxy (docs/operations.md, "Backend proxy"): each non-empty URL
@@ -182,6 +198,62 @@ class ProxyConfig:
 
 
 @dataclass(slots=True)
+class WebhooksConfig:
+    #: Where events are POSTed (needs the ``webhooks`` extra). Empty: no webhooks.
+    url: str = ""
+    #: The HMAC-SHA256 key of each request's signature; required with ``url``.
+    secret: str = ""
+    #: Which events to send ("*": all of WEBHOOK_EVENTS), and for channel events, which
+    #: namespaces ("*": all; "default" for names without one).
+    events: list[str] = field(default_factory=lambda: ["*"])
+    namespaces: list[str] = field(default_factory=lambda: ["*"])
+    #: Seconds one request may take: a receiver that hangs must not hold a sender.
+    timeout: float = 10.0
+    #: Attempts per event, and the age (seconds) after which an event is not tried
+    #: again: past either it goes to the dead-letter log.
+    max_attempts: int = 10
+    max_age: float = 600.0
+    #: Backoff between attempts: full jitter, the bound doubling from ``retry_min`` up
+    #: to ``retry_max`` seconds.
+    retry_min: float = 0.5
+    retry_max: float = 60.0
+    #: Events waiting (queued, in flight or waiting for a retry): past it new events are
+    #: dropped and counted, so a receiver that is down cannot grow the server's memory.
+    queue_size: int = 10_000
+    #: Requests in flight at once.
+    concurrency: int = 4
+    #: Seconds a stopping server keeps delivering what waits; what is left goes to the
+    #: dead-letter log.
+    flush_timeout: float = 5.0
+
+    def check(self) -> None:
+        """InvalidArgument, naming the setting, for a configuration that cannot work."""
+        if not self.url:
+            return
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidArgument("webhooks.url must be an http:// or https:// URL with a host")
+        if not self.secret:
+            raise InvalidArgument("webhooks.secret is required when webhooks.url is set")
+        unknown = [e for e in self.events if e != "*" and e not in WEBHOOK_EVENTS]
+        if unknown:
+            known = ", ".join(WEBHOOK_EVENTS)
+            raise InvalidArgument(f"webhooks.events: unknown event {unknown[0]!r} (known: {known})")
+        if not self.events:
+            raise InvalidArgument("webhooks.events is empty: leave webhooks.url empty instead")
+        if not self.namespaces:
+            raise InvalidArgument('webhooks.namespaces is empty: use ["*"] for all')
+        for name in ("timeout", "max_age", "retry_min", "retry_max", "flush_timeout"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"webhooks.{name} must be > 0")
+        for name in ("max_attempts", "queue_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"webhooks.{name} must be >= 1")
+        if self.retry_max < self.retry_min:
+            raise InvalidArgument("webhooks.retry_max must be >= webhooks.retry_min")
+
+
+@dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
     idle_timeout: float = 60.0
@@ -210,6 +282,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -235,6 +308,7 @@ _SECTIONS = {
     "broker": BrokerConfig,
     "metrics": MetricsConfig,
     "proxy": ProxyConfig,
+    "webhooks": WebhooksConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type
@@ -258,6 +332,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     # Built here so that a bad [hub] or [channels] value is reported at start.
     config.hub_options()
     config.proxy.check(config.server.origins)
+    config.webhooks.check()
     return config
 
 

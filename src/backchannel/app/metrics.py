@@ -10,7 +10,7 @@ Needs the ``metrics`` extra (``prometheus-client``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
@@ -36,10 +36,19 @@ class Metrics:
     counters kept here. Each instance has its own registry (several servers in one
     process, as in tests, never share counts)."""
 
-    def __init__(self, hub: Hub, node: str, *, long_polls: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        node: str,
+        *,
+        long_polls: Callable[[], int] | None = None,
+        webhooks: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_HubCollector(hub, node, long_polls))
+        if webhooks is not None:
+            self.registry.register(_WebhooksCollector(webhooks, node))
         self._api_requests = Counter(
             "backchannel_api_requests",
             "HTTP API requests, by method and HTTP status.",
@@ -151,3 +160,21 @@ class _HubCollector(Collector):
             "Observer hook events dropped because the application's hooks fell behind.",
             stats.hook_events_dropped,
         )
+
+
+class _WebhooksCollector(Collector):
+    """Reads the webhooks' counters (``Webhooks.stats``) when scraped."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]], node: str) -> None:
+        self.stats = stats
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "backchannel_webhooks",
+            "Webhook events and attempts, by outcome (docs/operations.md, Webhooks).",
+            labels=["node", "outcome"],
+        )
+        for outcome, count in sorted(self.stats().items()):
+            family.add_metric([self.node, outcome], count)
+        yield family

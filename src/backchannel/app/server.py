@@ -47,6 +47,7 @@ from .ratelimit import RateLimiter
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .proxy import BackendProxy
+    from .webhooks import Webhooks
 
 __all__ = ["App"]
 
@@ -95,11 +96,15 @@ class App:
         broker = _broker(config)
         #: The backend proxy, when ``[proxy]`` names a URL (the ``proxy`` extra).
         self.proxy = _proxy(config)
+        #: Signed webhooks out, when ``webhooks.url`` is set (docs/operations.md).
+        self.webhooks = _webhooks(config, self.node)
         self.hub = Hub(
             config.hub_options(),
             broker=broker,
             tokens=TokenVerifier(secret=self.secret, public_key=public_key),
             hooks=self.proxy,
+            # Webhooks only watch: they run beside whatever decides (the proxy).
+            observers=[self.webhooks] if self.webhooks is not None else [],
         )
         self.longpoll = LongPoll(
             self.hub,
@@ -122,7 +127,7 @@ class App:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
-        self.metrics = _metrics(config, self.hub, self.node, self.longpoll)
+        self.metrics = _metrics(config, self.hub, self.node, self.longpoll, self.webhooks)
 
     @asynccontextmanager
     async def run(self, *, reuse_port: bool = False) -> AsyncIterator[Server]:
@@ -134,6 +139,8 @@ class App:
             context.load_cert_chain(server_config.tls_cert, server_config.tls_key or None)
         origins = server_config.origins
         await self.hub.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         hub_closed = False
         try:
             async with serve(
@@ -158,12 +165,18 @@ class App:
                     # 3000 (come back later) rather than a bare close, and what waits on
                     # the broker is answered when it closes.
                     hub_closed = True
-                    await self.hub.close()
+                    await self._stop_hub()
         finally:
             if not hub_closed:
-                await self.hub.close()
-            if self.proxy is not None:
-                await self.proxy.aclose()
+                await self._stop_hub()
+
+    async def _stop_hub(self) -> None:
+        await self.hub.close()
+        # After the hub, whose observers have queued the last events (the disconnects).
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        if self.proxy is not None:
+            await self.proxy.aclose()
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -278,7 +291,21 @@ def _broker(config: Config) -> Broker:
     return RedisBroker(config.broker.url, prefix=config.broker.prefix)
 
 
-def _metrics(config: Config, hub: Hub, node: str, longpoll: LongPoll) -> Metrics | None:
+def _webhooks(config: Config, node: str) -> Webhooks | None:
+    if not config.webhooks.url:
+        return None
+    try:
+        from .webhooks import Webhooks
+    except ImportError as exc:
+        raise InvalidArgument(
+            "webhooks.url needs the httpx package: pip install -e '.[webhooks]'"
+        ) from exc
+    return Webhooks(config.webhooks, config.hub_options(), node=node)
+
+
+def _metrics(
+    config: Config, hub: Hub, node: str, longpoll: LongPoll, webhooks: Webhooks | None
+) -> Metrics | None:
     if not config.metrics.enabled:
         return None
     try:
@@ -287,7 +314,9 @@ def _metrics(config: Config, hub: Hub, node: str, longpoll: LongPoll) -> Metrics
         raise InvalidArgument(
             "metrics.enabled needs the prometheus-client package: pip install -e '.[metrics]'"
         ) from exc
-    return Metrics(hub, node, long_polls=longpoll.held)
+    return Metrics(
+        hub, node, long_polls=longpoll.held, webhooks=webhooks.stats if webhooks else None
+    )
 
 
 def _proxy(config: Config) -> BackendProxy | None:

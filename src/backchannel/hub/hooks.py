@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,14 +167,18 @@ OBSERVERS = (
 
 
 class Observers:
-    """Runs a :class:`Hooks`' observers in order, in one task, from a bounded queue."""
+    """Runs the observers of one or more :class:`Hooks` in event order, in one task,
+    from a bounded queue."""
 
-    def __init__(self, hooks: Hooks) -> None:
-        self.hooks = hooks
-        #: Names of the observers the application overrides: the others cost nothing.
-        self.wanted = frozenset(
-            name for name in OBSERVERS if getattr(type(hooks), name) is not getattr(Hooks, name)
-        )
+    def __init__(self, hooks: Sequence[Hooks]) -> None:
+        #: For each observer some of ``hooks`` override, those that do, in order: the
+        #: others cost nothing.
+        self.by_name: dict[str, list[Hooks]] = {}
+        for each in hooks:
+            for name in OBSERVERS:
+                if getattr(type(each), name) is not getattr(Hooks, name):
+                    self.by_name.setdefault(name, []).append(each)
+        self.wanted = frozenset(self.by_name)
         self.dropped = 0
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -226,9 +230,10 @@ class Observers:
                 name, args = self._queue.popleft()
                 if not name:
                     return
-                try:
-                    await getattr(self.hooks, name)(*args)
-                except Exception:
-                    logger.exception("hook %s failed", name)
+                for each in self.by_name[name]:
+                    try:
+                        await getattr(each, name)(*args)
+                    except Exception:
+                        logger.exception("hook %s failed", name)
             self._wakeup.clear()
             await self._wakeup.wait()

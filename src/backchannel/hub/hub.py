@@ -128,6 +128,7 @@ class Hub:
         broker: Broker | None = None,
         tokens: TokenVerifier | None = None,
         hooks: Hooks | None = None,
+        observers: Sequence[Hooks] = (),
         rpc: Mapping[str, RpcHandler] | None = None,
         name: str | None = None,
     ) -> None:
@@ -140,7 +141,10 @@ class Hub:
         #: This node's name: in logs, statistics and ``info()``.
         self.name = name or secrets.token_hex(4)
         self.registry = Registry()
-        self._observers = Observers(self.hooks)
+        #: Hooks that only watch (webhooks, metrics of the application's own): their
+        #: observers run after the events, with ``hooks``' own, in one queue.
+        self.observers: tuple[Hooks, ...] = tuple(observers)
+        self._observers = Observers((self.hooks, *self.observers))
         self._sends = type(self.hooks).on_send is not Hooks.on_send
         self._refreshes = type(self.hooks).authorize_refresh is not Hooks.authorize_refresh
         #: Request headers kept on sessions: only those the hooks read.
