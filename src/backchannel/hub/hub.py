@@ -754,7 +754,7 @@ class Hub:
             if token is None or self.tokens is None:
                 raise CommandError(codes.PERMISSION_DENIED)
             try:
-                claims = self.tokens.verify(token)
+                claims = self.tokens.verify_channel(token)
             except TokenExpired as exc:
                 raise CommandError(codes.TOKEN_EXPIRED) from exc
             except TokenError as exc:
