@@ -86,8 +86,18 @@ async def open_chat(browser: Browser, port: int, user: str, transport: str = "")
     page = await browser.new_page(viewport={"width": 1000, "height": 700})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # The page runs under the server's Content-Security-Policy: anything it blocks (an
+    # inline script or style, a connection) is reported on the console.
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     query = f"?user={user}" + (f"&transport={transport}" if transport else "")
-    await page.goto(f"http://127.0.0.1:{port}/{query}")
+    response = await page.goto(f"http://127.0.0.1:{port}/{query}")
+    assert response is not None
+    assert "default-src 'none'" in (await response.all_headers())["content-security-policy"]
     await page.wait_for_selector('#status[data-state="connected"]', timeout=WAIT_MS)
     assert not errors, errors
     return page

@@ -113,6 +113,12 @@ class HttpApi:
             return _error(503, codes.UNAVAILABLE)
         return Response.json(200, result)
 
+    @staticmethod
+    def error(status: int, error: Error) -> Response:
+        """An answer in the API's error shape, for what the server refuses before the API
+        reads the request (a body over ``server.max_body_size``)."""
+        return _error(status, error)
+
     def _authorized(self, header: str | None) -> bool:
         if header is None:
             return False
