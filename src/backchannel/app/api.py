@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exceptions import BrokerUnavailable, CommandError
 from ..hub import Hub, codes, wire
@@ -80,7 +81,7 @@ class HttpApi:
         }
 
     async def handle(self, request: Request, address: str) -> Response:
-        name = request.path.partition("?")[0][len(self.prefix) :]
+        name = urlsplit(request.path).path[len(self.prefix) :]
         method = self._methods.get(name)
         if method is None:
             return _error(404, codes.METHOD_NOT_FOUND.with_message(f"no API method {name!r}"))

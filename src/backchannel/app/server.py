@@ -288,8 +288,7 @@ def _page_headers(page: bytes) -> list[tuple[str, str]]:
             " ".join(["script-src 'self'", *hashes[b"script"]]),
             " ".join(["style-src 'self'", *hashes[b"style"]]),
             "connect-src 'self'",
-            # data: for images a script draws (a screenshot check, a canvas).
-            "img-src 'self' data:",
+            "img-src 'self'",
             "base-uri 'none'",
             "form-action 'self'",
             "frame-ancestors 'none'",
