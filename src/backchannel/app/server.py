@@ -10,6 +10,10 @@ Paths (docs/config.md):
 * ``/js/backchannel.js``: the browser client (``/js/backchannel.d.ts``, its types).
 * ``/`` and ``POST /demo/token``: the demo chat page, when ``server.demo`` is on.
 * ``/healthz``: 200 while the server runs.
+
+``HEAD`` is answered wherever ``GET`` is, without the body. Every answer carries the
+security headers of docs/config.md ("Security headers"): nosniff everywhere, no-store on
+dynamic answers, a Content-Security-Policy and no framing on the page.
 """
 
 from __future__ import annotations
