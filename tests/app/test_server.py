@@ -10,7 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 from helpers.http import Http
-from helpers.hub_client import HubClient, LongPollClient
+from helpers.hub_client import HubClient, LongPollClient, ReplyError
 
 from backchannel.asyncio import connect
 from backchannel.exceptions import InvalidStatus
@@ -265,3 +265,17 @@ async def test_head_elsewhere_has_no_body_and_other_methods_on_files_get_405() -
         refused = await http.exchange("POST", "/js/backchannel.js")
         assert refused.status == 405 and refused.headers["allow"] == "GET, HEAD"
         await http.close()
+
+
+async def test_an_anonymous_connection_is_no_user_of_a_user_limited_channel() -> None:
+    config = make_config()
+    config.auth.anonymous = True
+    async with running(config) as (_, port):
+        client = await HubClient.open(port, path="/ws")
+        assert client.info["user"] == ""
+        for channel in ("chat:dm#alice,bob", "chat:dm#alice,", "chat:dm#", "chat:dm#,"):
+            with pytest.raises(ReplyError) as info:
+                await client.call("subscribe", channel=channel)
+            assert info.value.code == 103, channel
+        await client.call("subscribe", channel="chat:lobby")
+        await client.close()
