@@ -98,13 +98,7 @@ MAKE_SERVE_PORT = 8000
 # Blocks known to fail while their page is being rewritten: (file, a line of the block,
 # stripped) -> (why, run). Expected to fail, strictly; run is False where the block would
 # only hit the timeout. Empty: every example runs.
-PENDING: dict[tuple[str, str], tuple[str, bool]] = {
-    ("docs/quickstart.md", 'import { Client } from "http://HUB/js/backchannel.js";'): (
-        "a page of another origin loads /js/backchannel.js only once the server answers it "
-        "with Access-Control-Allow-Origin (app/server.py, being changed elsewhere)",
-        True,
-    ),
-}
+PENDING: dict[tuple[str, str], tuple[str, bool]] = {}
 
 # Chromium for the "browser" blocks, as tests/app/test_browser.py runs it: Debian's, headless
 # and quiet (no GPU here; no background calls to Google's hosts on a closed network).

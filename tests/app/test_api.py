@@ -11,6 +11,7 @@ from helpers.http import Http, Reply
 from helpers.hub_client import HubClient
 
 from backchannel.app import App
+from backchannel.hub import ChannelOptions
 from backchannel.hub.token import make_token
 
 from .conftest import API_KEY, SECRET, make_config, running
@@ -133,6 +134,8 @@ async def test_the_key_is_required(
         ("publish", {"channel": 5, "data": 1}, 400, 107, "must be of type str"),
         ("publish", '{"channel": "orders:1", "data": NaN}', 400, 107, "not JSON"),
         ("publish", {"channel": "nope:1", "data": 1}, 400, 102, "unknown channel"),
+        # Namespaces are configured (the demo's) and no default: a plain name is refused.
+        ("publish", {"channel": "lobby", "data": 1}, 400, 102, "unknown channel"),
         ("publish", {"channel": "", "data": 1}, 400, 107, "invalid channel name"),
         ("publish", {"channel": "orders:1", "data": "x" * 70_000}, 413, 113, "too large"),
         ("presence", {"channel": "orders:1"}, 400, 108, "not available"),
@@ -164,6 +167,12 @@ async def test_a_body_over_the_server_limit_is_413_and_the_server_goes_on() -> N
     async with running(make_config(max_body_size=1000)) as (_, port):
         reply = await api(port, "publish", {"channel": "orders:1", "data": "x" * 2000})
         assert reply.status == 413
+        # The API's own error shape, though the API never saw the request.
+        assert reply.headers["content-type"] == "application/json"
+        error = reply.json()["error"]
+        assert error["code"] == 113 and error["temporary"] is False
+        assert "server.max_body_size (1000 bytes)" in error["message"]
+        assert reply.headers["cache-control"] == "no-store"
         reply = await api(port, "publish", {"channel": "orders:1", "data": "small"})
         assert reply.status == 200
 
@@ -183,3 +192,13 @@ async def test_too_many_requests_from_one_address_get_429() -> None:
             "message": "too many requests",
             "temporary": True,
         }
+
+
+async def test_a_configured_default_namespace_takes_plain_channel_names() -> None:
+    config = make_config()
+    config.channels = {"default": ChannelOptions(history_size=5)}
+    async with running(config) as (_, port):
+        reply = await api(port, "publish", {"channel": "lobby", "data": 1})
+        assert reply.status == 200 and reply.json()["offset"] == 1
+        reply = await api(port, "publish", {"channel": "chat:x", "data": 1})
+        assert reply.status == 400 and reply.json()["error"]["code"] == 102

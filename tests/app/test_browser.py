@@ -86,8 +86,18 @@ async def open_chat(browser: Browser, port: int, user: str, transport: str = "")
     page = await browser.new_page(viewport={"width": 1000, "height": 700})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # The page runs under the server's Content-Security-Policy: anything it blocks (an
+    # inline script or style, a connection) is reported on the console.
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     query = f"?user={user}" + (f"&transport={transport}" if transport else "")
-    await page.goto(f"http://127.0.0.1:{port}/{query}")
+    response = await page.goto(f"http://127.0.0.1:{port}/{query}")
+    assert response is not None
+    assert "default-src 'none'" in (await response.all_headers())["content-security-policy"]
     await page.wait_for_selector('#status[data-state="connected"]', timeout=WAIT_MS)
     assert not errors, errors
     return page
@@ -154,8 +164,21 @@ async def check_screenshot(page: Page, artifacts: Path) -> None:
     """Save the chat page as an artifact, and check that the picture shows the last
     message where the page lays it out: text pixels in its box, none in empty space."""
     png = await page.screenshot(path=artifacts / "chat.png")
-    found = await page.evaluate(
-        """async ([b64, selector]) => {
+    boxes = await page.evaluate(
+        """() => {
+            const items = document.querySelectorAll("#messages li.message .text");
+            const last = items[items.length - 1].getBoundingClientRect();
+            const list = document.querySelector("#messages").getBoundingClientRect();
+            const below = {x: list.x, y: last.bottom + 40, width: list.width, height: 40};
+            return [{x: last.x, y: last.y, width: last.width, height: last.height}, below];
+        }"""
+    )
+    # The picture is read on a blank page: the chat page's CSP rightly allows no data: image.
+    browser = page.context.browser
+    assert browser is not None
+    blank = await browser.new_page()
+    found = await blank.evaluate(
+        """async ([b64, [last, below]]) => {
             const img = new Image();
             img.src = "data:image/png;base64," + b64;
             await img.decode();
@@ -171,14 +194,11 @@ async def check_screenshot(page: Page, artifacts: Path) -> None:
                 for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 384) n++;
                 return n;
             };
-            const items = document.querySelectorAll("#messages li.message .text");
-            const last = items[items.length - 1].getBoundingClientRect();
-            const list = document.querySelector("#messages").getBoundingClientRect();
-            const below = {x: list.x, y: last.bottom + 40, width: list.width, height: 40};
             return {width: img.width, height: img.height, text: dark(last), empty: dark(below)};
         }""",
-        [base64.b64encode(png).decode(), "#messages"],
+        [base64.b64encode(png).decode(), boxes],
     )
+    await blank.close()
     assert (found["width"], found["height"]) == (1000, 700)
     assert found["text"] > 20, found  # the glyphs of "order 42 shipped"
     assert found["empty"] == 0, found

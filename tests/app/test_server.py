@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
+import jwt
 import pytest
 from helpers.http import Http
-from helpers.hub_client import HubClient, LongPollClient
+from helpers.hub_client import HubClient, LongPollClient, ReplyError
 
 from backchannel.asyncio import connect
 from backchannel.exceptions import InvalidStatus
@@ -149,3 +152,131 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket()
         # A client cannot pick its bucket: only the last hop before the proxy counts.
         assert await open_from("198.51.100.9, 203.0.113.1") == 429
         await http.close()
+
+
+@pytest.mark.parametrize("query", ["?sid=", "?xsid=1", "?q=sid=", "?sid=&v=1"])
+async def test_an_open_with_a_query_still_counts_against_the_open_limit(query: str) -> None:
+    # Each of these opens a session (LongPoll sees no sid): each must use the bucket.
+    config = make_config(open_rate=0.001, open_burst=2)
+    frame = json.dumps({"id": 1, "method": "connect", "params": {"token": "x"}})
+    async with running(config) as (_, port):
+        http = await Http.open(port)
+        statuses = [(await http.exchange("POST", f"/lp{query}", frame)).status for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        await http.close()
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"sub": ""}, {"sub": "alice", "channel": "$chat:secret"}],
+    ids=["empty-sub", "channel-token"],
+)
+async def test_a_connection_token_without_a_user_or_for_a_channel_is_refused(
+    claims: dict[str, str],
+) -> None:
+    token = jwt.encode({**claims, "exp": int(time.time()) + 600}, SECRET, "HS256")
+    async with running() as (_, port):
+        for client in (await HubClient.raw(port, path="/ws"), await LongPollClient.raw(port)):
+            await client.send_raw(
+                json.dumps({"id": 1, "method": "connect", "params": {"token": token}})
+            )
+            assert (await client.closed())[0] == 3500
+            await client.close()
+
+
+async def test_a_channel_token_cannot_refresh_a_connection() -> None:
+    async with running() as (_, port):
+        client = await HubClient.open(port, path="/ws", token=make_token(SECRET, "bob", ttl=600))
+        channel_token = make_token(SECRET, "bob", ttl=600, channel="$chat:b")
+        await client.send_raw(
+            json.dumps({"id": 2, "method": "refresh", "params": {"token": channel_token}})
+        )
+        assert (await client.closed())[0] == 3500
+
+
+async def test_security_headers_of_pages_scripts_and_answers() -> None:
+    async with running() as (_, port):
+        http = await Http.open(port)
+        page = await http.exchange("GET", "/")
+        csp = page.headers["content-security-policy"]
+        for directive in ("default-src 'none'", "frame-ancestors 'none'", "base-uri 'none'"):
+            assert directive in csp
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        script = await http.exchange("GET", "/js/backchannel.js")
+        assert script.headers["x-content-type-options"] == "nosniff"
+        assert script.headers["content-type"].startswith("text/javascript")
+        answers = [
+            await http.exchange("GET", "/lp?sid=nope&ack=0"),
+            await http.exchange("POST", "/lp", json.dumps({"id": 1, "method": "connect"})),
+            await http.exchange("POST", "/api/publish", "{}"),
+            await http.exchange("POST", "/demo/token", '{"user": "alice"}'),
+            await http.exchange("GET", "/healthz"),
+            await http.exchange("GET", "/nothing-here"),
+        ]
+        for answer in answers:
+            assert answer.headers["x-content-type-options"] == "nosniff", answer
+            assert answer.headers["cache-control"] == "no-store", answer
+        await http.close()
+
+
+async def head_then_get(port: int, target: str) -> tuple[bytes, bytes]:
+    """The head of a HEAD answer, and the first bytes after it on the same connection
+    (the answer to a GET /healthz sent next): a HEAD answer with a body would show."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(f"HEAD {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            following = await reader.readuntil(b"\r\n")
+    finally:
+        writer.close()
+    return head, following
+
+
+def header_lines(head: bytes) -> dict[str, str]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+
+
+@pytest.mark.parametrize("target", ["/", "/js/backchannel.js", "/healthz"])
+async def test_head_answers_as_get_without_the_body(target: str) -> None:
+    async with running() as (_, port):
+        http = await Http.open(port)
+        get_reply = await http.exchange("GET", target)
+        await http.close()
+        head, following = await head_then_get(port, target)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        fields = header_lines(head)
+        assert fields["content-length"] == str(len(get_reply.body))
+        assert fields["content-type"] == get_reply.headers["content-type"]
+        assert following == b"HTTP/1.1 200 OK\r\n"  # no body came before it
+
+
+async def test_head_elsewhere_has_no_body_and_other_methods_on_files_get_405() -> None:
+    async with running() as (_, port):
+        for target in ("/nothing-here", "/api/publish", "/lp"):
+            head, following = await head_then_get(port, target)
+            assert not head.startswith(b"HTTP/1.1 200 "), target
+            assert following == b"HTTP/1.1 200 OK\r\n", target
+        http = await Http.open(port)
+        refused = await http.exchange("POST", "/js/backchannel.js")
+        assert refused.status == 405 and refused.headers["allow"] == "GET, HEAD"
+        await http.close()
+
+
+async def test_an_anonymous_connection_is_no_user_of_a_user_limited_channel() -> None:
+    config = make_config()
+    config.auth.anonymous = True
+    async with running(config) as (_, port):
+        client = await HubClient.open(port, path="/ws")
+        assert client.info["user"] == ""
+        for channel in ("chat:dm#alice,bob", "chat:dm#alice,", "chat:dm#", "chat:dm#,"):
+            with pytest.raises(ReplyError) as info:
+                await client.call("subscribe", channel=channel)
+            assert info.value.code == 103, channel
+        await client.call("subscribe", channel="chat:lobby")
+        await client.close()

@@ -26,6 +26,7 @@ from helpers.webhook_receiver import Receiver
 from backchannel.app.config import WebhooksConfig
 from backchannel.app.webhooks import Webhooks, sign
 from backchannel.hub import HubOptions
+from backchannel.hub.options import ChannelOptions
 from backchannel.hub.token import make_token
 
 from .conftest import SECRET, make_config, running
@@ -115,6 +116,8 @@ async def test_each_event_is_sent_signed_once(receiver: Receiver) -> None:
 
 async def test_events_and_namespaces_select_what_is_sent(receiver: Receiver) -> None:
     config = make_config()
+    # Names without a namespace take the default namespace's options when there is one.
+    config.channels = {**config.channels, "default": ChannelOptions()}
     config.webhooks = hooks_config(
         receiver, events=["subscribe", "publish"], namespaces=["chat", "default"]
     )

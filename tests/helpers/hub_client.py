@@ -157,12 +157,13 @@ class HubClient:
 class LongPollClient(HubClient):
     """The same client over long polling: commands by POST, replies and pushes by GET."""
 
-    #: Every client made, so a test's fixture can release their sockets at the end.
-    instances: ClassVar[list[LongPollClient]] = []
+    #: Every client made, with its event loop, so a test's fixture can release their
+    #: sockets at the end.
+    instances: ClassVar[list[tuple[asyncio.AbstractEventLoop, LongPollClient]]] = []
 
     def __init__(self, port: int, path: str = "/lp") -> None:
         super().__init__(url=f"http://127.0.0.1:{port}{path}")
-        LongPollClient.instances.append(self)
+        LongPollClient.instances.append((asyncio.get_running_loop(), self))
 
     @classmethod
     async def open(cls, port: int, **connect_params: Any) -> LongPollClient:  # type: ignore[override]
@@ -186,7 +187,11 @@ class LongPollClient(HubClient):
 
     @classmethod
     async def release_all(cls) -> None:
-        """Close every client's sockets (ResourceWarning is an error in this suite)."""
+        """Close the sockets of every client of this test (ResourceWarning is an error in
+        this suite). Clients of an earlier test, on a loop now closed, were that test's
+        to close: they are forgotten, not closed again on a loop that is gone."""
+        loop = asyncio.get_running_loop()
         clients, cls.instances = cls.instances, []
-        for client in clients:
-            await client.close()
+        for owner, client in clients:
+            if owner is loop:
+                await client.close()

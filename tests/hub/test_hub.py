@@ -15,7 +15,12 @@ from helpers.hub_client import HubClient, LongPollClient, ReplyError
 from helpers.raw_client import RawClient
 
 from backchannel.asyncio import connect, serve
-from backchannel.exceptions import BrokerUnavailable, ConnectionClosedError, InvalidStatus
+from backchannel.exceptions import (
+    BrokerUnavailable,
+    CommandError,
+    ConnectionClosedError,
+    InvalidStatus,
+)
 from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker
 from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
@@ -682,7 +687,7 @@ class Sink:
 
 async def test_subscribers_wait_for_the_node_subscription_and_survive_a_cancelled_first() -> None:
     broker = GatedBroker()
-    async with Hub(OPTIONS, broker=broker) as hub:
+    async with Hub(HubOptions(), broker=broker) as hub:
         first, second, third = (hub.open_session(Sink()) for _ in range(3))
         subscribing = asyncio.create_task(hub.subscribe_session(first, "c"))
         await broker.entered.wait()
@@ -704,3 +709,47 @@ async def test_subscribers_wait_for_the_node_subscription_and_survive_a_cancelle
         broker.gate.set()
         await later
         assert hub.channels() == {"c": 1} and "c" in third.subscriptions
+
+
+async def test_with_namespaces_and_no_default_a_plain_channel_name_is_refused() -> None:
+    # Configuring namespaces lists what clients may use: a name outside them is not
+    # quietly given the built-in options (clients may publish, no history...).
+    options = HubOptions(namespaces={"chat": ChannelOptions()})
+    async with hub_server(options) as (hub, port):
+        client = await HubClient.open(port, token=token("alice"))
+        for channel in ("lobby", "$lobby", "other:x"):
+            with pytest.raises(ReplyError) as info:
+                await client.call("subscribe", channel=channel)
+            assert info.value.code == 102, channel
+        with pytest.raises(CommandError) as caught:
+            await hub.publish("lobby", "from the server")
+        assert caught.value.code == 102
+        assert await client.call("subscribe", channel="chat:x") == {}
+        await client.close()
+
+
+async def test_a_configured_default_takes_plain_channel_names() -> None:
+    options = HubOptions(
+        namespaces={"chat": ChannelOptions()}, default=ChannelOptions(history_size=5)
+    )
+    async with hub_server(options) as (_, port):
+        client = await HubClient.open(port, token=token("alice"))
+        await client.call("subscribe", channel="lobby")
+        assert (await client.call("publish", channel="lobby", data=1))["offset"] == 1
+        with pytest.raises(ReplyError) as info:
+            await client.call("subscribe", channel="other:x")
+        assert info.value.code == 102
+        await client.close()
+
+
+async def test_a_hub_without_namespaces_takes_plain_names_with_built_in_options() -> None:
+    # An embedded hub needs no configuration (HubOptions()), as before.
+    async with hub_server(HubOptions()) as (_, port):
+        client = await HubClient.open(port, token=token("alice"))
+        await client.call("subscribe", channel="lobby")
+        await client.call("publish", channel="lobby", data=1)  # clients may publish
+        assert (await client.publications(1))[0]["data"] == 1
+        with pytest.raises(ReplyError) as info:
+            await client.call("subscribe", channel="chat:x")
+        assert info.value.code == 102
+        await client.close()

@@ -55,7 +55,7 @@ def test_hs256_token_gives_its_claims() -> None:
 def test_rs256_token_gives_its_claims(rsa_keys: tuple[bytes, bytes]) -> None:
     private, public = rsa_keys
     token = jwt.encode({"sub": "bob", "channel": "$c", "client": "x"}, private, "RS256")
-    claims = TokenVerifier(public_key=public).verify(token)
+    claims = TokenVerifier(public_key=public).verify_channel(token)
     assert (claims.user, claims.expires, claims.channel, claims.client) == ("bob", None, "$c", "x")
 
 
@@ -78,6 +78,17 @@ def test_expired_token_is_told_apart() -> None:
         jwt.encode({"sub": 42}, SECRET, "HS256"),
         jwt.encode({"sub": "alice", "channel": 1}, SECRET, "HS256"),
         jwt.encode({"sub": "alice"}, SECRET * 2, "HS512"),  # not configured
+        # Every connection with an empty sub would be the same user "".
+        jwt.encode({"sub": ""}, SECRET, "HS256"),
+        hs256_by_hand({"sub": None}, SECRET.encode()),
+        hs256_by_hand({"sub": ["alice"]}, SECRET.encode()),
+        # A channel token opens one channel; it does not say who a connection is.
+        jwt.encode({"sub": "alice", "channel": "$orders:1"}, SECRET, "HS256"),
+        # Not a NumericDate (RFC 7519 section 2): not "expired", malformed.
+        hs256_by_hand({"sub": "alice", "exp": True}, SECRET.encode()),
+        hs256_by_hand({"sub": "alice", "exp": "2000000000"}, SECRET.encode()),
+        hs256_by_hand({"sub": "alice", "exp": None}, SECRET.encode()),
+        hs256_by_hand({"sub": "alice", "client": 7}, SECRET.encode()),
     ],
     ids=[
         "garbage",
@@ -88,6 +99,14 @@ def test_expired_token_is_told_apart() -> None:
         "sub-not-str",
         "bad-channel",
         "hs512",
+        "empty-sub",
+        "null-sub",
+        "list-sub",
+        "channel-token",
+        "exp-bool",
+        "exp-str",
+        "exp-null",
+        "client-not-str",
     ],
 )
 def test_invalid_tokens_are_refused(token: str) -> None:
@@ -115,3 +134,42 @@ def test_algorithm_confusion_is_refused(rsa_keys: tuple[bytes, bytes]) -> None:
 def test_a_verifier_needs_a_key() -> None:
     with pytest.raises(InvalidArgument):
         TokenVerifier()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        # A connection token is not a channel token, whatever else it says.
+        jwt.encode({"sub": "alice"}, SECRET, "HS256"),
+        jwt.encode({"sub": "alice", "client": "x"}, SECRET, "HS256"),
+        jwt.encode({"sub": "", "channel": "$orders:1"}, SECRET, "HS256"),
+        jwt.encode({"sub": "alice", "channel": ""}, SECRET, "HS256"),
+        hs256_by_hand({"sub": "alice", "channel": "$c", "exp": False}, SECRET.encode()),
+    ],
+    ids=["connection-token", "connection-token-with-client", "empty-sub", "empty-channel", "exp"],
+)
+def test_invalid_channel_tokens_are_refused(token: str) -> None:
+    with pytest.raises(TokenError) as info:
+        TokenVerifier(secret=SECRET).verify_channel(token)
+    assert not isinstance(info.value, TokenExpired)
+
+
+def test_a_channel_token_gives_its_claims_and_expires() -> None:
+    verifier = TokenVerifier(secret=SECRET)
+    exp = int(time.time()) + 60
+    token = jwt.encode({"sub": "bob", "channel": "$c", "exp": exp}, SECRET, "HS256")
+    claims = verifier.verify_channel(token)
+    assert (claims.user, claims.channel, claims.expires) == ("bob", "$c", exp)
+    old = jwt.encode({"sub": "bob", "channel": "$c", "exp": int(time.time()) - 5}, SECRET)
+    with pytest.raises(TokenExpired):
+        verifier.verify_channel(old)
+
+
+def test_a_fractional_exp_is_a_numeric_date() -> None:
+    # RFC 7519 section 2 allows a fraction; the expiry is rounded down (never later).
+    exp = time.time() + 60.75
+    token = jwt.encode({"sub": "alice", "exp": exp}, SECRET, "HS256")
+    assert TokenVerifier(secret=SECRET).verify(token).expires == int(exp)
+    past = jwt.encode({"sub": "alice", "exp": time.time() - 5.5}, SECRET, "HS256")
+    with pytest.raises(TokenExpired):
+        TokenVerifier(secret=SECRET).verify(past)

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exceptions import BrokerUnavailable, CommandError
 from ..hub import Hub, codes, wire
@@ -86,7 +87,7 @@ class HttpApi:
         return name if name in self._methods else "other"
 
     async def handle(self, request: Request, address: str) -> Response:
-        name = request.path.partition("?")[0][len(self.prefix) :]
+        name = urlsplit(request.path).path[len(self.prefix) :]
         method = self._methods.get(name)
         if method is None:
             return _error(404, codes.METHOD_NOT_FOUND.with_message(f"no API method {name!r}"))
@@ -118,6 +119,12 @@ class HttpApi:
             logger.exception("API %s failed", name)
             return _error(503, codes.UNAVAILABLE)
         return Response.json(200, result)
+
+    @staticmethod
+    def error(status: int, error: Error) -> Response:
+        """An answer in the API's error shape, for what the server refuses before the API
+        reads the request (a body over ``server.max_body_size``)."""
+        return _error(status, error)
 
     def _authorized(self, header: str | None) -> bool:
         if header is None:

@@ -291,7 +291,9 @@ class Config:
 
     def hub_options(self) -> HubOptions:
         namespaces = dict(self.channels)
-        default = namespaces.pop("default", ChannelOptions())
+        # No [channels.default]: names without a namespace are refused (102) when
+        # namespaces are configured (HubOptions.channel).
+        default = namespaces.pop("default", None)
         return HubOptions(
             namespaces=namespaces,
             default=default,

@@ -14,11 +14,17 @@ Paths (docs/config.md):
 * ``/ready``: 200 while the node can serve (its broker answers), 503 otherwise and from
   the moment it starts shutting down (a readiness probe; docs/operations.md).
 * ``/metrics``: Prometheus metrics, when ``metrics.enabled`` (docs/operations.md).
+
+``HEAD`` is answered wherever ``GET`` is, without the body. Every answer carries the
+security headers of docs/config.md ("Security headers"): nosniff everywhere, no-store on
+dynamic answers, a Content-Security-Policy and no framing on the page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import importlib.resources
 import json
 import logging
@@ -31,10 +37,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ..asyncio import Server, ServerConnection, serve
-from ..exceptions import BrokerUnavailable, InvalidArgument
-from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, websocket_handler
+from ..exceptions import BrokerUnavailable, InvalidArgument, InvalidRequest
+from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, codes, websocket_handler
 from ..hub.token import make_token
 from ..hub.transports.longpoll import SessionRelay
 from ..protocol.handshake import is_upgrade_request
@@ -123,9 +130,12 @@ class App:
         }
         #: Set when shutdown begins: every request is then answered 503.
         self.closing = False
+        #: Headers of the HTML page: what it may load and run (CSP), no framing.
+        self._page_headers: list[tuple[str, str]] = []
         if config.server.demo:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
+            self._page_headers = _page_headers(page[0])
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
         self.metrics = _metrics(config, self.hub, self.node, self.longpoll, self.webhooks)
 
@@ -151,6 +161,7 @@ class App:
                 origins=None if not origins or "*" in origins else [*origins, None],
                 limits=Limits(max_body_size=server_config.max_body_size),
                 process_request=self.process_request,
+                process_invalid=self.process_invalid,
                 reuse_port=reuse_port,
             ) as server:
                 try:
@@ -183,46 +194,87 @@ class App:
     ) -> Response | None:
         """Route one HTTP request; None lets a WebSocket upgrade through."""
         if self.closing:
-            return _shutting_down()
-        path = request.path.partition("?")[0]
+            return _secured(_shutting_down())
+        # The path as LongPoll and the API parse it: one parser, so that no route sees
+        # a different request than its handler does.
+        path = urlsplit(request.path).path
         address = self._address(connection, request)
         if is_upgrade_request(request):
             if path != "/ws":
-                return Response.text(404, "Not Found: the hub's WebSocket is at /ws\n")
+                return _secured(Response.text(404, "Not Found: the hub's WebSocket is at /ws\n"))
             if not self.config.server.websocket:
-                return Response.text(403, "WebSocket is disabled here: use long polling\n")
+                return _secured(
+                    Response.text(403, "WebSocket is disabled here: use long polling\n")
+                )
             if not self.opens.allow(address):
-                return _too_many()
+                return _secured(_too_many())
             return None
+        response = await self._route(connection, request, path, address)
+        if request.method == "HEAD":
+            # RFC 9110 section 9.3.2: the headers of a GET, without the content.
+            if response.status >= 200 and response.status not in (204, 304):
+                response.headers.set("Content-Length", str(len(response.body)))
+            response.body = b""
+        return response
+
+    async def _route(
+        self, connection: ServerConnection, request: Request, path: str, address: str
+    ) -> Response:
+        file = self._files.get(path)
+        if file is not None:
+            if request.method not in ("GET", "HEAD"):
+                refused = Response.text(405, "Method Not Allowed\n")
+                refused.headers.set("Allow", "GET, HEAD")
+                return _secured(refused)
+            body, kind = file
+            headers = Headers([("Content-Type", kind), ("Cache-Control", "no-cache")])
+            headers.add("X-Content-Type-Options", "nosniff")
+            if path.startswith("/js/"):
+                # The browser client is public code: a page of another origin (the
+                # application's own site) loads it as a module, which needs CORS.
+                headers.add("Access-Control-Allow-Origin", "*")
+            if kind.startswith("text/html"):
+                for name, value in self._page_headers:
+                    headers.add(name, value)
+            return Response(200, headers, body)
+        response: Response | None = None
         if path == self.longpoll.path:
-            if request.method == "POST" and "sid=" not in request.path:
-                if not self.opens.allow(address):
-                    return _too_many()
-            return await self.longpoll(connection, request)
-        if path.startswith(self.api.prefix):
+            # Counted as LongPoll decides what an open is: "?sid=" or "?x=1" must not
+            # make an open look like a poll and skip the limit.
+            if self.longpoll.opens_session(request) and not self.opens.allow(address):
+                response = _too_many()
+            else:
+                response = await self.longpoll(connection, request)
+        elif path.startswith(self.api.prefix):
             response = await self.api.handle(request, address)
             if self.metrics is not None:
                 self.metrics.api_request(self.api.method_name(path), response.status)
-            return response
-        if path == "/healthz":
-            return Response.json(200, {"status": "ok", "node": self.node})
-        if path == "/health":
-            return Response.json(200, {"status": "ok"})
-        if path == "/ready":
-            return await self._ready()
-        if path == "/metrics" and self.metrics is not None:
-            headers = Headers([("Content-Type", METRICS_TYPE), ("Cache-Control", "no-store")])
-            return Response(200, headers, self.metrics.render())
-        if path == "/demo/token" and self.config.server.demo:
-            return self._demo_token(request, address)
-        file = self._files.get(path)
-        if file is not None and request.method == "GET":
-            body, kind = file
-            headers = Headers([("Content-Type", kind), ("Cache-Control", "no-cache")])
-            return Response(200, headers, body)
-        if path == "/ws":
-            return Response.text(426, "Upgrade Required: this is the hub's WebSocket\n")
-        return Response.text(404, "Not Found\n")
+        elif path == "/healthz":
+            response = Response.json(200, {"status": "ok", "node": self.node})
+        elif path == "/health":
+            response = Response.json(200, {"status": "ok"})
+        elif path == "/ready":
+            response = await self._ready()
+        elif path == "/metrics" and self.metrics is not None:
+            headers = Headers([("Content-Type", METRICS_TYPE)])
+            response = Response(200, headers, self.metrics.render())
+        elif path == "/demo/token" and self.config.server.demo:
+            response = self._demo_token(request, address)
+        elif path == "/ws":
+            response = Response.text(426, "Upgrade Required: this is the hub's WebSocket\n")
+        if response is None:
+            response = Response.text(404, "Not Found\n")
+        return _secured(response)
+
+    def process_invalid(self, connection: ServerConnection, error: InvalidRequest) -> Response:
+        """The answer to a request the server could not read (a body over
+        ``server.max_body_size``, a head too large): the API's JSON error, since every
+        route that takes a body speaks JSON."""
+        if error.status == 413:
+            limit = self.config.server.max_body_size
+            message = f"request body over server.max_body_size ({limit} bytes)"
+            return _secured(HttpApi.error(413, codes.MESSAGE_TOO_LARGE.with_message(message)))
+        return _secured(HttpApi.error(error.status, codes.BAD_REQUEST.with_message(str(error))))
 
     async def _ready(self) -> Response:
         # Once shutdown begins, every request (this one too) is answered 503 before it
@@ -328,6 +380,47 @@ def _proxy(config: Config) -> BackendProxy | None:
         raise InvalidArgument("[proxy] needs the httpx package: pip install -e '.[proxy]'") from exc
     config.proxy.check(config.server.origins)
     return BackendProxy(config.proxy, origins=config.server.origins)
+
+
+# Inline <script> and <style> elements of a page: the CSP allows exactly these by hash.
+_INLINE = re.compile(rb"<(script|style)\b[^>]*>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
+
+
+def _page_headers(page: bytes) -> list[tuple[str, str]]:
+    """Security headers of an HTML page we serve: scripts and styles only from this
+    origin or inline ones whose hash is listed (computed here, so an edit of the page
+    cannot silently break it), connections (fetch, WebSocket) to this origin only, no
+    plugins, no framing (clickjacking), no Referer sent elsewhere."""
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for match in _INLINE.finditer(page):
+        digest = base64.b64encode(hashlib.sha256(match.group(2)).digest()).decode()
+        hashes[match.group(1).lower()].append(f"'sha256-{digest}'")
+    policy = "; ".join(
+        [
+            "default-src 'none'",
+            " ".join(["script-src 'self'", *hashes[b"script"]]),
+            " ".join(["style-src 'self'", *hashes[b"style"]]),
+            "connect-src 'self'",
+            "img-src 'self'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return [
+        ("Content-Security-Policy", policy),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
+    ]
+
+
+def _secured(response: Response) -> Response:
+    """Headers of every dynamic answer (API, long polling, errors): never stored by a
+    cache on the way (tokens, session ids, private data), and never sniffed into
+    another type than the one declared (a JSON answer run as a script)."""
+    response.headers.set("Cache-Control", "no-store")
+    response.headers.set("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def _too_many() -> Response:

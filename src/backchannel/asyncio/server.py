@@ -34,6 +34,7 @@ Handler = Callable[["ServerConnection"], Awaitable[None]]
 ProcessRequest = Callable[
     ["ServerConnection", Request], "Response | Awaitable[Response | None] | None"
 ]
+ProcessInvalid = Callable[["ServerConnection", InvalidRequest], "Response | None"]
 
 
 class ServerConnection(Connection):
@@ -105,7 +106,15 @@ class ServerConnection(Connection):
         try:
             requests = parser.feed(data)
         except InvalidRequest as exc:
-            self._send_response(ServerHandshake.reject(exc.status, str(exc)), close=True)
+            # The application may answer in its own format (an API's JSON error for a
+            # body over the limit, say); the connection is closed either way, since the
+            # rest of the stream cannot be parsed.
+            response = None
+            if self.server.process_invalid is not None:
+                response = self.server.process_invalid(self, exc)
+            if response is None:
+                response = ServerHandshake.reject(exc.status, str(exc))
+            self._send_response(response, close=True)
             return
         if not requests:
             return
@@ -199,6 +208,7 @@ class Server:
         open_timeout: float | None = 10,
         close_timeout: float = 10,
         process_request: ProcessRequest | None = None,
+        process_invalid: ProcessInvalid | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits or Limits()
@@ -207,6 +217,9 @@ class Server:
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.process_request = process_request
+        #: Answers a request that cannot be parsed (400, 413, 414, 431): None keeps the
+        #: plain-text default.
+        self.process_invalid = process_invalid
         if compression == "deflate":
             deflate: DeflateConfig | None = DeflateConfig()
         elif compression is None or isinstance(compression, DeflateConfig):
@@ -340,6 +353,7 @@ class serve:
         open_timeout: float | None = 10,
         close_timeout: float = 10,
         process_request: ProcessRequest | None = None,
+        process_invalid: ProcessInvalid | None = None,
         reuse_port: bool = False,
         unix_path: str | None = None,
         backlog: int = 511,
@@ -359,6 +373,7 @@ class serve:
             open_timeout=open_timeout,
             close_timeout=close_timeout,
             process_request=process_request,
+            process_invalid=process_invalid,
         )
         self._host = host
         self._port = port

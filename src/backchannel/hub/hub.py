@@ -823,16 +823,18 @@ class Hub:
     # Authorization.
 
     def _authorize(self, session: Session, channel: str, token: str | None) -> None:
-        # User-limited channels: "chat#alice,bob" admits only those users.
+        # User-limited channels: "chat#alice,bob" admits only those users. The
+        # anonymous user "" is never one of them, whatever empty entries the name has
+        # ("chat#alice," or "chat#").
         _, sep, users = channel.partition("#")
-        if sep and session.user not in users.split(","):
+        if sep and (not session.user or session.user not in users.split(",")):
             raise CommandError(codes.PERMISSION_DENIED)
         # Private channels ("$name") need a channel token for this client.
         if channel.startswith("$"):
             if token is None or self.tokens is None:
                 raise CommandError(codes.PERMISSION_DENIED)
             try:
-                claims = self.tokens.verify(token)
+                claims = self.tokens.verify_channel(token)
             except TokenExpired as exc:
                 raise CommandError(codes.TOKEN_EXPIRED) from exc
             except TokenError as exc:

@@ -47,11 +47,16 @@ class ChannelOptions:
 
 @dataclass(frozen=True, slots=True)
 class HubOptions:
-    """Options of a hub. Channels named ``ns:rest`` take ``namespaces[ns]``, others
-    ``default``; a namespace that is not configured is refused (error 102)."""
+    """Options of a hub. Channels named ``ns:rest`` take ``namespaces[ns]``; a namespace
+    that is not configured is refused (error 102). Names without a namespace take
+    ``default`` when it is set. When it is not: a hub with no namespaces at all (an
+    embedded hub, ``HubOptions()``) takes them with the built-in :class:`ChannelOptions`;
+    a hub with namespaces refuses them (102), so that configuring namespaces is a
+    complete list of what clients may use, not a list of exceptions to an open
+    default."""
 
     namespaces: Mapping[str, ChannelOptions] = field(default_factory=dict)
-    default: ChannelOptions = field(default_factory=ChannelOptions)
+    default: ChannelOptions | None = None
     #: Connect without a token (user ""): for demos; off unless configured.
     anonymous: bool = False
     #: Subscriptions per connection: each costs memory and fan-out work.
@@ -93,8 +98,14 @@ class HubOptions:
     max_channel_length: int = 255
 
     def channel(self, name: str) -> ChannelOptions | None:
-        """The options of a channel, or None when its namespace is not configured."""
+        """The options of a channel, or None when it is outside what is configured."""
         namespace, sep, _ = name.partition(":")
-        if not sep:
+        if sep:
+            return self.namespaces.get(namespace)
+        if self.default is not None:
             return self.default
-        return self.namespaces.get(namespace)
+        return None if self.namespaces else _BUILT_IN
+
+
+#: What a plain channel name gets in a hub configured with no namespaces at all.
+_BUILT_IN = ChannelOptions()

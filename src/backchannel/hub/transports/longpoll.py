@@ -198,6 +198,12 @@ class LongPoll:
         """Polls held on this node now, waiting for something to answer (a metric)."""
         return sum(1 for transport in self.sessions.values() if transport.waiting)
 
+    def opens_session(self, request: Request) -> bool:
+        """Whether ``request`` opens a new session (a POST to this path without a
+        ``sid``): the one rule, for a caller that counts opens (a rate limit)."""
+        url = urlsplit(request.path)
+        return url.path == self.path and request.method == "POST" and _sid(url.query) is None
+
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path != self.path:
@@ -230,7 +236,7 @@ class LongPoll:
         self, request: Request, query_string: str, *, relayed: bool = False
     ) -> Response:
         query = parse_qs(query_string)
-        sid = query.get("sid", [None])[0]
+        sid = _sid(query_string)
         if request.method == "POST" and sid is None:
             return await self._open(request)
         transport = self.sessions.get(sid) if sid is not None else None
@@ -357,3 +363,8 @@ class LongPoll:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _sid(query_string: str) -> str | None:
+    """The session id a query names, if any (an empty ``sid=`` names none)."""
+    return parse_qs(query_string).get("sid", [None])[0]
