@@ -8,8 +8,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers.http import Http
-from helpers.hub_client import HubClient, LongPollClient
+from helpers.hub_client import HubClient, LongPollClient, ReplyError
 from helpers.redis_server import RedisServer, require_redis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -64,6 +65,12 @@ async def test_metrics_count_a_scripted_session() -> None:
         for client in (ws, lp):
             assert [p["data"] for p in await client.publications(3)] == [0, 1, 2]
         assert (await get(port, "/api/nothing", "POST", "{}"))[0] == 404
+        # Refused: a publish to a namespace that does not exist, by a backend and by a
+        # client (whose subscribe is refused first).
+        refused = json.dumps({"channel": "nowhere:x", "data": 1})
+        assert (await get(port, "/api/publish", "POST", refused))[0] == 400
+        with pytest.raises(ReplyError):
+            await ws.call("subscribe", channel="nowhere:x")
 
         # The long-polling client, idle, holds a poll waiting for news.
         await until(lambda: app.longpoll.held() == 1)
@@ -86,7 +93,12 @@ async def test_metrics_count_a_scripted_session() -> None:
         assert value("backchannel_publications_fanned_out_total") == 3
         # Three publications to two subscribers, and bob's join told to alice.
         assert value("backchannel_deliveries_total") == 7
-        assert value("backchannel_slow_consumers_total") == 0
+        assert value("backchannel_slow_consumers_total", policy="disconnect") == 0
+        assert value("backchannel_slow_consumers_total", policy="drop") == 0
+        assert value("backchannel_publications_refused_total") == 1
+        assert value("backchannel_commands_total", method="connect", code="0") == 2
+        assert value("backchannel_commands_total", method="subscribe", code="0") == 2
+        assert value("backchannel_commands_total", method="subscribe", code="102") == 1
         assert value("backchannel_recoveries_total", outcome="recovered") == 0
         assert value("backchannel_api_requests_total", method="publish", status="200") == 3
         # Each publication's fan-out timed once (the API's three, and none other).
@@ -174,3 +186,24 @@ async def test_webhook_outcomes_are_counted() -> None:
     # The first attempt got 500, the second was accepted.
     assert (total("sent"), total("failed"), total("retried")) == (1, 1, 1)
     assert (total("dropped"), total("dead_lettered")) == (0, 0)
+
+
+async def test_broker_round_trips_are_counted_and_timed(tmp_path: Path) -> None:
+    require_redis()
+    with RedisServer(tmp_path) as redis:
+        config = make_config()
+        config.broker.url = redis.url
+        config.metrics.enabled = True
+        async with running(config) as (app, port):
+            node = frozenset({("node", app.node)})
+            body = json.dumps({"channel": "chat:lobby", "data": "hi"})
+            for _ in range(3):
+                assert (await get(port, "/api/publish", "POST", body))[0] == 200
+            redis.stop()
+            assert (await get(port, "/api/publish", "POST", body))[0] == 503
+            values = samples((await get(port, "/metrics"))[1])
+            publish = node | {("operation", "publish")}
+            assert values[("backchannel_broker_calls_total", publish)] == 4
+            assert values[("backchannel_broker_errors_total", publish)] == 1
+            assert values[("backchannel_broker_call_seconds_count", publish)] == 4
+            redis.start()

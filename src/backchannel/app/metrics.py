@@ -23,7 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..hub import Hub
-from ..hub.latency import BUCKETS
+from ..hub.brokers.calls import BrokerCalls
+from ..hub.latency import BUCKETS, Snapshot
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -64,6 +65,44 @@ class Metrics:
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+def _histogram_buckets(snapshot: Snapshot) -> list[tuple[str, float]]:
+    """Cumulative buckets, as Prometheus has them, from a fixed-bucket snapshot."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*BUCKETS, float("inf")), snapshot.counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
+
+
+def _broker_metrics(calls: BrokerCalls, node: str) -> Iterator[Metric]:
+    """Round trips to the broker's store (Redis), by operation; nothing for the memory
+    broker, which makes none."""
+    count = CounterMetricFamily(
+        "backchannel_broker_calls",
+        "Round trips to the broker's store (Redis), by operation.",
+        labels=["node", "operation"],
+    )
+    errors = CounterMetricFamily(
+        "backchannel_broker_errors",
+        "Round trips to the broker's store that failed, by operation.",
+        labels=["node", "operation"],
+    )
+    latency = HistogramMetricFamily(
+        "backchannel_broker_call_seconds",
+        "Time of a round trip to the broker's store, by operation.",
+        labels=["node", "operation"],
+    )
+    for operation in sorted(calls.count):
+        count.add_metric([node, operation], calls.count[operation])
+        errors.add_metric([node, operation], calls.errors[operation])
+        snapshot = calls.latency[operation].snapshot()
+        latency.add_metric([node, operation], _histogram_buckets(snapshot), snapshot.total)
+    yield count
+    yield errors
+    yield latency
 
 
 class _HubCollector(Collector):
@@ -129,11 +168,30 @@ class _HubCollector(Collector):
             "Publications, joins and leaves given to this node's subscribers.",
             stats.deliveries,
         )
-        yield counter(
+        slow = CounterMetricFamily(
             "backchannel_slow_consumers",
-            "Times a session's outbox was full (the channel's slow-consumer policy applied).",
-            stats.slow_consumers,
+            "Times a session's outbox was full, by the slow-consumer policy applied.",
+            labels=["node", "policy"],
         )
+        for policy, count in sorted(
+            {"disconnect": 0, "drop": 0, **stats.slow_consumers_by_policy}.items()
+        ):
+            slow.add_metric([node, policy], count)
+        yield slow
+        yield counter(
+            "backchannel_publications_refused",
+            "Publishes refused: by the hub's checks, the application, or a broker down.",
+            stats.publications_refused,
+        )
+        commands = CounterMetricFamily(
+            "backchannel_commands",
+            "Client commands answered, by method and result code (0: success).",
+            labels=["node", "method", "code"],
+        )
+        for (method, code), count in sorted(stats.commands.items()):
+            commands.add_metric([node, method, str(code)], count)
+        yield commands
+        yield from _broker_metrics(self.hub.broker.calls, node)
         recoveries = CounterMetricFamily(
             "backchannel_recoveries",
             "Subscriptions that asked to recover missed publications, by outcome.",
@@ -149,11 +207,7 @@ class _HubCollector(Collector):
             "written or queued.",
             labels=["node"],
         )
-        cumulative, buckets = 0, []
-        for bound, count in zip((*BUCKETS, float("inf")), fanout.counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        latency.add_metric([node], buckets, fanout.total)
+        latency.add_metric([node], _histogram_buckets(fanout), fanout.total)
         yield latency
         yield counter(
             "backchannel_hook_events_dropped",

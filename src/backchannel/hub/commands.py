@@ -72,13 +72,21 @@ class Commands:
             await self._run(session, command)
 
     async def _run(self, session: Session, command: wire.Command) -> None:
+        code = await self._answer(session, command)
+        # Counted by method for statistics; a name the hub does not know is "other", so
+        # a client cannot grow the set of names.
+        method = command.method if command.method in self._handlers else "other"
+        self.hub.count_command(method, code)
+
+    async def _answer(self, session: Session, command: wire.Command) -> int:
+        """Run one command and send its reply; the result code (0: success)."""
         hub = self.hub
         if command.error is not None:
             hub.send(session, wire.encode_error(command.id, command.error))
-            return
+            return command.error.code
         if not session.connected and command.method != "connect":
             hub.send(session, wire.encode_error(command.id, codes.NOT_CONNECTED))
-            return
+            return codes.NOT_CONNECTED.code
         try:
             result = await self._handlers[command.method](session, command.params)
             # Encoded here: a result the application made that is not JSON is its error.
@@ -86,23 +94,24 @@ class Commands:
         except CommandError as exc:
             error = Error(exc.code, exc.message or "error", exc.temporary)
             hub.send(session, wire.encode_error(command.id, error))
-            return
+            return exc.code
         except DisconnectRequest as exc:
             session.disconnect(Disconnect(exc.code, exc.reason))
-            return
+            return exc.code
         except BrokerUnavailable:
             # Nothing was done; the client may retry later (116 is temporary).
             hub.send(session, wire.encode_error(command.id, codes.UNAVAILABLE))
-            return
+            return codes.UNAVAILABLE.code
         except Exception:
             logger.exception("error in %s command", command.method)
             hub.send(session, wire.encode_error(command.id, codes.INTERNAL))
-            return
+            return codes.INTERNAL.code
         if session.closed:
-            return
+            return 0
         hub.send(session, reply)
         if command.method == "subscribe":
             hub.go_live(session, command.params["channel"])
+        return 0
 
     async def _connect(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("v", wire.PROTOCOL_VERSION) != wire.PROTOCOL_VERSION:

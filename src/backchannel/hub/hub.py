@@ -24,6 +24,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
@@ -106,6 +107,13 @@ class Statistics:
     recoveries_failed: int
     #: Observer events dropped because the application's hooks could not keep up.
     hook_events_dropped: int
+    #: Publishes refused (by the hub's checks, the application, or a broker down).
+    publications_refused: int = 0
+    #: Slow-consumer events by the policy applied ("disconnect", "drop").
+    slow_consumers_by_policy: dict[str, int] = field(default_factory=dict)
+    #: Client commands answered, by method and result code (0: success; a method the
+    #: hub does not know counts as "other").
+    commands: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +169,9 @@ class Hub:
         #: broker) to every local subscriber's copy written or queued.
         self.fanout_latency = Histogram()
         self._slow_consumers = 0
+        self._slow_by_policy: Counter[str] = Counter()
+        self._publications_refused = 0
+        self._commands: Counter[tuple[str, int]] = Counter()
         self._recovered = [0, 0]  # failed, succeeded
 
     async def __aenter__(self) -> Hub:
@@ -229,6 +240,9 @@ class Hub:
             publications_out=self._publications_out,
             deliveries=registry.deliveries,
             slow_consumers=self._slow_consumers,
+            slow_consumers_by_policy=dict(self._slow_by_policy),
+            publications_refused=self._publications_refused,
+            commands=dict(self._commands),
             recoveries_succeeded=self._recovered[1],
             recoveries_failed=self._recovered[0],
             hook_events_dropped=self._observers.dropped,
@@ -347,6 +361,7 @@ class Hub:
             sub = session.subscriptions.get(channel)
             if sub is not None:
                 policy = sub.options.slow_consumer
+        self._slow_by_policy[policy] += 1
         if policy == "disconnect":
             if not session.closed:
                 logger.info("disconnecting slow consumer %s", session.client)
@@ -357,6 +372,10 @@ class Hub:
             # it reads the missing ones from history at once.
             session.note_dropped(channel, wire.encode_dropped(channel, dropped))
         self._observers.emit("on_slow_consumer", session, channel)
+
+    def count_command(self, method: str, code: int) -> None:
+        """A client command was answered with ``code`` (0: success): for statistics."""
+        self._commands[method, code] += 1
 
     def send(self, session: Session, text: str) -> None:
         """Send a reply or a push to one session; a full outbox disconnects it."""
@@ -611,21 +630,25 @@ class Hub:
         same checks and the same result for both; CommandError when refused. A client
         must be subscribed to a channel whose namespace lets clients publish, within its
         rate, and the application's ``authorize_publish`` may refuse or change the data."""
-        options = self.channel_options(channel)
-        from_wire = False
-        if session is not None:
-            if options.publish != "clients" or channel not in session.subscriptions:
-                raise CommandError(codes.PERMISSION_DENIED)
-            if not session.take_publish_token(
-                self.options.publish_rate, self.options.publish_burst
-            ):
-                raise CommandError(codes.TOO_MANY_REQUESTS)
-            changed = await self.hooks.authorize_publish(session, channel, data)
-            # Params were checked when decoded; data the application changed is not.
-            from_wire = changed is data
-            data = changed
-        self.check_data(data, from_wire=from_wire)
-        return await self._publish(channel, data, options, session, idempotency_key)
+        try:
+            options = self.channel_options(channel)
+            from_wire = False
+            if session is not None:
+                if options.publish != "clients" or channel not in session.subscriptions:
+                    raise CommandError(codes.PERMISSION_DENIED)
+                if not session.take_publish_token(
+                    self.options.publish_rate, self.options.publish_burst
+                ):
+                    raise CommandError(codes.TOO_MANY_REQUESTS)
+                changed = await self.hooks.authorize_publish(session, channel, data)
+                # Params were checked when decoded; data the application changed is not.
+                from_wire = changed is data
+                data = changed
+            self.check_data(data, from_wire=from_wire)
+            return await self._publish(channel, data, options, session, idempotency_key)
+        except (CommandError, DisconnectRequest, BrokerUnavailable):
+            self._publications_refused += 1
+            raise
 
     async def _publish(
         self,

@@ -19,6 +19,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from ..wire import ClientInfo, Position, Publication
+from .calls import BrokerCalls
 
 __all__ = [
     "Broker",
@@ -101,6 +102,9 @@ class BrokerHandler(Protocol):
 
 class Broker(Protocol):
     """The interface every broker implements (see the module docstring)."""
+
+    #: Its round trips to a backing store, by operation (empty for one that has none).
+    calls: BrokerCalls
 
     async def start(self, handler: BrokerHandler) -> None:
         """Begin delivering events to ``handler``."""

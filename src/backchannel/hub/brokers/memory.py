@@ -15,6 +15,7 @@ from typing import Any
 
 from ..wire import ClientInfo, Position, Publication
 from .base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
+from .calls import BrokerCalls
 
 __all__ = ["MemoryBroker"]
 
@@ -59,6 +60,8 @@ class MemoryBroker:
     EMPTY_STREAM_TTL = 300.0
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Nothing to measure: everything stays in this process.
+        self.calls = BrokerCalls()
         self._clock = clock
         self._handler: BrokerHandler | None = None
         self._closed = False

@@ -13,6 +13,7 @@ from helpers.redis_server import RedisServer
 from hub.brokers.broker_contract import ManualClock
 
 from backchannel.exceptions import BrokerUnavailable
+from backchannel.hub.brokers.calls import BrokerCalls
 from backchannel.hub.brokers.redis.keys import Keys
 from backchannel.hub.brokers.redis.occupancy import REFRESH_BATCH, RedisOccupancy
 
@@ -37,7 +38,9 @@ def keys(prefix: str) -> Keys:
 
 
 def node(client: redis.Redis, keys: Keys, name: str, clock: ManualClock) -> RedisOccupancy:
-    return RedisOccupancy(client, keys, name, lambda: int(clock() * 1000), ttl_ms=int(TTL * 1000))
+    return RedisOccupancy(
+        client, keys, name, lambda: int(clock() * 1000), BrokerCalls(), ttl_ms=int(TTL * 1000)
+    )
 
 
 async def test_a_node_that_stops_refreshing_stops_counting_after_the_ttl(

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from ....exceptions import BrokerUnavailable
 from ...wire import ClientInfo, Position, Publication
 from ..base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult
+from ..calls import BrokerCalls
 from .codec import client_info, dumps, publication, text
 from .errors import DOWN, reachable
 from .history import RedisHistory
@@ -109,20 +110,27 @@ class RedisBroker:
         #: idempotency key.
         self._writer = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._keys = Keys(prefix)
+        #: Each round trip to Redis, by operation (metrics).
+        self.calls = BrokerCalls()
         self._history = RedisHistory(
             self._redis,
             self._writer,
             self._keys,
             self._now_ms,
+            self.calls,
             empty_stream_ttl=self.EMPTY_STREAM_TTL,
         )
-        self._presence = RedisPresence(self._redis, self._keys, self._now_ms)
+        self._presence = RedisPresence(self._redis, self._keys, self._now_ms, self.calls)
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
         #: ``owner_check``: seconds between checks, while a long-poll request relayed to
         #: another node waits, that the node is still up (see :mod:`.relay`).
-        self._relay = RedisRelay(self._redis, self._keys, self.node, owner_check=owner_check)
-        self._occupancy = RedisOccupancy(self._redis, self._keys, self.node, self._now_ms)
+        self._relay = RedisRelay(
+            self._redis, self._keys, self.node, self.calls, owner_check=owner_check
+        )
+        self._occupancy = RedisOccupancy(
+            self._redis, self._keys, self.node, self._now_ms, self.calls
+        )
         self._handler: BrokerHandler | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -140,7 +148,7 @@ class RedisBroker:
         """Connect and begin delivering; BrokerUnavailable when Redis cannot be reached."""
         self._handler = handler
         self._pubsub = self._redis.pubsub()
-        async with reachable():
+        async with reachable(self.calls, "start"):
             await self._pubsub.subscribe(self._relay.channel, self._keys.control)
             await self._relay.mark_alive()
         loop = asyncio.get_running_loop()
@@ -186,7 +194,7 @@ class RedisBroker:
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[channel] = confirmed
         try:
-            async with reachable():
+            async with reachable(self.calls, "subscribe"):
                 await self._pubsub.subscribe(self._keys.channel(channel))
                 await asyncio.wait_for(asyncio.shield(confirmed), 10)
                 # Where the stream is now: after an outage, what came later is caught up.
@@ -236,15 +244,15 @@ class RedisBroker:
         )
 
     async def publish_control(self, message: dict[str, Any]) -> None:
-        async with reachable():
+        async with reachable(self.calls, "publish_control"):
             await self._redis.publish(self._keys.control, dumps(message))
 
     async def publish_join(self, channel: str, who: ClientInfo) -> None:
-        async with reachable():
+        async with reachable(self.calls, "publish_join"):
             await self._redis.publish(self._keys.channel(channel), dumps(["j", who.to_json()]))
 
     async def publish_leave(self, channel: str, who: ClientInfo) -> None:
-        async with reachable():
+        async with reachable(self.calls, "publish_leave"):
             await self._redis.publish(self._keys.channel(channel), dumps(["l", who.to_json()]))
 
     # History.
@@ -260,7 +268,7 @@ class RedisBroker:
     async def ping(self) -> None:
         # With the one quick retry: a pooled connection that died with a restarted Redis
         # does not make a node look unready.
-        async with reachable():
+        async with reachable(self.calls, "ping"):
             await self._redis.ping()
 
     # Presence.

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ....exceptions import BrokerUnavailable
+from ..calls import BrokerCalls
 
 __all__ = ["DOWN", "reachable"]
 
@@ -18,8 +20,22 @@ DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class reachable(contextlib.AbstractAsyncContextManager[None]):
-    """Turn "Redis cannot be reached" into BrokerUnavailable."""
+    """One round trip to Redis, named ``operation``: recorded in ``calls`` (count, error,
+    latency), and "Redis cannot be reached" turned into BrokerUnavailable."""
+
+    __slots__ = ("_calls", "_operation", "_started")
+
+    def __init__(self, calls: BrokerCalls, operation: str) -> None:
+        self._calls = calls
+        self._operation = operation
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._calls.record(
+            self._operation, time.perf_counter() - self._started, failed=exc is not None
+        )
         if exc is not None and isinstance(exc, DOWN):
             raise BrokerUnavailable(f"Redis is unreachable: {exc}") from exc

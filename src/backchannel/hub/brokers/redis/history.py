@@ -22,6 +22,7 @@ import redis.asyncio as redis
 
 from ...wire import ClientInfo, Position
 from ..base import HistoryOptions, HistoryResult, PublishResult, select_history
+from ..calls import BrokerCalls
 from .codec import dumps, publication, text
 from .errors import reachable
 from .keys import GC_SLACK_MS, Keys
@@ -109,10 +110,12 @@ class RedisHistory:
         writer: redis.Redis,
         keys: Keys,
         now_ms: Callable[[], int],
+        calls: BrokerCalls,
         *,
         empty_stream_ttl: float,
     ) -> None:
         self._redis = reader
+        self._calls = calls
         self._keys = keys
         self._now_ms = now_ms
         self._empty_stream_ttl_ms = int(empty_stream_ttl * 1000)
@@ -135,7 +138,7 @@ class RedisHistory:
         info = "null" if publisher is None else dumps(publisher.to_json())
         key = idempotency_key or ""
         keys = self._keys
-        async with reachable():
+        async with reachable(self._calls, "publish"):
             duplicate, message = await self._publish_script(
                 keys=[keys.stream(channel), keys.log(channel), keys.idempotency(channel, key)],
                 args=[
@@ -158,7 +161,7 @@ class RedisHistory:
         """See :meth:`Broker.history`."""
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
-        async with reachable():
+        async with reachable(self._calls, "history"):
             epoch, top, entries = await self._history_script(
                 keys=[self._keys.stream(channel), self._keys.log(channel)],
                 args=[
@@ -173,5 +176,5 @@ class RedisHistory:
 
     async def remove(self, channel: str) -> None:
         """Drop the channel's stream; the next publication starts a new epoch."""
-        async with reachable():
+        async with reachable(self._calls, "remove_history"):
             await self._redis.delete(self._keys.stream(channel), self._keys.log(channel))

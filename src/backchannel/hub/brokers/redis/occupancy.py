@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from ..calls import BrokerCalls
 from .errors import DOWN, reachable
 from .keys import GC_SLACK_MS, Keys
 
@@ -111,10 +112,12 @@ class RedisOccupancy:
         keys: Keys,
         node: str,
         now_ms: Callable[[], int],
+        calls: BrokerCalls,
         *,
         ttl_ms: int = OCCUPANCY_TTL_MS,
     ) -> None:
         self._redis = client
+        self._calls = calls
         self._keys = keys
         self._node = node
         self._now_ms = now_ms
@@ -136,7 +139,7 @@ class RedisOccupancy:
 
     async def occupy(self, channel: str) -> bool:
         """See :meth:`Broker.occupy`."""
-        async with self._turn(channel), reachable():
+        async with self._turn(channel), reachable(self._calls, "occupy"):
             first = await self._occupy(
                 keys=[self._keys.occupancy(channel)],
                 args=[self._now_ms(), self._node, self.ttl_ms, GC_SLACK_MS],
@@ -146,7 +149,7 @@ class RedisOccupancy:
 
     async def vacate(self, channel: str) -> bool:
         """See :meth:`Broker.vacate`."""
-        async with self._turn(channel), reachable():
+        async with self._turn(channel), reachable(self._calls, "vacate"):
             # Forgotten first: if Redis cannot be reached, the entry expires by itself
             # rather than being refreshed for a channel this node no longer holds.
             self._held.discard(channel)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import redis.asyncio as redis
 
 from ...wire import ClientInfo
+from ..calls import BrokerCalls
 from .codec import client_info, dumps
 from .errors import reachable
 from .keys import GC_SLACK_MS, Keys
@@ -37,8 +38,11 @@ return redis.call('HMGET', KEYS[2], unpack(live))
 class RedisPresence:
     """Who is in each channel (see the module docstring); ``now_ms`` is the clock."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, now_ms: Callable[[], int], calls: BrokerCalls
+    ) -> None:
         self._redis = client
+        self._calls = calls
         self._keys = keys
         self._now_ms = now_ms
         self._presence_script = client.register_script(_PRESENCE)
@@ -47,7 +51,7 @@ class RedisPresence:
         """Record (or refresh) ``who``; it expires after ``ttl`` seconds."""
         expires = self._now_ms() + int(ttl * 1000)
         zset, table = self._keys.presence(channel), self._keys.presence_info(channel)
-        async with reachable():
+        async with reachable(self._calls, "presence_add"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.zadd(zset, {who.client: expires})
             pipe.hset(table, who.client, dumps(who.to_json()))
@@ -56,7 +60,7 @@ class RedisPresence:
             await pipe.execute()
 
     async def remove(self, channel: str, client: str) -> None:
-        async with reachable():
+        async with reachable(self._calls, "presence_remove"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.zrem(self._keys.presence(channel), client)
             pipe.hdel(self._keys.presence_info(channel), client)
@@ -64,7 +68,7 @@ class RedisPresence:
 
     async def members(self, channel: str) -> dict[str, ClientInfo]:
         """Who is in the channel, by client id (expired entries dropped)."""
-        async with reachable():
+        async with reachable(self._calls, "presence"):
             entries = await self._presence_script(
                 keys=[self._keys.presence(channel), self._keys.presence_info(channel)],
                 args=[self._now_ms()],

@@ -42,6 +42,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ....exceptions import BrokerUnavailable
+from ..calls import BrokerCalls
 from .codec import dumps, text
 from .errors import DOWN, reachable
 from .keys import Keys
@@ -69,9 +70,16 @@ class RedisRelay:
     """Claims, forwards and serves long-poll sessions for node ``node``."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, node: str, *, owner_check: float = OWNER_CHECK
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        node: str,
+        calls: BrokerCalls,
+        *,
+        owner_check: float = OWNER_CHECK,
     ) -> None:
         self._redis = client
+        self._calls = calls
         self._keys = keys
         self.node = node
         self.owner_check = owner_check
@@ -107,7 +115,7 @@ class RedisRelay:
             await self._redis.delete(self._keys.alive(self.node))
 
     async def claim_session(self, sid: str, ttl: float) -> None:
-        async with reachable():
+        async with reachable(self._calls, "claim_session"):
             await self._redis.set(self._keys.session(sid), self.node, px=int(ttl * 1000))
 
     async def release_session(self, sid: str) -> None:
@@ -122,7 +130,7 @@ class RedisRelay:
     ) -> Answer | None:
         """Ask the node holding ``sid`` to answer; None when no live node holds it."""
         try:
-            async with reachable():
+            async with reachable(self._calls, "forward_session"):
                 owner = await self._redis.get(self._keys.session(sid))
                 if owner is None:
                     return None
