@@ -420,6 +420,25 @@ async def test_unsupported_version() -> None:
     assert headers.get("sec-websocket-version") == "13"
 
 
+async def test_http10_upgrade_is_refused() -> None:
+    # RFC 6455 section 4.1: the handshake is an HTTP/1.1 or later request.
+    async with echo_server() as server, bystander(server):
+        request = upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        status, headers, body = await http_exchange(server.port, request)
+    assert status == 400
+    assert headers.get("connection") == "close"
+    assert b"HTTP/1.1" in body
+
+
+async def test_complete_head_over_the_limit_in_one_write_is_refused() -> None:
+    padding = "".join(f"X-Pad-{i}: {'p' * 4000}\r\n" for i in range(50))  # about 200 KB
+    request = upgrade_request().replace(b"\r\n\r\n", ("\r\n" + padding + "\r\n").encode())
+    async with echo_server() as server, bystander(server):
+        status, headers, _ = await http_exchange(server.port, request)
+    assert status == 431
+    assert headers.get("connection") == "close"
+
+
 async def test_missing_key() -> None:
     async with echo_server() as server, bystander(server):
         request = upgrade_request(Sec_WebSocket_Key=None)

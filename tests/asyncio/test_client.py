@@ -15,6 +15,7 @@ from backchannel.exceptions import (
     InvalidHandshake,
     InvalidStatus,
 )
+from backchannel.protocol.handshake import accept_key
 from backchannel.protocol.http11 import Headers, Request, Response
 
 
@@ -66,6 +67,39 @@ async def test_handshake_times_out_against_a_silent_server() -> None:
         assert accepted
     finally:
         for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_101_over_http10_is_refused() -> None:
+    # RFC 6455 section 4.1: the server's handshake is an HTTP/1.1 or later response.
+    writers = []
+
+    async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key).encode()
+            + b"\r\n\r\n"
+        )
+        await reader.read()
+
+    server = await asyncio.start_server(old_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(InvalidHandshake, match=r"HTTP/1\.0"):
+                await connect(f"ws://127.0.0.1:{port}/", proxy=None)
+    finally:
+        for writer in writers:
             writer.close()
         server.close()
         await server.wait_closed()
