@@ -439,6 +439,25 @@ async def test_complete_head_over_the_limit_in_one_write_is_refused() -> None:
     assert headers.get("connection") == "close"
 
 
+async def test_refusal_reaches_a_client_still_sending_its_head() -> None:
+    # 4 MiB of head, sent whole: the server refuses it after 64 KiB and must read and drop
+    # the rest (RFC 9112 section 9.6) rather than reset the connection over the 431.
+    padding = "".join(f"X-Pad-{i}: {'p' * 4000}\r\n" for i in range(1000))
+    request = upgrade_request().replace(b"\r\n\r\n", ("\r\n" + padding + "\r\n").encode())
+    async with echo_server() as server, bystander(server):
+        reader, writer = await raw_connect(server.port)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                writer.write(request)
+                await writer.drain()
+            data = await read_to_eof_strict(reader)
+        finally:
+            close_writer(writer)
+    status, headers = parse_head(data.partition(b"\r\n\r\n")[0])
+    assert status == 431
+    assert headers.get("connection") == "close"
+
+
 async def test_missing_key() -> None:
     async with echo_server() as server, bystander(server):
         request = upgrade_request(Sec_WebSocket_Key=None)

@@ -464,10 +464,11 @@ class Connection(asyncio.Protocol):
         proto = self.protocol
         if proto is not None and proto.state is sansio.OPEN:
             self._write(proto.send_close(code, reason))
-        self._close_after_failure()
+        self._close_lingering()
 
-    def _close_after_failure(self) -> None:
-        """Close TCP after we failed the connection, so that the peer still gets our code.
+    def _close_lingering(self) -> None:
+        """Close TCP after we failed the connection (or refused its handshake, see the
+        server), so that the peer still gets our close code (or HTTP status).
 
         Closing a socket with unread data in its receive buffer makes the kernel answer
         with a reset, and a reset can destroy our close frame before the peer reads it: a
@@ -558,8 +559,8 @@ class Connection(asyncio.Protocol):
             return
         if proto.failure is not None:
             # Section 7.1.7: after a failure, either side closes at once, but without
-            # losing the close frame to a reset (see _close_after_failure).
-            self._close_after_failure()
+            # losing the close frame to a reset (see _close_lingering).
+            self._close_lingering()
             return
         if proto.side is sansio.SERVER:
             # Section 7.1.1: the server closes TCP first. The peer sent its close frame,
@@ -678,7 +679,7 @@ class Connection(asyncio.Protocol):
         # A peer that does not read what we write must not make us buffer without
         # bound: its pings would each queue a pong. Stop reading it until it catches up.
         # Not while closing after a failure: nothing is answered then, and reading on is
-        # what lets the peer finish (see _close_after_failure).
+        # what lets the peer finish (see _close_lingering).
         if self._lingering:
             return
         if self.transport is not None and not self.transport.is_closing():
