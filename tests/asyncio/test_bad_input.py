@@ -810,6 +810,29 @@ async def test_peer_that_keeps_sending_gets_the_close_frame_intact(first: bytes,
             assert close_code_of(data) == code
 
 
+async def test_what_follows_a_failure_is_dropped_not_buffered() -> None:
+    # 16 MiB after the failure, compressed and not: reading on costs no memory and no
+    # inflating. The peak counts this process's allocations, client and server alike.
+    async with echo_server(max_size=64 * KIB) as server:
+        reader, writer, _ = await open_raw_websocket(server.port, extensions="permessage-deflate")
+        chunk = os.urandom(64 * KIB)
+        tracemalloc.start()
+        try:
+            # RSV1: a compressed message whose frame is refused at its header.
+            writer.write(bytes([0xC2, 0xFF]) + (16 * MIB).to_bytes(8, "big") + bytes(4))
+            async with asyncio.timeout(TIMEOUT):
+                for _ in range(256):
+                    writer.write(chunk)
+                    await writer.drain()
+            data = await read_to_eof_strict(reader)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            close_writer(writer)
+        assert close_code_of(data) == 1009
+        assert peak < 2 * MIB, peak
+
+
 async def test_peer_that_never_stops_sending_is_dropped_after_close_timeout() -> None:
     async with echo_server(max_size=64 * KIB, close_timeout=0.5) as server:
         reader, writer, _ = await open_raw_websocket(server.port)
