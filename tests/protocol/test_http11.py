@@ -457,6 +457,62 @@ def test_head_limit_holds_whatever_the_reads(
         assert len(requests) == 1 + pipelined
 
 
+def test_request_line_limit_is_exact() -> None:
+    limits = Limits(max_line=100)
+    # "GET " + target + " HTTP/1.1" is 13 bytes more than the target: 87 + 13 = 100.
+    ok = b"GET /" + b"a" * 86 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    (request,) = RequestParser(limits).feed(ok)
+    assert len(request.path) == 87
+    with pytest.raises(InvalidRequest) as exc_info:
+        RequestParser(limits).feed(ok.replace(b"/a", b"/aa", 1))
+    assert status_of(exc_info) == 414
+
+
+def limited_request(target: int, value: int, fields: int, body: int) -> bytes:
+    """A POST whose target, X-Value field, extra field count and body have these sizes."""
+    head = b"POST /" + b"t" * (target - 1) + b" HTTP/1.1\r\nHost: a\r\n"
+    head += b"X-Value: " + b"v" * value + b"\r\n"
+    head += b"".join(b"X-%d: f\r\n" % i for i in range(fields))
+    head += b"Content-Length: %d\r\n\r\n" % body
+    return head + b"b" * body
+
+
+@given(
+    target=st.integers(min_value=1, max_value=120),
+    value=st.integers(min_value=0, max_value=120),
+    fields=st.integers(min_value=0, max_value=12),
+    body=st.integers(min_value=0, max_value=300),
+    cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=20),
+)
+def test_every_limit_holds_whatever_the_reads(
+    target: int, value: int, fields: int, body: int, cuts: list[int]
+) -> None:
+    # max_line, max_headers and max_body_size give the status their exact rule says,
+    # however the bytes are cut into reads.
+    limits = Limits(max_line=100, max_headers=12, max_body_size=200, max_head_size=2**20)
+    data = limited_request(target, value, fields, body)
+    if len(b"POST ") + target + len(b" HTTP/1.1") > 100:
+        expected = 414
+    elif len(b"X-Value: ") + value > 100:
+        expected = 431
+    elif 3 + fields > 12:  # Host, X-Value, Content-Length and the extra fields
+        expected = 431
+    elif body > 200:
+        expected = 413
+    else:
+        expected = 0
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    parser = RequestParser(limits)
+    try:
+        requests = [r for a, b in itertools.pairwise(bounds) for r in parser.feed(data[a:b])]
+    except InvalidRequest as exc:
+        assert exc.status == expected
+    else:
+        assert expected == 0
+        assert len(requests) == 1
+        assert len(requests[0].body) == body
+
+
 def test_chunk_line_that_never_ends_is_refused() -> None:
     parser = RequestParser(Limits(max_line=100))
     parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x=")

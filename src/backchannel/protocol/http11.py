@@ -311,7 +311,11 @@ class RequestParser:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self._limits.max_line:
+        # The whole request line, "METHOD SP target SP HTTP/1.1" (RFC 9112 section 3):
+        # the version's 8 bytes are counted before they arrive, so the check is the same
+        # whichever read the target ends in.
+        line = len(self._parser.get_method()) + 1 + len(self._url) + 1 + 8
+        if line > self._limits.max_line:
             raise InvalidRequest("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
