@@ -474,15 +474,22 @@ class Connection(asyncio.Protocol):
         with a reset, and a reset can destroy our close frame before the peer reads it: a
         browser uploading a message past ``max_size`` reported 1006, not 1009. So we close
         the way RFC 6455 section 7.1.1 describes: shut down our sending side after the
-        close frame (a FIN), read until the peer closes its side, then close. Whatever
-        arrives meanwhile is dropped as it comes (the core ignores everything after a
-        failure: nothing is buffered or inflated), and ``close_timeout`` bounds the wait.
+        close frame (a FIN), read until the peer closes its side or sends its close
+        frame, then close. Whatever arrives meanwhile is dropped as it comes (the core
+        reads only frame headers after a failure: nothing is buffered, unmasked or
+        inflated), and ``close_timeout`` bounds the wait.
         """
         transport = self.transport
         if transport is None or transport.is_closing() or self._lingering:
             return
         self._flush()
         self._lingering = True
+        proto = self.protocol
+        if proto is not None and proto.peer_closed:
+            # The peer's close frame came already: it sends nothing more.
+            transport.close()
+            self._arm_close_timer()
+            return
         if transport.can_write_eof():
             transport.write_eof()
         # TLS cannot half-close: there the close frame alone tells the peer we are done.
@@ -641,7 +648,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
-            return  # after our failure close: dropped unread (section 7.1.1)
+            # After our failure close, dropped unread (section 7.1.1); the core only
+            # looks for the peer's close frame, after which nothing more comes.
+            proto = self.protocol
+            if proto is not None:
+                proto.receive_data(data)
+                if proto.peer_closed and self.transport is not None:
+                    self.transport.close()
+            return
         if self.protocol is None:
             self._handshake_data(data)
         else:
