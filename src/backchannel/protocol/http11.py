@@ -194,8 +194,11 @@ class _ChunkedBody:
                     else:
                         self._state = self._SIZE
                 continue
-            newline = data.find(b"\n", pos)
-            stop = end if newline < 0 else newline + 1
+            # No further than a line may go: a line that never ends costs max_line.
+            newline = data.find(b"\n", pos, pos + self._max_line + 3 - len(self._line))
+            stop = (
+                min(end, pos + self._max_line + 3 - len(self._line)) if newline < 0 else newline + 1
+            )
             self._line += data[pos:stop]
             pos = stop
             if len(self._line) > self._max_line + 2:
@@ -266,42 +269,57 @@ class RequestParser:
         pos = 0
         while pos < len(data) and not self.upgraded:
             size = self._next_piece(data, pos)
-            try:
-                self._parser.feed_data(data[pos : pos + size])
-            except httptools.HttpParserUpgrade as exc:
-                self.upgraded = True
-                self.rest = data[pos + int(exc.args[0]) :]
-            except httptools.HttpParserError as exc:
-                # httptools wraps what a callback raised; bring back our own error.
-                if isinstance(exc.__context__, InvalidRequest):
-                    raise exc.__context__ from None
-                raise InvalidRequest(f"malformed HTTP request: {exc}", 400) from exc
+            self._feed_parser(data, pos, size)
             pos += size
         done, self._done = self._done, []
         return done
+
+    def _feed_parser(self, data: bytes, pos: int, size: int) -> None:
+        try:
+            self._parser.feed_data(data[pos : pos + size])
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            self.rest = data[pos + int(exc.args[0]) :]
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raised; bring back our own error.
+            if isinstance(exc.__context__, InvalidRequest):
+                raise exc.__context__ from None
+            raise InvalidRequest(f"malformed HTTP request: {exc}", 400) from exc
 
     def _next_piece(self, data: bytes, pos: int) -> int:
         """How many bytes from ``pos`` to give the parser: no further than this message."""
         available = len(data) - pos
         if self._in_head:
             budget = self._limits.max_head_size - self._head_size
-            window = self._head_tail + data[pos : pos + max(budget, 0)]
-            found = window.find(_HEAD_END)
+            tail = self._head_tail
+            # A terminator that starts in the last read's tail (at most 3 bytes) ends in
+            # the first 3 of this one; else it is looked for within the budget only.
+            found = (tail + data[pos : pos + 3]).find(_HEAD_END) if tail else -1
             if found >= 0:
-                # Never 0: the tail is shorter than the terminator.
-                size = found + len(_HEAD_END) - len(self._head_tail)
-            elif available > budget:
-                raise InvalidRequest("request head too large", 431)
+                size = found + len(_HEAD_END) - len(tail)  # 1 to 3, never 0
             else:
-                size = available
+                found = data.find(_HEAD_END, pos, pos + budget)
+                size = found + len(_HEAD_END) - pos if found >= 0 else available
+            if size > budget:
+                # What fits is parsed first, so that a malformed head gets 400 whatever
+                # the reads, and 431 only a well-formed one that is too large.
+                self._feed_parser(data, pos, budget)
+                raise InvalidRequest("request head too large", 431)
             self._head_size += size
-            self._head_tail = (self._head_tail + data[pos : pos + size])[-3:]
+            if size >= 3:
+                self._head_tail = data[pos + size - 3 : pos + size]
+            else:
+                self._head_tail = (tail + data[pos : pos + size])[-3:]
             return size
         if self._chunked is not None:
             size, _ = self._chunked.advance(data, pos)
-            return size
-        size = min(self._body_left, available)
-        self._body_left -= size
+        else:
+            size = min(self._body_left, available)
+            self._body_left -= size
+        if size == 0:
+            # llhttp did not end the message where its framing says it ends: never feed
+            # it nothing in a loop.
+            raise InvalidRequest("malformed HTTP request: unexpected message framing", 400)
         return size
 
     # httptools callbacks.
