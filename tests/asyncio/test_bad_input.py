@@ -420,6 +420,44 @@ async def test_unsupported_version() -> None:
     assert headers.get("sec-websocket-version") == "13"
 
 
+async def test_http10_upgrade_is_refused() -> None:
+    # RFC 6455 section 4.1: the handshake is an HTTP/1.1 or later request.
+    async with echo_server() as server, bystander(server):
+        request = upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        status, headers, body = await http_exchange(server.port, request)
+    assert status == 400
+    assert headers.get("connection") == "close"
+    assert b"HTTP/1.1" in body
+
+
+async def test_complete_head_over_the_limit_in_one_write_is_refused() -> None:
+    padding = "".join(f"X-Pad-{i}: {'p' * 4000}\r\n" for i in range(50))  # about 200 KB
+    request = upgrade_request().replace(b"\r\n\r\n", ("\r\n" + padding + "\r\n").encode())
+    async with echo_server() as server, bystander(server):
+        status, headers, _ = await http_exchange(server.port, request)
+    assert status == 431
+    assert headers.get("connection") == "close"
+
+
+async def test_refusal_reaches_a_client_still_sending_its_head() -> None:
+    # 4 MiB of head, sent whole: the server refuses it after 64 KiB and must read and drop
+    # the rest (RFC 9112 section 9.6) rather than reset the connection over the 431.
+    padding = "".join(f"X-Pad-{i}: {'p' * 4000}\r\n" for i in range(1000))
+    request = upgrade_request().replace(b"\r\n\r\n", ("\r\n" + padding + "\r\n").encode())
+    async with echo_server() as server, bystander(server):
+        reader, writer = await raw_connect(server.port)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                writer.write(request)
+                await writer.drain()
+            data = await read_to_eof_strict(reader)
+        finally:
+            close_writer(writer)
+    status, headers = parse_head(data.partition(b"\r\n\r\n")[0])
+    assert status == 431
+    assert headers.get("connection") == "close"
+
+
 async def test_missing_key() -> None:
     async with echo_server() as server, bystander(server):
         request = upgrade_request(Sec_WebSocket_Key=None)
@@ -721,3 +759,100 @@ async def test_declined_deflate_offer_makes_rsv1_invalid() -> None:
         finally:
             close_writer(writer)
         assert close_code_of(data) == 1002
+
+
+# Closing after a failure (RFC 6455 section 7.1.1): the peer gets the close frame even
+# when it is still sending.
+
+
+async def read_to_eof_strict(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes TCP; a reset fails the test."""
+    data = bytearray()
+    async with asyncio.timeout(TIMEOUT):
+        while chunk := await reader.read(64 * KIB):
+            data += chunk
+    return bytes(data)
+
+
+def big_frame_header(size: int) -> bytes:
+    """A masked client binary frame header announcing ``size`` bytes, all-zero mask."""
+    return bytes([0x82, 0xFF]) + size.to_bytes(8, "big") + bytes(4)
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        # 1009 at the frame header: the 4 MiB upload is still arriving.
+        (big_frame_header(4 * MIB), 1009),
+        # 1002 (a reserved opcode) and 1007: the rest of a long frame follows the fault.
+        (bytes([0x83, 0xFF]) + (4 * MIB).to_bytes(8, "big") + bytes(4), 1002),
+        (bytes([0x81, 0xFF]) + (4 * MIB).to_bytes(8, "big") + bytes(4) + b"\xff", 1007),
+    ],
+)
+async def test_peer_that_keeps_sending_gets_the_close_frame_intact(first: bytes, code: int) -> None:
+    async with echo_server(max_size=4 * MIB + 1 if code != 1009 else 64 * KIB) as server:
+        async with bystander(server):
+            reader, writer, _ = await open_raw_websocket(server.port)
+            try:
+                writer.write(first)
+                # The rest of the frame, 4 MiB, sent whole although the server failed the
+                # connection at its start: it must read and drop it, not reset.
+                chunk = bytes(64 * KIB)
+                async with asyncio.timeout(TIMEOUT):
+                    for _ in range(64):
+                        writer.write(chunk)
+                        await writer.drain()
+                data = await read_to_eof_strict(reader)
+            finally:
+                close_writer(writer)
+            frames = parse_server_frames(data)
+            assert len(frames) == 1, frames
+            assert close_code_of(data) == code
+
+
+async def test_what_follows_a_failure_is_dropped_not_buffered() -> None:
+    # 16 MiB after the failure, compressed and not: reading on costs no memory and no
+    # inflating. The peak counts this process's allocations, client and server alike.
+    async with echo_server(max_size=64 * KIB) as server:
+        reader, writer, _ = await open_raw_websocket(server.port, extensions="permessage-deflate")
+        chunk = os.urandom(64 * KIB)
+        tracemalloc.start()
+        try:
+            # RSV1: a compressed message whose frame is refused at its header.
+            writer.write(bytes([0xC2, 0xFF]) + (16 * MIB).to_bytes(8, "big") + bytes(4))
+            async with asyncio.timeout(TIMEOUT):
+                for _ in range(256):
+                    writer.write(chunk)
+                    await writer.drain()
+            data = await read_to_eof_strict(reader)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            close_writer(writer)
+        assert close_code_of(data) == 1009
+        assert peak < 2 * MIB, peak
+
+
+async def test_peer_that_never_stops_sending_is_dropped_after_close_timeout() -> None:
+    async with echo_server(max_size=64 * KIB, close_timeout=0.5) as server:
+        reader, writer, _ = await open_raw_websocket(server.port)
+        reading = asyncio.create_task(read_to_eof(reader))
+        try:
+            writer.write(big_frame_header(2**40))
+            chunk = bytes(64 * KIB)
+            # Send until the server drops the connection: close_timeout after its close
+            # frame, however long the peer goes on. The bound only stops a hang.
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        writer.write(chunk)
+                        await writer.drain()
+                    except ConnectionError:
+                        break
+                    await asyncio.sleep(0)
+                    if writer.transport.is_closing():
+                        break
+            data = await reading
+        finally:
+            close_writer(writer)
+        assert close_code_of(data) == 1009

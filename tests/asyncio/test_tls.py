@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from backchannel.asyncio import Server, ServerConnection, connect, serve
-from backchannel.exceptions import InvalidArgument, InvalidResponse
+from backchannel.exceptions import ConnectionClosedError, InvalidArgument, InvalidResponse
 
 TIMEOUT = 10
 
@@ -111,3 +111,24 @@ async def test_plain_client_against_tls_server_fails(tls_server: Server) -> None
         # The server reads our HTTP request as a broken TLS record and hangs up.
         with pytest.raises((ConnectionError, InvalidResponse)):
             await connect(f"ws://127.0.0.1:{tls_server.port}", open_timeout=5)
+
+
+async def test_failure_close_over_tls_ends_with_the_peers_close_frame(
+    server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    # TLS cannot half-close, so after failing the connection (1009) the server cannot
+    # signal the end with a FIN; it reads on, dropping frames, until it sees the client's
+    # close frame, and then closes at once. With close_timeout at 60 s on both sides, the
+    # 10 s bound fails if either waits for the other.
+    async with serve(
+        echo, "127.0.0.1", 0, ssl=server_ssl, max_size=64 * 1024, close_timeout=60
+    ) as server:
+        async with asyncio.timeout(TIMEOUT):
+            ws = await connect(f"wss://localhost:{server.port}", ssl=client_ssl, close_timeout=60)
+            await ws.send(bytes(1024 * 1024))
+            with pytest.raises(ConnectionClosedError) as exc_info:
+                await ws.recv()
+            assert exc_info.value.code == 1009
+            await ws.wait_closed()
+            for connection in list(server.connections):
+                await connection.wait_closed()

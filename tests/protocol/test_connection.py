@@ -1377,3 +1377,76 @@ def test_property_any_fragmentation_with_pings_reassembles(
     assert events == [Ping(p) for p in all_pings] + [message]
     assert [(f.opcode, f.payload) for f in outgoing(conn)] == [(PONG, p) for p in all_pings]
     assert conn.state is OPEN
+
+
+# ---------------------------------------------------------------------------------------
+# After a failure: frames dropped unread, the peer's close frame noticed (section 7.1.1)
+
+
+def _oversized_then(side: Side, after: bytes, size: int = 5000) -> tuple[Connection, bytes]:
+    """A connection with a 1 KiB limit and the bytes of a frame past it, then ``after``."""
+    conn = Connection(side, limits=Limits(max_size=1024))
+    return conn, frame_to(side, BINARY, bytes(size)) + after
+
+
+@pytest.mark.parametrize("side", [SERVER, CLIENT])
+def test_peer_close_after_failure_is_noticed_and_payloads_dropped(side: Side) -> None:
+    after = frame_to(side, BINARY, bytes(3000)) + frame_to(side, PING, b"p")
+    after += frame_to(side, CLOSE, close_payload(1009))
+    conn, data = _oversized_then(side, after)
+    assert conn.receive_data(data) == []
+    assert [f.close_code for f in outgoing(conn)] == [1009]
+    assert conn.peer_closed
+    assert conn.close_received is None  # our code stays the connection's code
+    assert conn.close_code == 1009
+    assert conn.data_to_send() == []  # no pong, no echo
+
+
+@settings(max_examples=200)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=30))
+def test_peer_close_after_failure_whatever_the_reads(cuts: list[int]) -> None:
+    # Headers split anywhere, payloads of every length form: the close frame is found as
+    # soon as its header (6 bytes, masked) is all there, never before.
+    after = b"".join(
+        frame_to(SERVER, BINARY, bytes(n)) for n in (0, 1, 125, 126, 200, 65535, 65536)
+    )
+    close = frame_to(SERVER, CLOSE, close_payload(1000))
+    conn, data = _oversized_then(SERVER, after + close)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    for start, end in itertools.pairwise(bounds):
+        assert not conn.peer_closed
+        assert conn.receive_data(data[start:end]) == []
+        assert conn.peer_closed == (end >= len(data) - len(close) + 6)
+    assert conn.peer_closed
+    assert conn.failure is not None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # Reserved opcode, invalid UTF-8 inside a frame, an unmasked frame to a server.
+        raw_header(0x83, 10, masked=True) + bytes(10),
+        frame_to(SERVER, TEXT, b"ok \xff and more"),
+        encode_frame(TEXT, b"unmasked"),
+    ],
+)
+def test_frames_after_any_failure_are_dropped_until_the_close(bad: bytes) -> None:
+    conn = Connection(SERVER)
+    conn.receive_data(bad + frame_to(SERVER, TEXT, b"dropped"))
+    assert conn.failure is not None
+    assert not conn.peer_closed
+    assert conn.receive_data(frame_to(SERVER, PING, b"x")) == []
+    assert not conn.peer_closed
+    close = frame_to(SERVER, CLOSE, close_payload(1000))
+    for i in range(len(close)):
+        assert conn.receive_data(close[i : i + 1]) == []
+        # Known once its header, 6 bytes with the mask, is all there.
+        assert conn.peer_closed == (i >= 5)
+    assert len(outgoing(conn)) == 1  # our close frame only
+
+
+def test_an_invalid_close_frame_is_the_peers_last() -> None:
+    conn = Connection(SERVER)
+    conn.receive_data(frame_to(SERVER, CLOSE, close_payload(999)))
+    assert isinstance(conn.failure, ProtocolError)
+    assert conn.peer_closed

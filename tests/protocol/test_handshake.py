@@ -137,6 +137,23 @@ def test_non_get_is_405() -> None:
     assert refused(ServerHandshake(), upgrade_request(method="POST")).status == 405
 
 
+def test_http10_upgrade_is_400() -> None:
+    # RFC 6455 section 4.1 and 4.2.1: the opening handshake is HTTP/1.1 or later.
+    raw = bytes(upgrade_request().serialize()).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    parser = RequestParser()
+    (request,) = parser.feed(raw)
+    assert request.http_version == "1.0"
+    error = refused(ServerHandshake(), request)
+    assert error.status == 400
+    assert "HTTP/1.1" in str(error)
+
+
+def test_http11_upgrade_from_parser_is_accepted() -> None:
+    (request,) = RequestParser().feed(upgrade_request().serialize())
+    assert request.http_version == "1.1"
+    assert ServerHandshake().accept(request)[0].status == 101
+
+
 def test_missing_host_is_400() -> None:
     assert refused(ServerHandshake(), upgrade_request(drop=("Host",))).status == 400
 
@@ -464,6 +481,17 @@ def test_client_accepts_good_response() -> None:
     assert conn.state is OPEN
     assert conn.subprotocol is None
     assert conn.deflate is None
+
+
+def test_client_refuses_101_over_http10() -> None:
+    client = make_client()
+    head = good_response(client).serialize().replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    parsed = parse_response_head(head)
+    assert parsed is not None
+    response, _ = parsed
+    assert response.http_version == "1.0"
+    with pytest.raises(InvalidResponse, match=r"HTTP/1\.0"):
+        client.accept(response)
 
 
 def test_client_accepts_case_and_token_lists() -> None:

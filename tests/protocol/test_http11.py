@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backchannel.exceptions import InvalidRequest, InvalidResponse
 from backchannel.protocol.http11 import (
@@ -366,6 +369,169 @@ def test_head_limit_applies_to_the_head_only(case: str) -> None:
         assert len(requests) == 2000
 
 
+def head_of_size(size: int, path: bytes = b"/") -> bytes:
+    """A complete GET head of exactly ``size`` bytes, padded with X-Pad fields."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n"
+    head = start
+    pad = size - len(start) - 2
+    while pad > 0:
+        # Each field is at most 4000 bytes, within max_line; the last takes what is left.
+        value = min(pad - len(b"X-Pad: \r\n"), 4000)
+        if value < 0:
+            # Too little room for one more field: lengthen the path instead.
+            return head_of_size(size, path + b"a" * pad)
+        head += b"X-Pad: " + b"p" * value + b"\r\n"
+        pad -= value + len(b"X-Pad: \r\n")
+    head += b"\r\n"
+    assert len(head) == size, (len(head), size)
+    return head
+
+
+def test_head_of_size_helper() -> None:
+    for size in (40, 41, 50, 4100, 65536, 65537):
+        assert len(head_of_size(size)) == size
+
+
+@pytest.mark.parametrize("size", [65537, 100_000, 250_000])
+def test_complete_head_over_the_limit_in_one_read_is_refused(size: int) -> None:
+    # Issue 12: a whole head of up to about 256 KiB in one read got through a 64 KiB limit.
+    with pytest.raises(InvalidRequest) as exc_info:
+        RequestParser().feed(head_of_size(size))
+    assert status_of(exc_info) == 431
+
+
+def test_head_size_limit_is_exact() -> None:
+    (request,) = RequestParser().feed(head_of_size(65536))
+    assert request.method == "GET"
+    with pytest.raises(InvalidRequest) as exc_info:
+        RequestParser().feed(head_of_size(65537))
+    assert status_of(exc_info) == 431
+
+
+@pytest.mark.parametrize("body", ["content-length", "chunked", "none"])
+def test_head_limit_applies_to_each_pipelined_request(body: str) -> None:
+    # The second head is measured from its own first byte, even when it arrives in the
+    # same read as the first request and its body.
+    limits = Limits(max_head_size=1000)
+    if body == "content-length":
+        first = post(bytes(3000))
+    elif body == "chunked":
+        first = (
+            b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n" + b"bb8\r\n" + bytes(3000) + b"\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+    else:
+        first = head_of_size(900)
+    requests = RequestParser(limits).feed(first + head_of_size(1000) + head_of_size(999))
+    assert len(requests) == 3
+    if body == "chunked":
+        assert requests[0].body == b"hello" + bytes(3000)
+    with pytest.raises(InvalidRequest) as exc_info:
+        RequestParser(limits).feed(first + head_of_size(1001))
+    assert status_of(exc_info) == 431
+
+
+@given(
+    size=st.integers(min_value=60, max_value=3000),
+    limit=st.integers(min_value=60, max_value=3000),
+    cuts=st.lists(st.integers(min_value=0, max_value=6000), max_size=12),
+    pipelined=st.booleans(),
+)
+def test_head_limit_holds_whatever_the_reads(
+    size: int, limit: int, cuts: list[int], pipelined: bool
+) -> None:
+    # The outcome depends on the head's size only, never on how the bytes are split.
+    prefix = post(b"x" * 700) if pipelined else b""
+    data = prefix + head_of_size(size)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    parser = RequestParser(Limits(max_head_size=limit, max_line=4096))
+    requests: list[Request] = []
+    try:
+        for start, end in itertools.pairwise(bounds):
+            requests += parser.feed(data[start:end])
+    except InvalidRequest as exc:
+        assert exc.status == 431
+        assert size > limit or len(prefix) - 700 > limit
+    else:
+        assert size <= limit
+        assert len(requests) == 1 + pipelined
+
+
+def test_request_line_limit_is_exact() -> None:
+    limits = Limits(max_line=100)
+    # "GET " + target + " HTTP/1.1" is 13 bytes more than the target: 87 + 13 = 100.
+    ok = b"GET /" + b"a" * 86 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    (request,) = RequestParser(limits).feed(ok)
+    assert len(request.path) == 87
+    with pytest.raises(InvalidRequest) as exc_info:
+        RequestParser(limits).feed(ok.replace(b"/a", b"/aa", 1))
+    assert status_of(exc_info) == 414
+
+
+def limited_request(target: int, value: int, fields: int, body: int) -> bytes:
+    """A POST whose target, X-Value field, extra field count and body have these sizes."""
+    head = b"POST /" + b"t" * (target - 1) + b" HTTP/1.1\r\nHost: a\r\n"
+    head += b"X-Value: " + b"v" * value + b"\r\n"
+    head += b"".join(b"X-%d: f\r\n" % i for i in range(fields))
+    head += b"Content-Length: %d\r\n\r\n" % body
+    return head + b"b" * body
+
+
+@given(
+    target=st.integers(min_value=1, max_value=120),
+    value=st.integers(min_value=0, max_value=120),
+    fields=st.integers(min_value=0, max_value=12),
+    body=st.integers(min_value=0, max_value=300),
+    cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=20),
+)
+def test_every_limit_holds_whatever_the_reads(
+    target: int, value: int, fields: int, body: int, cuts: list[int]
+) -> None:
+    # max_line, max_headers and max_body_size give the status their exact rule says,
+    # however the bytes are cut into reads.
+    limits = Limits(max_line=100, max_headers=12, max_body_size=200, max_head_size=2**20)
+    data = limited_request(target, value, fields, body)
+    if len(b"POST ") + target + len(b" HTTP/1.1") > 100:
+        expected = 414
+    elif len(b"X-Value: ") + value > 100:
+        expected = 431
+    elif 3 + fields > 12:  # Host, X-Value, Content-Length and the extra fields
+        expected = 431
+    elif body > 200:
+        expected = 413
+    else:
+        expected = 0
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    parser = RequestParser(limits)
+    try:
+        requests = [r for a, b in itertools.pairwise(bounds) for r in parser.feed(data[a:b])]
+    except InvalidRequest as exc:
+        assert exc.status == expected
+    else:
+        assert expected == 0
+        assert len(requests) == 1
+        assert len(requests[0].body) == body
+
+
+def test_chunk_line_that_never_ends_is_refused() -> None:
+    parser = RequestParser(Limits(max_line=100))
+    parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x=")
+    with pytest.raises(InvalidRequest) as exc_info:
+        for _ in range(100):
+            parser.feed(b"e" * 50)
+    assert status_of(exc_info) == 431
+
+
+def test_declared_body_over_max_body_size_is_refused_at_the_head() -> None:
+    parser = RequestParser(Limits(max_body_size=100))
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n"
+    with pytest.raises(InvalidRequest) as exc_info:
+        parser.feed(head)
+    assert status_of(exc_info) == 413
+    (request,) = RequestParser(Limits(max_body_size=100)).feed(post(b"b" * 100))
+    assert request.body == b"b" * 100
+
+
 # ---------------------------------------------------------------------------------------
 # Headers
 
@@ -553,6 +719,23 @@ def test_parse_oversized_response_head() -> None:
         parse_response_head(endless + b"\r\n\r\n", limits)
     # Within the limit it is only incomplete.
     assert parse_response_head(endless[:1000], limits) is None
+
+
+def test_response_head_size_limit_is_exact() -> None:
+    limits = Limits(max_head_size=1024)
+    start = b"HTTP/1.1 101 Switching Protocols\r\nX-Pad: "
+    exact = start + b"a" * (1024 - len(start) - 4) + b"\r\n\r\n"
+    assert len(exact) == 1024
+    parsed = parse_response_head(exact + b"after", limits)
+    assert parsed is not None
+    assert parsed[1] == b"after"
+    over = exact.replace(b"aaaa", b"aaaaa", 1)
+    with pytest.raises(InvalidResponse):
+        parse_response_head(over, limits)
+    # 1024 bytes without the end of the head: it cannot fit any more.
+    with pytest.raises(InvalidResponse):
+        parse_response_head(over[:1024], limits)
+    assert parse_response_head(over[:1023], limits) is None
 
 
 def test_parse_response_head_limits() -> None:

@@ -66,6 +66,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiters",
         "_is_lost",
         "_keepalive_timer",
+        "_lingering",
         "_loop",
         "_lost_exc",
         "_lost_future",
@@ -127,6 +128,8 @@ class Connection(asyncio.Protocol):
         self._lost_future: asyncio.Future[None] | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # Closing after a failure: nothing more is written, what arrives is discarded.
+        self._lingering = False
         self._send_lock: asyncio.Lock | None = None
         # Frames held back to be written together (see _write), and their size.
         self._pending: list[bytes] | None = None
@@ -394,6 +397,8 @@ class Connection(asyncio.Protocol):
     # Internals: the write funnel.
 
     def _write(self, data: bytes) -> None:
+        if self._lingering:
+            return  # our close frame was the last thing written
         pending = self._pending
         if pending is not None:
             # Held back: see below. The last answer of the batch sends them all.
@@ -459,10 +464,39 @@ class Connection(asyncio.Protocol):
         proto = self.protocol
         if proto is not None and proto.state is sansio.OPEN:
             self._write(proto.send_close(code, reason))
-        if self.transport is not None:
-            self._flush()
-            self.transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close TCP after we failed the connection (or refused its handshake, see the
+        server), so that the peer still gets our close code (or HTTP status).
+
+        Closing a socket with unread data in its receive buffer makes the kernel answer
+        with a reset, and a reset can destroy our close frame before the peer reads it: a
+        browser uploading a message past ``max_size`` reported 1006, not 1009. So we close
+        the way RFC 6455 section 7.1.1 describes: shut down our sending side after the
+        close frame (a FIN), read until the peer closes its side or sends its close
+        frame, then close. Whatever arrives meanwhile is dropped as it comes (the core
+        reads only frame headers after a failure: nothing is buffered, unmasked or
+        inflated), and ``close_timeout`` bounds the wait.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._lingering:
+            return
+        self._flush()
+        self._lingering = True
+        proto = self.protocol
+        if proto is not None and proto.peer_closed:
+            # The peer's close frame came already: it sends nothing more.
+            transport.close()
             self._arm_close_timer()
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        # TLS cannot half-close: there the close frame alone tells the peer we are done.
+        # Reading may be paused (a full queue, a peer that did not read our writes); it
+        # must go on until the peer closes, or the reset comes back.
+        transport.resume_reading()
+        self._arm_close_timer()
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and self.transport is not None:
@@ -530,9 +564,14 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if proto.failure is not None or proto.side is sansio.SERVER:
-            # Section 7.1.1: the server closes TCP first; after a failure, either side
-            # closes at once (section 7.1.7).
+        if proto.failure is not None:
+            # Section 7.1.7: after a failure, either side closes at once, but without
+            # losing the close frame to a reset (see _close_lingering).
+            self._close_lingering()
+            return
+        if proto.side is sansio.SERVER:
+            # Section 7.1.1: the server closes TCP first. The peer sent its close frame,
+            # so nothing more is due from it.
             self._flush()
             transport.close()
         # Give the peer (or a write buffer stuck behind a peer that doesn't read) a bounded
@@ -608,6 +647,15 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=high, low=low)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            # After our failure close, dropped unread (section 7.1.1); the core only
+            # looks for the peer's close frame, after which nothing more comes.
+            proto = self.protocol
+            if proto is not None:
+                proto.receive_data(data)
+                if proto.peer_closed and self.transport is not None:
+                    self.transport.close()
+            return
         if self.protocol is None:
             self._handshake_data(data)
         else:
@@ -644,6 +692,10 @@ class Connection(asyncio.Protocol):
         self._writing_paused = True
         # A peer that does not read what we write must not make us buffer without
         # bound: its pings would each queue a pong. Stop reading it until it catches up.
+        # Not while closing after a failure: nothing is answered then, and reading on is
+        # what lets the peer finish (see _close_lingering).
+        if self._lingering:
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 

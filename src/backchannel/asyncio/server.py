@@ -112,9 +112,7 @@ class ServerConnection(Connection):
             response = None
             if self.server.process_invalid is not None:
                 response = self.server.process_invalid(self, exc)
-            if response is None:
-                response = ServerHandshake.reject(exc.status, str(exc))
-            self._send_response(response, close=True)
+            self._refuse(exc.status, str(exc), response)
             return
         if not requests:
             return
@@ -161,13 +159,12 @@ class ServerConnection(Connection):
             self._send_response(response, close=close)
             return
         if not is_upgrade_request(request):
-            text = "426 Upgrade Required: this is a WebSocket endpoint.\n"
-            self._send_response(ServerHandshake.reject(426, text.strip()), close=True)
+            self._refuse(426, "426 Upgrade Required: this is a WebSocket endpoint.")
             return
         try:
             response, proto = self.server.handshake.accept(request)
         except InvalidRequest as exc:
-            self._send_response(ServerHandshake.reject(exc.status, str(exc)), close=True)
+            self._refuse(exc.status, str(exc))
             return
         self.request = request
         self.response = response
@@ -179,6 +176,20 @@ class ServerConnection(Connection):
         self._parser = None
         self._open(proto, leftover)
         self.handler_task = self._loop.create_task(self.server._run_handler(self))
+
+    def _refuse(self, status: int, text: str, response: Response | None = None) -> None:
+        """Answer a request we refuse, then close without losing the answer.
+
+        The client may still be sending (the rest of a head past max_head_size, a body):
+        closing at once would reset the connection over our response. Like a failed
+        WebSocket, the connection stops writing and drops what arrives until the client
+        closes, for at most close_timeout (RFC 9112 section 9.6 asks the same).
+        """
+        if response is None:
+            response = ServerHandshake.reject(status, text)
+        response.headers.set("Connection", "close")
+        self._write(response.serialize())
+        self._close_lingering()
 
     def _send_response(self, response: Response, *, close: bool) -> None:
         if close:

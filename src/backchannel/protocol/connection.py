@@ -24,7 +24,9 @@ is buffered. A whole unfragmented frame that arrives in one chunk takes a short 
 
 A peer's fault never raises out of :meth:`receive_data`: the connection is failed
 (section 7.1.7) with the close code the fault maps to (1002, 1007, 1009, or 1011 for a bug
-of ours), :attr:`failure` keeps the cause, and every later byte is ignored. Misuse by the
+of ours), :attr:`failure` keeps the cause, and every later frame is dropped unread: only
+frame headers are looked at, to see the peer's close frame (:attr:`peer_closed`), after
+which the I/O layer may close TCP without waiting (section 7.1.1). Misuse by the
 caller raises :class:`~backchannel.exceptions.InvalidState` or
 :class:`~backchannel.exceptions.InvalidArgument` at once.
 """
@@ -102,6 +104,23 @@ _MERGE_BELOW = 4096
 _scan_frames = None if compiled is None else compiled.scan_frames
 
 
+def _frame_header(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int] | None:
+    """The header size, payload length and opcode of the frame at ``pos`` (section 5.2),
+    or None when the header is not all there; nothing is checked."""
+    if len(data) - pos < 2:
+        return None
+    b1 = data[pos + 1]
+    length = b1 & 0x7F
+    size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+    if len(data) - pos < size:
+        return None
+    if length == 126:
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+    elif length == 127:
+        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+    return size, length, data[pos] & 0x0F
+
+
 class Connection:
     """One WebSocket connection after the opening handshake."""
 
@@ -130,6 +149,8 @@ class Connection:
         "_scan",
         "_scan_limit",
         "_send_opcode",
+        "_skip_head",
+        "_skip_left",
         "close_received",
         "close_sent",
         "compress_threshold",
@@ -138,6 +159,7 @@ class Connection:
         "failure_pending",
         "lazy_failure",
         "limits",
+        "peer_closed",
         "side",
         "state",
         "subprotocol",
@@ -189,6 +211,13 @@ class Connection:
         self._events: list[Event] = []
         self._buffer = b""
         self._discard = False
+        #: After a failure, whether the peer's close frame has been seen: it sends nothing
+        #: more, and the I/O layer can close TCP without waiting for it (section 7.1.1).
+        self.peer_closed = False
+        # After a failure, frames are dropped unread (see _skip): the bytes of the current
+        # frame still to drop, or the start of a frame header split across reads.
+        self._skip_left = 0
+        self._skip_head = b""
 
         # The frame being received, once its header is parsed.
         self._in_frame = False
@@ -217,6 +246,8 @@ class Connection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Process received bytes; return the events they complete."""
         if self._discard:
+            if self.failure is not None and not self.peer_closed and self.state is CLOSED:
+                self._skip(data)
             return []
         if self._buffer:
             buf = self._buffer + bytes(data)
@@ -228,6 +259,13 @@ class Connection:
             pos = self._parse(buf)
         except PeerError as exc:
             self._fail(exc)
+            # _parse left where the failing frame ends in _skip_left: what follows is
+            # dropped frame by frame, watching for the peer's close.
+            resume, self._skip_left = self._skip_left, 0
+            if resume > len(buf):
+                self._skip_left = resume - len(buf)
+            elif not self.peer_closed:
+                self._skip(memoryview(buf)[resume:])
             pos = len(buf)
         except Exception as exc:  # a bug of ours must not take the server down
             logger.exception("internal error while parsing WebSocket data")
@@ -415,79 +453,134 @@ class Connection:
         end = len(buf)
         pos = 0
         scan = self._scan
-        while not self._discard:
-            if not self._in_frame:
-                if scan is not None and not self._msg_opcode:
-                    # The accelerator decodes whole unfragmented uncompressed data frames
-                    # and stops at anything else (a control frame, a fragment, an error),
-                    # which this parser handles: every rule is enforced here.
-                    pos = scan(
-                        buf,
-                        pos,
-                        self._events,
-                        not self._client,
-                        self._scan_limit,
-                        TextMessage,
-                        BinaryMessage,
-                    )
-                if end - pos < 2:
+        # Where the frame being parsed ends in buf, and its opcode: kept in locals (the
+        # hot path pays nothing), read only when the peer broke a rule (see receive_data).
+        frame_end = 0
+        frame_op = 0
+        try:
+            while not self._discard:
+                if not self._in_frame:
+                    if scan is not None and not self._msg_opcode:
+                        # The accelerator decodes whole unfragmented uncompressed data frames
+                        # and stops at anything else (a control frame, a fragment, an error),
+                        # which this parser handles: every rule is enforced here.
+                        pos = scan(
+                            buf,
+                            pos,
+                            self._events,
+                            not self._client,
+                            self._scan_limit,
+                            TextMessage,
+                            BinaryMessage,
+                        )
+                    if end - pos < 2:
+                        break
+                    b0 = buf[pos]
+                    b1 = buf[pos + 1]
+                    length = b1 & 0x7F
+                    masked = b1 & 0x80
+                    header = 2
+                    if length == 126:
+                        header = 4
+                    elif length == 127:
+                        header = 10
+                    if masked:
+                        header += 4
+                    if end - pos < header:
+                        break
+                    frame_op = b0 & 0x0F
+                    if length == 126:
+                        length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                        frame_end = pos + header + length
+                        # Section 5.2: "the minimal number of bytes MUST be used".
+                        if length < 126:
+                            raise ProtocolError("frame length not minimally encoded")
+                    elif length == 127:
+                        length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                        frame_end = pos + header + length
+                        # Section 5.2: "the most significant bit MUST be 0".
+                        if length >> 63:
+                            raise ProtocolError("64-bit frame length with its top bit set")
+                        if length < 65536:
+                            raise ProtocolError("frame length not minimally encoded")
+                    mask = buf[pos + header - 4 : pos + header] if masked else None
+                    frame_end = pos + header + length
+                    self._start_frame(b0, bool(masked), length, mask)
+                    pos += header
+                    # The short path: a whole, unfragmented, uncompressed data message.
+                    if (
+                        self._frame_first
+                        and self._frame_fin
+                        and not self._msg_compressed
+                        and end - pos >= length
+                    ):
+                        self._short_message(buf[pos : pos + length])
+                        pos += length
+                        continue
+                    if length == 0:
+                        self._end_frame(b"")
+                        continue
+                remaining = self._frame_remaining
+                frame_end = pos + remaining
+                frame_op = self._frame_opcode
+                available = end - pos
+                if available == 0:
                     break
-                b0 = buf[pos]
-                b1 = buf[pos + 1]
-                length = b1 & 0x7F
-                masked = b1 & 0x80
-                header = 2
-                if length == 126:
-                    header = 4
-                elif length == 127:
-                    header = 10
-                if masked:
-                    header += 4
-                if end - pos < header:
-                    break
-                if length == 126:
-                    length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                    # Section 5.2: "the minimal number of bytes MUST be used".
-                    if length < 126:
-                        raise ProtocolError("frame length not minimally encoded")
-                elif length == 127:
-                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                    # Section 5.2: "the most significant bit MUST be 0".
-                    if length >> 63:
-                        raise ProtocolError("64-bit frame length with its top bit set")
-                    if length < 65536:
-                        raise ProtocolError("frame length not minimally encoded")
-                mask = buf[pos + header - 4 : pos + header] if masked else None
-                self._start_frame(b0, bool(masked), length, mask)
-                pos += header
-                # The short path: a whole, unfragmented, uncompressed data message.
-                if (
-                    self._frame_first
-                    and self._frame_fin
-                    and not self._msg_compressed
-                    and end - pos >= length
-                ):
-                    self._short_message(buf[pos : pos + length])
-                    pos += length
+                if self._frame_opcode in _CONTROL_OPCODES:
+                    # Control payloads are at most 125 bytes: wait for all of it.
+                    if available < remaining:
+                        break
+                    self._end_frame(buf[pos : pos + remaining])
+                    pos += remaining
                     continue
-                if length == 0:
-                    self._end_frame(b"")
-                    continue
-            remaining = self._frame_remaining
-            available = end - pos
-            if available == 0:
-                break
-            if self._frame_opcode in _CONTROL_OPCODES:
-                # Control payloads are at most 125 bytes: wait for all of it.
-                if available < remaining:
-                    break
-                self._end_frame(buf[pos : pos + remaining])
-                pos += remaining
-                continue
-            take = remaining if available >= remaining else available
-            self._data_chunk(buf[pos : pos + take])
-            pos += take
+                take = remaining if available >= remaining else available
+                self._data_chunk(buf[pos : pos + take])
+                pos += take
+        except PeerError:
+            self._skip_left = frame_end
+            # A broken close frame is still the peer's last frame.
+            self.peer_closed = frame_op == _CLOSE
+            raise
         return pos
+
+    def _skip(self, data: bytes | bytearray | memoryview) -> None:
+        """After a failure: drop the peer's frames unread, watching only for its close.
+
+        Section 7.1.1: the peer answers our close frame with its own and then sends
+        nothing more; seeing it lets the I/O layer close TCP at once instead of waiting
+        for the peer to (a TLS peer cannot tell it is done otherwise). Payloads are
+        neither kept, unmasked, validated nor inflated: only headers are read, and at
+        most one split header (under 14 bytes) is kept between reads. After a framing
+        error the headers may be garbage; a "close" found in it only closes early.
+        """
+        pos = self._skip_left
+        end = len(data)
+        head = self._skip_head
+        if head:
+            self._skip_head = b""
+            joined = head + bytes(data[:14])
+            parsed = _frame_header(joined, 0)
+            if parsed is None:
+                self._skip_head = joined
+                return
+            size, length, opcode = parsed
+            if opcode == _CLOSE:
+                self.peer_closed = True
+                return
+            pos = size - len(head) + length
+        while pos < end:
+            parsed = _frame_header(data, pos)
+            if parsed is None:
+                self._skip_head = bytes(data[pos:])
+                self._skip_left = 0
+                return
+            size, length, opcode = parsed
+            if opcode == _CLOSE:
+                self.peer_closed = True
+                self._skip_left = 0
+                return
+            pos += size + length
+        self._skip_left = pos - end
 
     def _start_frame(self, b0: int, masked: bool, length: int, mask: bytes | None) -> None:
         """Validate a frame header (section 5.2) and make it the current frame."""

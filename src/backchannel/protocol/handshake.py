@@ -64,6 +64,11 @@ def _lower_tokens(headers: Headers, name: str) -> list[str]:
     return [token.lower() for token in _tokens(headers, name)]
 
 
+def _at_least_http11(version: str) -> bool:
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor or 0)) >= (1, 1)
+
+
 def is_upgrade_request(request: Request) -> bool:
     """Whether ``request`` asks for a WebSocket (an Upgrade field naming websocket)."""
     return "websocket" in _lower_tokens(request.headers, "Upgrade")
@@ -148,6 +153,12 @@ class ServerHandshake:
         # Section 4.2.1, in order.
         if request.method != "GET":
             raise InvalidRequest("the opening handshake must be a GET request", 405)
+        if not _at_least_http11(request.http_version):
+            # Section 4.1 (client requirement 1) and 4.2.1 (item 1): the handshake is an
+            # HTTP/1.1 or later GET. 400, not 505: this server speaks HTTP/1.0 to plain
+            # requests; it is only the upgrade that needs 1.1 (RFC 9110 section 7.8 also
+            # has a server ignore Upgrade in an HTTP/1.0 request).
+            raise InvalidRequest("the opening handshake needs HTTP/1.1 or later", 400)
         if len(headers.get_all("Host")) != 1:
             raise InvalidRequest("missing or repeated Host header", 400)
         if "websocket" not in _lower_tokens(headers, "Upgrade"):
@@ -289,6 +300,10 @@ class ClientHandshake:
         """Check the response (section 4.1, the client's checks); return the connection."""
         if response.status != 101:
             raise InvalidStatus(response.status, response.reason, response.body)
+        if not _at_least_http11(response.http_version):
+            # Section 4.1: the server's handshake is an HTTP/1.1 or later response; an
+            # HTTP/1.0 server cannot switch protocols (RFC 9110 section 7.8).
+            raise InvalidResponse(f"101 response with HTTP/{response.http_version}")
         headers = response.headers
         if "websocket" not in _lower_tokens(headers, "Upgrade"):
             raise InvalidResponse("response lacks Upgrade: websocket")

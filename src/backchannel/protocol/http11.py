@@ -104,6 +104,8 @@ class Request:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     keep_alive: bool = True
+    #: The request line's HTTP version, "1.1" or "1.0" (a WebSocket needs 1.1 or later).
+    http_version: str = "1.1"
 
     def serialize(self) -> bytes:
         """The request as bytes (the client side of the handshake)."""
@@ -119,6 +121,8 @@ class Response:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     reason: str = ""
+    #: The status line's HTTP version, as received (a WebSocket needs 1.1 or later).
+    http_version: str = "1.1"
 
     def __post_init__(self) -> None:
         if not self.reason:
@@ -153,12 +157,83 @@ class Response:
         return head + headers.serialize() + b"\r\n" + self.body
 
 
+_HEAD_END = b"\r\n\r\n"
+
+
+class _ChunkedBody:
+    """Finds where a chunked body ends (RFC 9112 section 7.1).
+
+    llhttp checks the syntax; this only counts, so that the parser is never given bytes
+    past the end of a message and the next request's head is measured from its first
+    byte. Lines (chunk sizes, trailer fields) are kept only until their LF, at most
+    ``max_line`` bytes.
+    """
+
+    __slots__ = ("_left", "_line", "_max_line", "_state")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, max_line: int) -> None:
+        self._max_line = max_line
+        self._state = self._SIZE
+        self._left = 0
+        self._line = b""
+
+    def advance(self, data: bytes, pos: int) -> tuple[int, bool]:
+        """How many bytes from ``pos`` belong to the body, and whether it ends there."""
+        start = pos
+        end = len(data)
+        while pos < end:
+            if self._state in (self._DATA, self._DATA_END):
+                take = min(self._left, end - pos)
+                pos += take
+                self._left -= take
+                if self._left == 0:
+                    if self._state == self._DATA:
+                        self._state, self._left = self._DATA_END, 2  # the CRLF after data
+                    else:
+                        self._state = self._SIZE
+                continue
+            # No further than a line may go: a line that never ends costs max_line.
+            newline = data.find(b"\n", pos, pos + self._max_line + 3 - len(self._line))
+            stop = (
+                min(end, pos + self._max_line + 3 - len(self._line)) if newline < 0 else newline + 1
+            )
+            self._line += data[pos:stop]
+            pos = stop
+            if len(self._line) > self._max_line + 2:
+                raise InvalidRequest("chunk header or trailer line too long", 431)
+            if newline < 0:
+                break
+            line, self._line = self._line, b""
+            if self._state == self._TRAILER:
+                if line == b"\r\n":
+                    return pos - start, True
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise InvalidRequest("malformed HTTP request: invalid chunk size", 400) from None
+            if size < 0:
+                raise InvalidRequest("malformed HTTP request: invalid chunk size", 400)
+            if size == 0:
+                self._state = self._TRAILER
+            else:
+                self._state, self._left = self._DATA, size
+        return pos - start, False
+
+
 class RequestParser:
     """Parses requests from a byte stream, enforcing the handshake limits.
 
     ``feed`` returns the requests completed by the new bytes. When a request asks to
     upgrade, it is the last one returned, :attr:`upgraded` is set and :attr:`rest` holds
     the bytes that followed it (the start of the WebSocket stream).
+
+    The limits hold exactly whatever the reads: the parser is given a request's head up
+    to its end (the first CRLF CRLF, as llhttp requires) and no further, and a body up to
+    its end (Content-Length, or the chunked framing), so every head is measured from its
+    own first byte, even when several requests arrive in one read.
     """
 
     def __init__(self, limits: Limits | None = None) -> None:
@@ -166,6 +241,7 @@ class RequestParser:
         self._parser = httptools.HttpRequestParser(self)
         self._done: list[Request] = []
         self._reset_message()
+        self._reset_framing()
         self.upgraded = False
         self.rest = b""
 
@@ -173,34 +249,78 @@ class RequestParser:
         self._url = bytearray()
         self._headers = Headers()
         self._body = bytearray()
-        self._head_size = 0
-        self._in_head = True
         self._method = ""
+        self._version = "1.1"
+
+    def _reset_framing(self) -> None:
+        # Where the stream stands between messages: in a head (its size so far and its
+        # last three bytes, to find a CRLF CRLF split across reads), or in a body.
+        self._in_head = True
+        self._head_size = 0
+        self._head_tail = b""
+        self._body_left = 0
+        self._chunked: _ChunkedBody | None = None
 
     def feed(self, data: bytes) -> list[Request]:
         """Parse more bytes; raise :class:`InvalidRequest` with the status to answer."""
         if self.upgraded:
             raise InvalidRequest("no more requests after an upgrade")
-        # A head that never ends costs at most max_head_size bytes plus one chunk: checked
-        # before parsing (bytes so far) and after (if the head is still not complete).
-        if self._in_head and self._head_size > self._limits.max_head_size:
-            raise InvalidRequest("request head too large", 431)
-        self._head_size += len(data)
+        data = bytes(data)
+        pos = 0
+        while pos < len(data) and not self.upgraded:
+            size = self._next_piece(data, pos)
+            self._feed_parser(data, pos, size)
+            pos += size
+        done, self._done = self._done, []
+        return done
+
+    def _feed_parser(self, data: bytes, pos: int, size: int) -> None:
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(data[pos : pos + size])
         except httptools.HttpParserUpgrade as exc:
-            offset = int(exc.args[0])
             self.upgraded = True
-            self.rest = bytes(data[offset:])
+            self.rest = data[pos + int(exc.args[0]) :]
         except httptools.HttpParserError as exc:
             # httptools wraps what a callback raised; bring back our own error.
             if isinstance(exc.__context__, InvalidRequest):
                 raise exc.__context__ from None
             raise InvalidRequest(f"malformed HTTP request: {exc}", 400) from exc
-        if self._in_head and self._head_size > self._limits.max_head_size:
-            raise InvalidRequest("request head too large", 431)
-        done, self._done = self._done, []
-        return done
+
+    def _next_piece(self, data: bytes, pos: int) -> int:
+        """How many bytes from ``pos`` to give the parser: no further than this message."""
+        available = len(data) - pos
+        if self._in_head:
+            budget = self._limits.max_head_size - self._head_size
+            tail = self._head_tail
+            # A terminator that starts in the last read's tail (at most 3 bytes) ends in
+            # the first 3 of this one; else it is looked for within the budget only.
+            found = (tail + data[pos : pos + 3]).find(_HEAD_END) if tail else -1
+            if found >= 0:
+                size = found + len(_HEAD_END) - len(tail)  # 1 to 3, never 0
+            else:
+                found = data.find(_HEAD_END, pos, pos + budget)
+                size = found + len(_HEAD_END) - pos if found >= 0 else available
+            if size > budget:
+                # What fits is parsed first, so that a malformed head gets 400 whatever
+                # the reads, and 431 only a well-formed one that is too large.
+                self._feed_parser(data, pos, budget)
+                raise InvalidRequest("request head too large", 431)
+            self._head_size += size
+            if size >= 3:
+                self._head_tail = data[pos + size - 3 : pos + size]
+            else:
+                self._head_tail = (tail + data[pos : pos + size])[-3:]
+            return size
+        if self._chunked is not None:
+            size, _ = self._chunked.advance(data, pos)
+        else:
+            size = min(self._body_left, available)
+            self._body_left -= size
+        if size == 0:
+            # llhttp did not end the message where its framing says it ends: never feed
+            # it nothing in a loop.
+            raise InvalidRequest("malformed HTTP request: unexpected message framing", 400)
+        return size
 
     # httptools callbacks.
 
@@ -209,7 +329,11 @@ class RequestParser:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self._limits.max_line:
+        # The whole request line, "METHOD SP target SP HTTP/1.1" (RFC 9112 section 3):
+        # the version's 8 bytes are counted before they arrive, so the check is the same
+        # whichever read the target ends in.
+        line = len(self._parser.get_method()) + 1 + len(self._url) + 1 + 8
+        if line > self._limits.max_line:
             raise InvalidRequest("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -223,6 +347,21 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._method = self._parser.get_method().decode("ascii")
+        self._version = self._parser.get_http_version()
+        # The body's framing (RFC 9112 section 6.3); llhttp has already refused a request
+        # with both fields, or with a Transfer-Encoding that does not end in chunked.
+        if "Transfer-Encoding" in self._headers:
+            self._chunked = _ChunkedBody(self._limits.max_line)
+        else:
+            length = self._headers.get("Content-Length")
+            try:
+                self._body_left = int(length) if length is not None else 0
+            except ValueError:
+                raise InvalidRequest(
+                    "malformed HTTP request: invalid Content-Length", 400
+                ) from None
+            if self._body_left > self._limits.max_body_size:
+                raise InvalidRequest("request body too large", 413)
 
     def on_body(self, body: bytes) -> None:
         self._body += body
@@ -237,11 +376,12 @@ class RequestParser:
                 self._headers,
                 bytes(self._body),
                 self._parser.should_keep_alive(),
+                self._version,
             )
         )
         self._reset_message()
-        # The next request's head starts counting from zero.
-        self._head_size = 0
+        # The next request's head is counted from its first byte.
+        self._reset_framing()
 
 
 class _ResponseHead:
@@ -277,9 +417,11 @@ def parse_response_head(
     past the limits.
     """
     limits = limits or Limits()
-    end = buffer.find(b"\r\n\r\n", 0, limits.max_head_size + 4)
+    # The head, its final CRLF CRLF included, must fit in max_head_size bytes: the
+    # terminator is looked for only there, whatever the buffer holds beyond.
+    end = buffer.find(_HEAD_END, 0, limits.max_head_size)
     if end < 0:
-        if len(buffer) > limits.max_head_size:
+        if len(buffer) >= limits.max_head_size:
             raise InvalidResponse("response head too large")
         return None
     head = bytes(buffer[: end + 4])
@@ -299,5 +441,6 @@ def parse_response_head(
     if not collector.complete:
         raise InvalidResponse("malformed HTTP response head")
     status = parser.get_status_code()
-    response = Response(status, collector.headers, b"", collector.reason.decode("latin-1"))
+    reason = collector.reason.decode("latin-1")
+    response = Response(status, collector.headers, b"", reason, parser.get_http_version())
     return response, bytes(buffer[end + 4 :])
