@@ -39,6 +39,12 @@ RULES = {
     "broker_unreachable": "broker unreachable",
 }
 
+#: Samples kept per window, at most (about): evaluations closer together than
+#: window / SAMPLES_PER_WINDOW replace the newest sample rather than add one, so a short
+#: interval (or many calls of :meth:`Alerts.evaluate`) cannot grow the memory kept, and
+#: the window's start is still known to 1 % of its length.
+SAMPLES_PER_WINDOW = 100
+
 #: The largest finite fan-out latency the histogram can tell apart, in milliseconds: a
 #: p99 past every bucket is reported as this (an event's value must be a finite number).
 _LAST_BOUND_MS = BUCKETS[-1] * 1000
@@ -145,7 +151,7 @@ class Alerts:
     async def _measure(self, now: float) -> dict[str, float | None]:
         sample = self._sample(now)
         baseline = self._baseline(now)
-        self._samples.append(sample)
+        self._keep(sample)
         values: dict[str, float | None] = {}
         wanted = {rule.name for rule in self._rules}
         if "connections" in wanted:
@@ -177,6 +183,14 @@ class Alerts:
         while len(self._samples) > 1 and self._samples[1].time <= start:
             self._samples.popleft()
         return self._samples[0]
+
+    def _keep(self, sample: _Sample) -> None:
+        samples = self._samples
+        step = self.config.window / SAMPLES_PER_WINDOW
+        if len(samples) > 1 and sample.time - samples[-2].time < step:
+            samples[-1] = sample
+        else:
+            samples.append(sample)
 
     async def _broker_down(self) -> float:
         try:
