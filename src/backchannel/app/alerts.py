@@ -150,6 +150,8 @@ class Alerts:
 
     async def _measure(self, now: float) -> dict[str, float | None]:
         sample = self._sample(now)
+        if not self._samples:  # evaluated before start: the window starts now
+            self._samples.append(sample)
         baseline = self._baseline(now)
         self._keep(sample)
         values: dict[str, float | None] = {}
@@ -178,7 +180,7 @@ class Alerts:
 
     def _baseline(self, now: float) -> _Sample:
         """The newest sample at least ``window`` old (or the oldest one, near start);
-        older ones are forgotten, so the samples kept are about window / interval."""
+        older ones are forgotten."""
         start = now - self.config.window
         while len(self._samples) > 1 and self._samples[1].time <= start:
             self._samples.popleft()
