@@ -20,7 +20,7 @@ class RawClient:
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def open(cls, port: int) -> RawClient:
+    async def open(cls, port: int, *, path: str = "/") -> RawClient:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -28,7 +28,8 @@ class RawClient:
         await client.loop.sock_connect(sock, ("127.0.0.1", port))
         await client.loop.sock_sendall(
             sock,
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET {path} HTTP/1.1\r\n".encode()
+            + b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         )
         while b"\r\n\r\n" not in client.buffer:

@@ -21,6 +21,7 @@ from ..exceptions import InvalidArgument
 from ..hub import ChannelOptions, HubOptions
 
 __all__ = [
+    "AlertsConfig",
     "ApiConfig",
     "AuthConfig",
     "BrokerConfig",
@@ -130,6 +131,7 @@ WEBHOOK_EVENTS = (
     "channel_vacated",
     "presence_join",
     "presence_leave",
+    "alert",
 )
 
 
@@ -254,6 +256,56 @@ class WebhooksConfig:
 
 
 @dataclass(slots=True)
+class AlertsConfig:
+    """Alert rules of one node (docs/operations.md, "Alerts"): each threshold at 0 (or
+    false) is off, and with every rule off there are no alerts at all."""
+
+    #: Seconds between evaluations of the rules.
+    interval: float = 5.0
+    #: Seconds over which the slow-consumer rate and the fan-out p99 are measured.
+    window: float = 60.0
+    #: Seconds a rule's condition must hold before it is raised (0: at once).
+    hold: float = 0.0
+    #: Client sessions on this node above this.
+    connections_above: int = 0
+    #: Slow consumers (a full outbox) per minute above this, over ``window``.
+    slow_consumers_per_minute_above: float = 0.0
+    #: The 99th percentile of fan-out latency, in milliseconds, over ``window``.
+    fanout_p99_ms_above: float = 0.0
+    #: The broker does not answer a ping within ``broker_timeout`` seconds.
+    broker_unreachable: bool = False
+    broker_timeout: float = 1.0
+    #: Raise and resolve events kept for the dashboard (the oldest forgotten first).
+    events_kept: int = 100
+
+    @property
+    def enabled(self) -> bool:
+        return bool(
+            self.connections_above
+            or self.slow_consumers_per_minute_above
+            or self.fanout_p99_ms_above
+            or self.broker_unreachable
+        )
+
+    def check(self) -> None:
+        """InvalidArgument, naming the setting, for a configuration that cannot work."""
+        for name in ("interval", "window", "broker_timeout"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"alerts.{name} must be > 0")
+        if self.hold < 0:
+            raise InvalidArgument("alerts.hold must be >= 0")
+        for name in (
+            "connections_above",
+            "slow_consumers_per_minute_above",
+            "fanout_p99_ms_above",
+        ):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"alerts.{name} must be >= 0 (0: off)")
+        if self.events_kept < 1:
+            raise InvalidArgument("alerts.events_kept must be >= 1")
+
+
+@dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
     idle_timeout: float = 60.0
@@ -283,6 +335,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -311,6 +364,7 @@ _SECTIONS = {
     "metrics": MetricsConfig,
     "proxy": ProxyConfig,
     "webhooks": WebhooksConfig,
+    "alerts": AlertsConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type
@@ -335,6 +389,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     config.hub_options()
     config.proxy.check(config.server.origins)
     config.webhooks.check()
+    config.alerts.check()
     return config
 
 

@@ -44,12 +44,15 @@ class Metrics:
         *,
         long_polls: Callable[[], int] | None = None,
         webhooks: Callable[[], Mapping[str, int]] | None = None,
+        alerts: Callable[[], Mapping[str, bool]] | None = None,
     ) -> None:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_HubCollector(hub, node, long_polls))
         if webhooks is not None:
             self.registry.register(_WebhooksCollector(webhooks, node))
+        if alerts is not None:
+            self.registry.register(_AlertsCollector(alerts, node))
         self._api_requests = Counter(
             "backchannel_api_requests",
             "HTTP API requests, by method and HTTP status.",
@@ -231,4 +234,22 @@ class _WebhooksCollector(Collector):
         )
         for outcome, count in sorted(self.stats().items()):
             family.add_metric([self.node, outcome], count)
+        yield family
+
+
+class _AlertsCollector(Collector):
+    """Reads whether each alert rule is raised (``Alerts.states``) when scraped."""
+
+    def __init__(self, states: Callable[[], Mapping[str, bool]], node: str) -> None:
+        self.states = states
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "backchannel_alerts_active",
+            "1 while the alert rule is raised on this node, else 0 (docs/operations.md, Alerts).",
+            labels=["node", "name"],
+        )
+        for name, raised in sorted(self.states().items()):
+            family.add_metric([self.node, name], 1.0 if raised else 0.0)
         yield family

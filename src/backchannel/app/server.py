@@ -47,6 +47,7 @@ from ..hub.transports.longpoll import SessionRelay
 from ..protocol.handshake import is_upgrade_request
 from ..protocol.http11 import Headers, Request, Response
 from ..protocol.limits import Limits
+from .alerts import Alerts
 from .api import HttpApi
 from .config import Config
 from .ratelimit import RateLimiter
@@ -136,8 +137,12 @@ class App:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
             self._page_headers = _page_headers(page[0])
+        #: Alert rules (docs/operations.md, "Alerts"); None when no rule is set.
+        self.alerts = _alerts(config, self.hub, self.webhooks)
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
-        self.metrics = _metrics(config, self.hub, self.node, self.longpoll, self.webhooks)
+        self.metrics = _metrics(
+            config, self.hub, self.node, self.longpoll, self.webhooks, self.alerts
+        )
 
     @asynccontextmanager
     async def run(self, *, reuse_port: bool = False) -> AsyncIterator[Server]:
@@ -151,6 +156,8 @@ class App:
         await self.hub.start()
         if self.webhooks is not None:
             await self.webhooks.start()
+        if self.alerts is not None:
+            await self.alerts.start()
         hub_closed = False
         try:
             async with serve(
@@ -182,6 +189,8 @@ class App:
                 await self._stop_hub()
 
     async def _stop_hub(self) -> None:
+        if self.alerts is not None:
+            await self.alerts.close()
         await self.hub.close()
         # After the hub, whose observers have queued the last events (the disconnects).
         if self.webhooks is not None:
@@ -355,8 +364,19 @@ def _webhooks(config: Config, node: str) -> Webhooks | None:
     return Webhooks(config.webhooks, config.hub_options(), node=node)
 
 
+def _alerts(config: Config, hub: Hub, webhooks: Webhooks | None) -> Alerts | None:
+    if not config.alerts.enabled:
+        return None
+    return Alerts(config.alerts, hub, notify=webhooks.send_alert if webhooks else None)
+
+
 def _metrics(
-    config: Config, hub: Hub, node: str, longpoll: LongPoll, webhooks: Webhooks | None
+    config: Config,
+    hub: Hub,
+    node: str,
+    longpoll: LongPoll,
+    webhooks: Webhooks | None,
+    alerts: Alerts | None = None,
 ) -> Metrics | None:
     if not config.metrics.enabled:
         return None
@@ -367,7 +387,11 @@ def _metrics(
             "metrics.enabled needs the prometheus-client package: pip install -e '.[metrics]'"
         ) from exc
     return Metrics(
-        hub, node, long_polls=longpoll.held, webhooks=webhooks.stats if webhooks else None
+        hub,
+        node,
+        long_polls=longpoll.held,
+        webhooks=webhooks.stats if webhooks else None,
+        alerts=alerts.states if alerts else None,
     )
 
 

@@ -217,6 +217,14 @@ class Webhooks(Hooks):
     async def on_channel_vacated(self, channel: str) -> None:
         self._emit("channel_vacated", channel, {"channel": channel})
 
+    # Not the hub's: this node's alerts (app/alerts.py).
+
+    def send_alert(self, event: dict[str, Any]) -> None:
+        """Queue an ``alert`` event: a raise or a resolve of one of this node's alert
+        rules (its ``name``, ``state``, ``value``, ``threshold``, ``message``)."""
+        # The body's own "time" (milliseconds, like every event's) stands for the alert's.
+        self._emit("alert", None, {k: v for k, v in event.items() if k != "time"})
+
     # Queueing.
 
     def wants(self, event: str, channel: str | None) -> bool:
