@@ -42,6 +42,27 @@ MAX_PUSHES = 200
 POLL_MS = 50
 
 
+class Alerts:
+    """What the server's alerts offer the dashboard (``app.alerts``): events, newest
+    last, and those raised and not resolved."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self._events = events
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self._events)
+
+    def active(self) -> list[dict[str, Any]]:
+        resolved = {e["name"] for e in self._events if e["state"] == "resolved"}
+        return [e for e in self._events if e["state"] == "raised" and e["name"] not in resolved]
+
+
+def alert(name: str, state: str, value: float) -> dict[str, Any]:
+    message = f"{name} at {value} over 50"
+    return {"time": 1e9, "name": name, "state": state, "value": value, "threshold": 50.0,
+            "message": message}  # fmt: skip
+
+
 def admin_config(**admin: Any) -> Any:
     config = make_config()
     config.admin = AdminConfig(password=PASSWORD, interval=0.2, **admin)
@@ -209,6 +230,13 @@ async def test_each_node_publishes_snapshots_only_while_a_dashboard_watches(
     assert ["chat:lobby", 1] in last["channels"]
     assert sum(s["stats"]["publications_in"] for s in snapshots) >= 1
     assert all(s["alerts"] == {"active": [], "events": []} for s in snapshots)
+    # Once the server raises alerts, they are in the snapshots.
+    app.alerts = Alerts([alert("fanout_p99", "raised", 120.0)])  # type: ignore[attr-defined]
+    for _ in range(MAX_PUSHES):  # one taken before the alert may be on its way
+        (snapshot,) = await live_snapshots(watcher, 1)
+        if snapshot["alerts"]["active"]:
+            break
+    assert [a["name"] for a in snapshot["alerts"]["active"]] == ["fanout_p99"]
     # Snapshots do not count as the application's publications.
     assert app.hub.statistics().publications_in == 1
     assert app.admin is not None
@@ -340,6 +368,10 @@ def above(n: float) -> Callable[[str], bool]:
 @browser_only
 async def test_the_dashboard_page_live_in_chromium(browser: Browser) -> None:
     async with running(admin_config()) as (app, port):
+        app.alerts = Alerts(  # type: ignore[attr-defined]
+            [alert("connections", "raised", 80.0), alert("connections", "resolved", 20.0),
+             alert("fanout_p99", "raised", 120.0)]
+        )  # fmt: skip
         clients = {
             user: await HubClient.open(port, path="/ws", token=make_token(SECRET, user))
             for user in ("alice", "bob", "mallory")
@@ -371,6 +403,10 @@ async def test_the_dashboard_page_live_in_chromium(browser: Browser) -> None:
         await page.wait_for_selector('#status[data-state="connected"]', timeout=WAIT_MS)
         await page.wait_for_selector(f'#nodes tr[data-node="{app.node}"]', timeout=WAIT_MS)
         await wait_text(page, '#channels tr[data-channel="chat:lobby"] td:last-child', "3".__eq__)
+        # Alerts: the active one counted and listed first, the resolved one below it.
+        assert await page.inner_text("#total-alerts") == "1"
+        listed = await page.locator("#alerts li").all_inner_texts()
+        assert "raised fanout_p99" in listed[0] and "resolved connections" in listed[1], listed
 
         # A scripted client publishes: rates, deliveries and fan-out latency go live.
         async def chatter() -> None:

@@ -59,10 +59,11 @@ COOKIE = "backchannel_admin"
 #: Seconds a hub token of the dashboard lives: the page asks for a new one with its
 #: cookie before it expires, so a logout ends its hub connection within this long.
 TOKEN_TTL = 300
-#: Recent warnings and errors kept per node, slow consumers kept, and alert events sent.
+#: Recent warnings and errors kept per node, slow consumers kept, and how many of
+#: each (errors, alerts, alert events) a snapshot lists.
 MAX_ERRORS = 50
 MAX_SLOW = 20
-MAX_ALERTS = 20
+MAX_LISTED = 20
 #: Characters of a log message kept: a snapshot must stay well under max_data_size.
 MAX_MESSAGE = 300
 #: Publications a history lookup returns at most.
@@ -251,10 +252,10 @@ class Admin:
             "fanout_ms": {"p50": ms(0.5), "p99": ms(0.99), "count": interval.count},
             "channels": [list(item) for item in channels[: self.config.top_channels]],
             "slow_consumers": list(self.slow.recent),
-            "errors": list(self.errors.records)[-MAX_ALERTS:],
+            "errors": list(self.errors.records)[-MAX_LISTED:],
             "alerts": {
-                "active": list(alerts.active()) if alerts is not None else [],
-                "events": list(alerts.events())[-MAX_ALERTS:] if alerts is not None else [],
+                "active": list(alerts.active())[-MAX_LISTED:] if alerts is not None else [],
+                "events": list(alerts.events())[-MAX_LISTED:] if alerts is not None else [],
             },
         }
 

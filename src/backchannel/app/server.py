@@ -341,6 +341,8 @@ class App:
             lines.append(
                 "demo mode: /demo/token gives anyone a token; set server.demo = false in production"
             )
+        if self.admin is not None:
+            lines.append(f"dashboard at {scheme}://{shown}:{server.port}/admin")
         return lines
 
 
