@@ -8,10 +8,12 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from helpers.cluster import Cluster, healthz, token
 from helpers.http import Http, Reply
@@ -19,11 +21,11 @@ from helpers.hub_client import HubClient, ReplyError
 from helpers.redis_server import RedisServer, require_redis
 
 from backchannel.app import App
-from backchannel.app.admin import LIVE_CHANNEL, USER
-from backchannel.app.config import AdminConfig, load_config
-from backchannel.exceptions import InvalidArgument
+from backchannel.app.admin import LIVE_CHANNEL, USER, Admin
+from backchannel.app.config import AdminConfig
 from backchannel.hub import codes
 from backchannel.hub.token import make_token
+from backchannel.protocol.http11 import Headers, Request
 
 from .conftest import SECRET, make_config, running
 from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, WAIT_MS, _missing
@@ -119,20 +121,6 @@ async def test_admin_is_off_unless_a_password_is_set(tmp_path: Path) -> None:
         await client.close()
 
 
-def test_a_short_password_or_a_taken_namespace_stops_the_server_with_one_line(
-    tmp_path: Path,
-) -> None:
-    with pytest.raises(InvalidArgument, match=r"^admin\.password: at least 12 characters$"):
-        load_config(environ={"BACKCHANNEL_ADMIN_PASSWORD": "short"})
-    file = tmp_path / "backchannel.toml"
-    file.write_text('[admin]\npassword = "long enough password"\n[channels.admin]\n')
-    with pytest.raises(InvalidArgument, match=r"^\[channels\.admin\]: the namespace is the"):
-        load_config(file)
-    config = load_config(environ={"BACKCHANNEL_ADMIN_PASSWORD": PASSWORD})
-    assert config.admin.password == PASSWORD
-    assert config.hub_options().namespaces["admin"].publish == "server"
-
-
 async def test_a_wrong_password_is_refused_and_logins_are_rate_limited(
     admin_server: tuple[App, int],
 ) -> None:
@@ -178,6 +166,63 @@ async def test_a_login_sets_a_strict_cookie_that_opens_the_endpoints_until_logou
     out = await request(port, "POST", "/admin/logout", {}, session + OWN)
     assert out.status == 200
     assert (await request(port, "GET", "/admin/api/token", None, session)).status == 401
+
+
+async def test_under_tls_the_session_cookie_is_secure(
+    tls_files: dict[str, Path], client_ssl: ssl.SSLContext
+) -> None:
+    config = admin_config()
+    config.server.tls_cert = str(tls_files["cert"])
+    config.server.tls_key = str(tls_files["key"])
+    async with running(config) as (_, port):
+        base = f"https://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, verify=client_ssl) as http:
+            reply = await http.post(
+                "/admin/login", json={"password": PASSWORD}, headers={"Origin": base}
+            )
+    assert reply.status_code == 200, reply.text
+    assert "Secure" in reply.headers["set-cookie"].split("; ")
+
+
+def admin_request(method: str, path: str, body: Any = None, cookie: str = "") -> Request:
+    headers = Headers([("Host", "x"), ("Origin", "http://x")])
+    if cookie:
+        headers.add("Cookie", cookie)
+    return Request(method, path, headers, b"" if body is None else json.dumps(body).encode())
+
+
+async def test_a_login_ends_after_session_ttl_and_the_oldest_past_max_sessions() -> None:
+    now = [1000.0]
+    admin = Admin(
+        AdminConfig(password=PASSWORD, session_ttl=60.0, max_sessions=2),
+        secret=SECRET,
+        node="n",
+        page_headers=lambda page: [],
+        clock=lambda: now[0],
+    )
+
+    async def log_in() -> str:
+        reply = await admin.handle(
+            admin_request("POST", "/admin/login", {"password": PASSWORD}), "/admin/login", "a"
+        )
+        assert reply.status == 200
+        cookie = reply.headers.get("Set-Cookie")
+        assert cookie is not None and "Max-Age=60" in cookie
+        return cookie.split(";")[0]
+
+    async def status(cookie: str) -> int:
+        request = admin_request("GET", "/admin/api/token", cookie=cookie)
+        return (await admin.handle(request, "/admin/api/token", "a")).status
+
+    first = await log_in()
+    now[0] += 59.0
+    assert await status(first) == 200
+    now[0] += 1.0
+    assert await status(first) == 401  # expired
+    second, third = await log_in(), await log_in()
+    fourth = await log_in()  # a third login at once: the oldest held one ends
+    assert [await status(c) for c in (second, third, fourth)] == [401, 200, 200]
+    assert await status("backchannel_admin=forged") == 401
 
 
 async def test_cross_origin_posts_are_refused(admin_server: tuple[App, int]) -> None:
@@ -365,6 +410,64 @@ def above(n: float) -> Callable[[str], bool]:
     return check
 
 
+async def open_dashboard(browser: Browser, port: int) -> tuple[Page, list[str]]:
+    """The dashboard, logged in after a wrong password, once its hub connection is up;
+    and the errors its console will report (script errors, anything the CSP blocks)."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    response = await page.goto(f"http://127.0.0.1:{port}/admin")
+    assert response is not None
+    assert "default-src 'none'" in (await response.all_headers())["content-security-policy"]
+    # A wrong password is refused on the page; the right one opens the dashboard.
+    await page.fill("#password", "not the password")
+    await page.click("#login button")
+    await wait_text(page, "#login-error", lambda t: "wrong password" in t)
+    await page.fill("#password", PASSWORD)
+    await page.click("#login button")
+    await page.wait_for_selector('#status[data-state="connected"]', timeout=WAIT_MS)
+    return page, errors
+
+
+@browser_only
+async def test_with_redis_the_page_shows_a_row_per_node_and_their_sums(
+    browser: Browser, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    cluster = Cluster(tmp_path, redis_server.url)
+    try:
+        env = cluster.env(BACKCHANNEL_ADMIN_PASSWORD=PASSWORD, BACKCHANNEL_ADMIN_INTERVAL="0.2")
+        nodes = [cluster.spawn(env=env) for _ in range(2)]
+        ports = [await node.ready() for node in nodes]
+        names = sorted([(await healthz(port))["node"] for port in ports])
+        # Two clients on the second node; the dashboard is on the first.
+        for user in ("yves", "zoe"):
+            client = cluster.track(await HubClient.open(ports[1], path="/ws", token=token(user)))
+            await client.call("subscribe", channel="chat:lobby")
+        page, errors = await open_dashboard(browser, ports[0])
+        for _ in range(WAIT_MS // POLL_MS):
+            rows = await page.locator("#nodes tbody tr").evaluate_all(
+                "(rows) => rows.map((r) => r.dataset.node)"
+            )
+            if len(rows) == 2:
+                break
+            await page.wait_for_timeout(POLL_MS)
+        assert rows == names
+        await wait_text(page, '#channels tr[data-channel="chat:lobby"] td:last-child', "2".__eq__)
+        # The sums: the dashboard's connection on one node, two clients on the other.
+        await wait_text(page, "#total-connections", "3".__eq__)
+        assert await page.inner_text("#total-nodes") == "2"
+        assert await page.inner_text('#nodes-total td[data-key="connections"]') == "3"
+        assert not errors, errors
+    finally:
+        await cluster.close()
+
+
 @browser_only
 async def test_the_dashboard_page_live_in_chromium(browser: Browser) -> None:
     async with running(admin_config()) as (app, port):
@@ -380,27 +483,7 @@ async def test_the_dashboard_page_live_in_chromium(browser: Browser) -> None:
             await client.call("subscribe", channel="chat:lobby")
         await clients["bob"].call("subscribe", channel="chat:random")
 
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("console", lambda m: print("CONSOLE", m.text))
-        page.on(
-            "console",
-            lambda message: (
-                errors.append(message.text) if "Content Security Policy" in message.text else None
-            ),
-        )
-        response = await page.goto(f"http://127.0.0.1:{port}/admin")
-        assert response is not None
-        assert "default-src 'none'" in (await response.all_headers())["content-security-policy"]
-
-        # A wrong password is refused on the page; the right one opens the dashboard.
-        await page.fill("#password", "not the password")
-        await page.click("#login button")
-        await wait_text(page, "#login-error", lambda t: "wrong password" in t)
-        await page.fill("#password", PASSWORD)
-        await page.click("#login button")
-        await page.wait_for_selector('#status[data-state="connected"]', timeout=WAIT_MS)
+        page, errors = await open_dashboard(browser, port)
         await page.wait_for_selector(f'#nodes tr[data-node="{app.node}"]', timeout=WAIT_MS)
         await wait_text(page, '#channels tr[data-channel="chat:lobby"] td:last-child', "3".__eq__)
         # Alerts: the active one counted and listed first, the resolved one below it.
