@@ -210,7 +210,11 @@ class Admin:
                     await hub.broker.publish(LIVE_CHANNEL, self.snapshot(hub, before, now))
                     self.published += 1
             except (BrokerUnavailable, CommandError) as exc:
+                # The broker is away: /ready and the clients say so; no log line a second.
                 logger.debug("dashboard snapshot not published: %s", exc)
+            except Exception:
+                # A bug here must not stop the dashboard for good: said, and tried again.
+                logger.exception("dashboard snapshot failed")
             before = now
             self.period.set()
 
