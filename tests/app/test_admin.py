@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,8 @@ from backchannel.hub.token import make_token
 from backchannel.protocol.http11 import Headers, Request
 
 from .conftest import SECRET, make_config, running
-from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, WAIT_MS, _missing
+from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, WAIT_MS
+from .test_browser import pytestmark as browser_only
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -366,11 +366,6 @@ async def test_with_redis_every_node_publishes_its_snapshot_under_its_name(
 
 
 # The page, in Chromium.
-
-browser_only = pytest.mark.skipif(
-    bool(_missing) and os.environ.get("CI") != "true",
-    reason=f"missing {', '.join(_missing)}",
-)
 
 
 @pytest.fixture
