@@ -161,3 +161,19 @@ def test_webhooks_need_a_secret_and_known_events() -> None:
     )
     assert config.webhooks.events == ["publish", "presence_join"]
     assert load_config(None, {}).webhooks.url == ""  # off unless configured
+
+
+def test_a_short_password_or_a_taken_namespace_stops_the_server_with_one_line(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(InvalidArgument, match=r"^admin\.password: at least 12 characters$"):
+        load_config(None, {"BACKCHANNEL_ADMIN_PASSWORD": "short"})
+    file = tmp_path / "backchannel.toml"
+    file.write_text('[admin]\npassword = "long enough password"\n[channels.admin]\n')
+    with pytest.raises(InvalidArgument, match=r"^\[channels\.admin\]: the namespace is the"):
+        load_config(file, {})
+    config = load_config(None, {"BACKCHANNEL_ADMIN_PASSWORD": "a long admin password"})
+    assert config.admin.password == "a long admin password"
+    # The dashboard's namespace exists only while it is on.
+    assert config.hub_options().namespaces["admin"].publish == "server"
+    assert "admin" not in load_config(None, {}).hub_options().namespaces

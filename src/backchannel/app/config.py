@@ -21,6 +21,7 @@ from ..exceptions import InvalidArgument
 from ..hub import ChannelOptions, HubOptions
 
 __all__ = [
+    "AdminConfig",
     "AlertsConfig",
     "ApiConfig",
     "AuthConfig",
@@ -255,6 +256,54 @@ class WebhooksConfig:
             raise InvalidArgument("webhooks.retry_max must be >= webhooks.retry_min")
 
 
+#: The dashboard's namespace: its live channel is ``$admin:live`` (docs/operations.md,
+#: "Dashboard"). It exists only while the dashboard is on.
+ADMIN_NAMESPACE = "admin"
+
+
+@dataclass(slots=True)
+class AdminConfig:
+    """The live dashboard at ``/admin`` (docs/operations.md, "Dashboard")."""
+
+    #: The dashboard's password. Empty: no dashboard (``/admin`` is 404).
+    password: str = ""
+    #: Seconds a login lasts (its cookie and the tokens the page gets).
+    session_ttl: float = 8 * 3600.0
+    #: Logins at once; past it the oldest is ended (bounds the server's memory).
+    max_sessions: int = 100
+    #: Login attempts per second per client address, bursts of ``login_burst``: 429
+    #: past it, so a password cannot be guessed at network speed.
+    login_rate: float = 0.1
+    login_burst: int = 5
+    #: Seconds between two snapshots each node publishes while a dashboard watches.
+    interval: float = 1.0
+    #: Channels listed (those with the most subscribers on the node).
+    top_channels: int = 10
+
+    def check(self, channels: Mapping[str, ChannelOptions]) -> None:
+        """InvalidArgument, naming the setting, for a configuration that cannot work."""
+        if not self.password:
+            return
+        if len(self.password) < MIN_ADMIN_PASSWORD:
+            raise InvalidArgument(f"admin.password: at least {MIN_ADMIN_PASSWORD} characters")
+        if ADMIN_NAMESPACE in channels:
+            raise InvalidArgument(
+                f"[channels.{ADMIN_NAMESPACE}]: the namespace is the dashboard's own "
+                "while admin.password is set"
+            )
+        for name in ("session_ttl", "interval", "login_rate"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"admin.{name} must be > 0")
+        for name in ("max_sessions", "login_burst", "top_channels"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"admin.{name} must be >= 1")
+
+
+#: Shortest dashboard password: the login is rate limited, but a short one is still
+#: guessed by a patient attacker from many addresses.
+MIN_ADMIN_PASSWORD = 12
+
+
 @dataclass(slots=True)
 class AlertsConfig:
     """Alert rules of one node (docs/operations.md, "Alerts"): each threshold at 0 (or
@@ -336,6 +385,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     #: HubOptions' limits, by field name (``[hub]`` in the file).
     hub: dict[str, Any] = field(default_factory=dict)
     #: Channel namespaces (``[channels.NAME]``); ``[channels.default]`` is for names
@@ -347,6 +397,10 @@ class Config:
         # No [channels.default]: names without a namespace are refused (102) when
         # namespaces are configured (HubOptions.channel).
         default = namespaces.pop("default", None)
+        if self.admin.password:
+            # The dashboard's live channel: only the server publishes in it, and
+            # presence tells each node whether a dashboard watches.
+            namespaces[ADMIN_NAMESPACE] = ChannelOptions(presence=True, publish="server")
         return HubOptions(
             namespaces=namespaces,
             default=default,
@@ -365,6 +419,7 @@ _SECTIONS = {
     "proxy": ProxyConfig,
     "webhooks": WebhooksConfig,
     "alerts": AlertsConfig,
+    "admin": AdminConfig,
 }
 _HUB_FIELDS = {
     f.name: f.type
@@ -390,6 +445,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     config.proxy.check(config.server.origins)
     config.webhooks.check()
     config.alerts.check()
+    config.admin.check(config.channels)
     return config
 
 

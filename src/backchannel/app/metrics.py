@@ -191,8 +191,9 @@ class _HubCollector(Collector):
             "Client commands answered, by method and result code (0: success).",
             labels=["node", "method", "code"],
         )
-        for (method, code), count in sorted(stats.commands.items()):
-            commands.add_metric([node, method, str(code)], count)
+        for method, by_code in sorted(stats.commands.items()):
+            for code, count in sorted(by_code.items()):
+                commands.add_metric([node, method, str(code)], count)
         yield commands
         yield from _broker_metrics(self.hub.broker.calls, node)
         recoveries = CounterMetricFamily(

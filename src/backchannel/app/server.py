@@ -14,6 +14,7 @@ Paths (docs/config.md):
 * ``/ready``: 200 while the node can serve (its broker answers), 503 otherwise and from
   the moment it starts shutting down (a readiness probe; docs/operations.md).
 * ``/metrics``: Prometheus metrics, when ``metrics.enabled`` (docs/operations.md).
+* ``/admin``: the live dashboard, when ``admin.password`` is set (app/admin.py).
 
 ``HEAD`` is answered wherever ``GET`` is, without the body. Every answer carries the
 security headers of docs/config.md ("Security headers"): nosniff everywhere, no-store on
@@ -53,6 +54,7 @@ from .config import Config
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from .admin import Admin
     from .metrics import Metrics
     from .proxy import BackendProxy
     from .webhooks import Webhooks
@@ -106,13 +108,18 @@ class App:
         self.proxy = _proxy(config)
         #: Signed webhooks out, when ``webhooks.url`` is set (docs/operations.md).
         self.webhooks = _webhooks(config, self.node)
+        #: The live dashboard at /admin, when ``admin.password`` is set.
+        self.admin = _admin(self, config)
         self.hub = Hub(
             config.hub_options(),
             broker=broker,
             tokens=TokenVerifier(secret=self.secret, public_key=public_key),
             hooks=self.proxy,
             # Webhooks only watch: they run beside whatever decides (the proxy).
-            observers=[self.webhooks] if self.webhooks is not None else [],
+            observers=[
+                *([self.webhooks] if self.webhooks is not None else []),
+                *([self.admin.slow] if self.admin is not None else []),
+            ],
         )
         self.longpoll = LongPoll(
             self.hub,
@@ -158,6 +165,8 @@ class App:
             await self.webhooks.start()
         if self.alerts is not None:
             await self.alerts.start()
+        if self.admin is not None:
+            await self.admin.start(self.hub)
         hub_closed = False
         try:
             async with serve(
@@ -191,6 +200,8 @@ class App:
     async def _stop_hub(self) -> None:
         if self.alerts is not None:
             await self.alerts.close()
+        if self.admin is not None:
+            await self.admin.close()
         await self.hub.close()
         # After the hub, whose observers have queued the last events (the disconnects).
         if self.webhooks is not None:
@@ -247,7 +258,9 @@ class App:
                     headers.add(name, value)
             return Response(200, headers, body)
         response: Response | None = None
-        if path == self.longpoll.path:
+        if self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
+            response = await self.admin.handle(request, path, address)
+        elif path == self.longpoll.path:
             # Counted as LongPoll decides what an open is: "?sid=" or "?x=1" must not
             # make an open look like a poll and skip the limit.
             if self.longpoll.opens_session(request) and not self.opens.allow(address):
@@ -337,6 +350,8 @@ class App:
             lines.append(
                 "demo mode: /demo/token gives anyone a token; set server.demo = false in production"
             )
+        if self.admin is not None:
+            lines.append(f"dashboard at {scheme}://{shown}:{server.port}/admin")
         return lines
 
 
@@ -368,6 +383,23 @@ def _alerts(config: Config, hub: Hub, webhooks: Webhooks | None) -> Alerts | Non
     if not config.alerts.enabled:
         return None
     return Alerts(config.alerts, hub, notify=webhooks.send_alert if webhooks else None)
+
+
+def _admin(app: App, config: Config) -> Admin | None:
+    if not config.admin.password:
+        return None
+    config.admin.check(config.channels)
+    from .admin import Admin
+
+    return Admin(
+        config.admin,
+        secret=app.secret,
+        node=app.node,
+        page_headers=_page_headers,
+        secure=bool(config.server.tls_cert),
+        # The alerts of this node, when rules are set, for the dashboard to show.
+        alerts=lambda: app.alerts,
+    )
 
 
 def _metrics(

@@ -113,7 +113,7 @@ class Statistics:
     slow_consumers_by_policy: dict[str, int] = field(default_factory=dict)
     #: Client commands answered, by method and result code (0: success; a method the
     #: hub does not know counts as "other").
-    commands: dict[tuple[str, int], int] = field(default_factory=dict)
+    commands: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +171,7 @@ class Hub:
         self._slow_consumers = 0
         self._slow_by_policy: Counter[str] = Counter()
         self._publications_refused = 0
-        self._commands: Counter[tuple[str, int]] = Counter()
+        self._commands: dict[str, Counter[int]] = {}
         self._recovered = [0, 0]  # failed, succeeded
 
     async def __aenter__(self) -> Hub:
@@ -242,7 +242,7 @@ class Hub:
             slow_consumers=self._slow_consumers,
             slow_consumers_by_policy=dict(self._slow_by_policy),
             publications_refused=self._publications_refused,
-            commands=dict(self._commands),
+            commands={method: dict(counts) for method, counts in self._commands.items()},
             recoveries_succeeded=self._recovered[1],
             recoveries_failed=self._recovered[0],
             hook_events_dropped=self._observers.dropped,
@@ -375,7 +375,10 @@ class Hub:
 
     def count_command(self, method: str, code: int) -> None:
         """A client command was answered with ``code`` (0: success): for statistics."""
-        self._commands[method, code] += 1
+        by_code = self._commands.get(method)
+        if by_code is None:
+            by_code = self._commands[method] = Counter()
+        by_code[code] += 1
 
     def send(self, session: Session, text: str) -> None:
         """Send a reply or a push to one session; a full outbox disconnects it."""
