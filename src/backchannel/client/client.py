@@ -46,7 +46,15 @@ from .event import (
     UnsubscribedEvent,
 )
 from .longpoll import LongPollTransport
-from .outbox import MAX_BYTES, MAX_IN_FLIGHT, MAX_MESSAGES, PUBLISH_TIMEOUT, Outbox, Pending
+from .outbox import (
+    MAX_BYTES,
+    MAX_IN_FLIGHT,
+    MAX_MESSAGES,
+    PUBLISH_TIMEOUT,
+    RETRY_PAUSE,
+    Outbox,
+    Pending,
+)
 from .result import (
     HistoryResult,
     PresenceStats,
@@ -190,9 +198,8 @@ class Client:
             raise InvalidArgument("publish_timeout must be positive")
         self.publish_timeout = publish_timeout
         self._outbox = Outbox(max_outbox, max_outbox_bytes)
-        # Pauses the outbox after a temporary refusal (too many requests): sending the
-        # next ones at once would be refused too, and count against the command rate.
-        self._outbox_backoff = Backoff(min_delay, max_delay)
+        # When the outbox may send again after a temporary refusal (too many requests):
+        # the next ones sent at once would be refused too, and count as commands.
         self._outbox_resume_at = 0.0
         self._backoff = Backoff(min_delay, max_delay)
         self._on_connected = on_connected
@@ -848,14 +855,11 @@ class Client:
             self._requeue(conn, entry)
         except CommandError as exc:
             if exc.temporary:
-                self._outbox_resume_at = (
-                    asyncio.get_running_loop().time() + self._outbox_backoff.next_delay()
-                )
+                self._outbox_resume_at = asyncio.get_running_loop().time() + RETRY_PAUSE
                 self._requeue(conn, entry)
             else:
                 self._settle(entry, "refused", error=exc)
         else:
-            self._outbox_backoff.reset()
             offset, epoch = result.get("offset"), result.get("epoch")
             ack = PublishResult(
                 offset if type(offset) is int else 0,

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_IN_FLIGHT",
     "MAX_MESSAGES",
     "PUBLISH_TIMEOUT",
+    "RETRY_PAUSE",
     "Outbox",
     "Pending",
 ]
@@ -37,6 +38,11 @@ MAX_BYTES = 2**20
 #: after a reconnection would pass it, a few at a time does not, and the replies keep
 #: coming as fast as the hub answers.
 MAX_IN_FLIGHT = 10
+#: Seconds the outbox pauses after the hub refused a publish for a while (too many
+#: requests, 111): at its default rate (50/s) the hub's bucket refills more than
+#: MAX_IN_FLIGHT publishes in that time, so the refusals cost at most MAX_IN_FLIGHT
+#: commands a second, well inside its command rate (100/s, past which it disconnects).
+RETRY_PAUSE = 1.0
 #: Seconds a publish may wait for its acknowledgement, reconnections included. Below the
 #: hub's idempotency window (120 s by default): a key sent again after the window is a new
 #: publication, so a longer wait could deliver one twice.
