@@ -414,6 +414,9 @@ class Client:
                         raise
                     self._token_stale = True
                     self._token_retried = True  # the one new token asked for
+                    self._post(
+                        self._on_token_refused, TokenRefusedEvent(exc.code, exc.message, True)
+                    )
                     expired = exc
             if expired is not None:
                 # "Get a new token and connect again on the same connection."
