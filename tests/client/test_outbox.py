@@ -313,6 +313,26 @@ async def test_each_publish_fate_reaches_the_application() -> None:
             assert c.outbox_size == 0
 
 
+async def test_a_publish_whose_caller_went_away_is_still_sent() -> None:
+    fates, disconnected = Recorder(), Recorder()
+    async with restartable() as server:
+        c = client(server.url, token=token("alice"), on_publish=fates, on_disconnected=disconnected)
+        async with c:
+            sub = await c.subscribe("chat:orphan")
+            await server.stop()
+            await disconnected.wait(1)
+            caller = asyncio.create_task(c.publish("chat:orphan", "still"))
+            await asyncio.sleep(0)  # one turn: the publish is queued
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            assert c.outbox_size == 1
+            await server.start()
+            (event,) = await fates.wait(1)
+            assert event.fate == "acknowledged" and event.data == "still"
+            assert [p.data for p in await take(sub, 1)] == ["still"]
+
+
 async def test_a_full_outbox_after_a_reconnection_is_paced_not_flooded() -> None:
     """A hub with a small command burst and a slow publish rate: the outbox sends a few
     at a time and pauses when refused (111), so the client is not cut off for flooding

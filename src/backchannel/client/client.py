@@ -351,9 +351,8 @@ class Client:
 
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, CommandError):
-            # An expired token is worth another attempt when a new one can be had.
-            expired = exc.code == codes.TOKEN_EXPIRED.code and self._token_source is not None
-            return exc.temporary or expired
+            # (A refused token is _token_refused's: one more attempt with a new one.)
+            return exc.temporary
         if isinstance(exc, InvalidStatus):
             return exc.status >= 500 or exc.status in (408, 429)
         if isinstance(exc, DisconnectRequest | InvalidHandshake | TokenError | ImportError):
