@@ -22,6 +22,8 @@ Whose fault it is decides where an exception sits::
     ├── ProxyError                 an HTTP proxy refused or broke the tunnel
     ├── BrokerUnavailable          the hub's broker (Redis) cannot be reached
     ├── CommandError               a hub command is refused: an error reply (has .code)
+    ├── PublishDropped             the Python client gave up a publish (never acknowledged)
+    │   └── OutboxFull             its outbox had no room for a new publish
     ├── DisconnectRequest          the hub ends a connection with a disconnect code
     └── TokenError                 a token is malformed, forged or for something else
         └── TokenExpired           a valid token whose exp has passed
@@ -58,10 +60,12 @@ __all__ = [
     "InvalidState",
     "InvalidStatus",
     "NegotiationError",
+    "OutboxFull",
     "PayloadTooBig",
     "PeerError",
     "ProtocolError",
     "ProxyError",
+    "PublishDropped",
     "TokenError",
     "TokenExpired",
     "UsageError",
@@ -171,6 +175,20 @@ class BrokerUnavailable(BackchannelError):
     """The broker cannot be reached (Redis is down): nothing was published or read.
 
     Temporary: clients get error 116 and the HTTP API 503; retrying later may succeed."""
+
+
+class PublishDropped(BackchannelError):
+    """The Python client gave up a publish without an acknowledgement: its deadline
+    passed, or the client was closed. ``sent`` says whether it had been sent: then it may
+    have been delivered (the reply was lost), else it was not."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class OutboxFull(PublishDropped):
+    """The Python client's outbox had no room for a new publish: it was not queued."""
 
 
 class _Coded(Protocol):

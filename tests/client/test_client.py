@@ -24,6 +24,7 @@ from backchannel.client import (
     Position,
     Publication,
     SubscribedEvent,
+    TokenRefusedEvent,
     UnsubscribedEvent,
 )
 from backchannel.exceptions import (
@@ -167,12 +168,58 @@ async def test_connect_with_a_callback_that_first_gives_an_expired_token(transpo
 
 @TRANSPORTS
 async def test_an_invalid_token_stops_the_client(transport: str) -> None:
+    refused = Recorder()
     async with hub_server() as (_, url):
-        c = client(url, transport, token="not-a-jwt")
+        c = client(url, transport, token="not-a-jwt", on_token_refused=refused)
         with pytest.raises(DisconnectRequest) as raised:
             await c.connect()
         assert raised.value.code == codes.INVALID_TOKEN.code
         assert c.state == "closed" and c.error is raised.value
+        # The reason reaches the application as an event too.
+        (event,) = await refused.wait(1)
+        assert event == TokenRefusedEvent(3500, raised.value.reason, False)
+        await c.close()
+
+
+@TRANSPORTS
+async def test_a_refused_token_asks_the_callback_for_a_new_one_once(transport: str) -> None:
+    tokens = ["not-a-jwt", token("carol")]
+    refused = Recorder()
+
+    async def get_token() -> str:
+        return tokens.pop(0)
+
+    async with (
+        hub_server() as (_, url),
+        client(url, transport, token=get_token, on_token_refused=refused) as c,
+    ):
+        assert c.user == "carol" and tokens == []
+        (event,) = await refused.wait(1)
+        assert event == TokenRefusedEvent(3500, event.reason, True) and event.reason
+
+
+@TRANSPORTS
+@pytest.mark.parametrize("bad", ["invalid", "expired"])
+async def test_a_token_refused_again_stops_the_client(transport: str, bad: str) -> None:
+    calls = 0
+    refused = Recorder()
+
+    async def get_token() -> str:
+        nonlocal calls
+        calls += 1
+        return "not-a-jwt" if bad == "invalid" else token("dave", ttl=-60)
+
+    async with hub_server() as (_, url):
+        c = client(url, transport, token=get_token, on_token_refused=refused)
+        with pytest.raises((DisconnectRequest, CommandError)) as raised:
+            async with asyncio.timeout(WAIT):  # not a loop of reconnections
+                await c.connect()
+        code = codes.INVALID_TOKEN.code if bad == "invalid" else codes.TOKEN_EXPIRED.code
+        assert raised.value.code == code and c.state == "closed"
+        # Asked once more, then given up: not a loop of reconnections.
+        assert calls == 2
+        events = await refused.wait(2)
+        assert [(e.code, e.retrying) for e in events] == [(code, True), (code, False)]
         await c.close()
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 from ..hub.wire import ClientInfo, Position, Publication
 from .backoff import Backoff
 from .client import Client, ClientState, TokenSource, default_longpoll_url
-from .event import ConnectedEvent, DisconnectedEvent, SubscribedEvent, UnsubscribedEvent
+from .event import (
+    ConnectedEvent,
+    DisconnectedEvent,
+    PublishEvent,
+    PublishFate,
+    SubscribedEvent,
+    TokenRefusedEvent,
+    UnsubscribedEvent,
+)
 from .result import HistoryResult, PresenceStats, PublishResult
 from .subscription import Subscription, SubscriptionState
 from .transport import TransportName
@@ -26,10 +34,13 @@ __all__ = [
     "Position",
     "PresenceStats",
     "Publication",
+    "PublishEvent",
+    "PublishFate",
     "PublishResult",
     "SubscribedEvent",
     "Subscription",
     "SubscriptionState",
+    "TokenRefusedEvent",
     "TokenSource",
     "TransportName",
     "UnsubscribedEvent",

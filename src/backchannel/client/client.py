@@ -27,6 +27,8 @@ from ..exceptions import (
     InvalidHandshake,
     InvalidState,
     InvalidStatus,
+    OutboxFull,
+    PublishDropped,
     TokenError,
 )
 from ..hub import codes, wire
@@ -34,8 +36,25 @@ from ..hub.wire import PROTOCOL_VERSION, ClientInfo, Position, Publication
 from .backoff import MAX_DELAY, MIN_DELAY, Backoff
 from .connection import Connection, encode_command
 from .dispatch import Dispatcher, log_handler_error
-from .event import ConnectedEvent, DisconnectedEvent, SubscribedEvent, UnsubscribedEvent
+from .event import (
+    ConnectedEvent,
+    DisconnectedEvent,
+    PublishEvent,
+    PublishFate,
+    SubscribedEvent,
+    TokenRefusedEvent,
+    UnsubscribedEvent,
+)
 from .longpoll import LongPollTransport
+from .outbox import (
+    MAX_BYTES,
+    MAX_IN_FLIGHT,
+    MAX_MESSAGES,
+    PUBLISH_TIMEOUT,
+    RETRY_PAUSE,
+    Outbox,
+    Pending,
+)
 from .result import (
     HistoryResult,
     PresenceStats,
@@ -89,7 +108,8 @@ class _Retry(Exception):
 class Client:
     """A client of the hub; see the module docstring.
 
-    ``url`` is the hub's WebSocket URL (``ws://host:port/ws``). ``token`` is a
+    ``url`` is the hub's WebSocket URL (``ws://host:port/ws``), or a list of them (the
+    nodes of a cluster): a failed attempt moves on to the next one. ``token`` is a
     connection token, or an async callable that returns one: it is called before
     connecting, again when the hub says the token expired, and to refresh it before it
     expires (the connect result's ``ttl``, counted on the local monotonic clock).
@@ -103,7 +123,15 @@ class Client:
     Reconnection waits are full-jitter exponential backoff between ``min_delay`` and
     ``max_delay`` seconds. A disconnect whose code forbids reconnecting stops the client:
     ``state`` becomes "closed", ``error`` holds a :class:`DisconnectRequest`, and
-    waiting calls raise it.
+    waiting calls raise it. A connect refused for its token (3500 invalid, 109 expired)
+    asks the token callback for a new token once and tries again before giving up; each
+    refusal goes to ``on_token_refused(TokenRefusedEvent)``.
+
+    Publishes go through a bounded outbox (``max_outbox`` publishes, ``max_outbox_bytes``
+    bytes of commands): made while disconnected, or unanswered when a connection drops,
+    they are sent again on the next connection with the same idempotency key, so the hub
+    counts each once. See :meth:`publish`; every publish's fate also goes to
+    ``on_publish(PublishEvent)``.
 
     Handlers (plain or async functions, run in order in a task of their own):
     ``on_connected(ConnectedEvent)``, ``on_disconnected(DisconnectedEvent)``,
@@ -115,7 +143,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: TokenSource = None,
         data: Any = None,
@@ -128,10 +156,15 @@ class Client:
         min_delay: float = MIN_DELAY,
         max_delay: float = MAX_DELAY,
         max_queue: int = MAX_QUEUE,
+        max_outbox: int = MAX_MESSAGES,
+        max_outbox_bytes: int = MAX_BYTES,
+        publish_timeout: float = PUBLISH_TIMEOUT,
         on_connected: Callable[[ConnectedEvent], Any] | None = None,
         on_disconnected: Callable[[DisconnectedEvent], Any] | None = None,
         on_error: Callable[[BaseException], Any] | None = None,
         on_subscription: Callable[[Subscription], Any] | None = None,
+        on_publish: Callable[[PublishEvent], Any] | None = None,
+        on_token_refused: Callable[[TokenRefusedEvent], Any] | None = None,
     ) -> None:
         if not transports or any(t not in ("websocket", "longpoll") for t in transports):
             raise InvalidArgument("transports are 'websocket' and/or 'longpoll'")
@@ -148,19 +181,35 @@ class Client:
             problem = wire.check_value(data)
             if problem:
                 raise InvalidArgument(f"data: {problem}")
-        self.url = url
-        self.longpoll_url = longpoll_url or default_longpoll_url(url)
+        self.urls: tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
+        if not self.urls:
+            raise InvalidArgument("url: give at least one")
+        #: The URL of the current (or next) attempt.
+        self.url = self.urls[0]
+        self._longpoll_given = longpoll_url
+        self.longpoll_url = longpoll_url or default_longpoll_url(self.url)
         self.transports: tuple[TransportName, ...] = tuple(transports)
         #: The name sent with connect, for the server's logs.
         self.name = f"{name or 'backchannel-python'}/{version or __version__}"
         self.timeout = timeout
         self.fallback_timeout = fallback_timeout
         self.max_queue = max_queue
+        if publish_timeout <= 0:
+            raise InvalidArgument("publish_timeout must be positive")
+        self.publish_timeout = publish_timeout
+        self._outbox = Outbox(max_outbox, max_outbox_bytes)
+        # When the outbox may send again after a temporary refusal (too many requests):
+        # the next ones sent at once would be refused too, and count as commands.
+        self._outbox_resume_at = 0.0
         self._backoff = Backoff(min_delay, max_delay)
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_error = on_error
         self._on_subscription = on_subscription
+        self._on_publish = on_publish
+        self._on_token_refused = on_token_refused
+        # Whether the token callback was asked again after a refused connect: once only.
+        self._token_retried = False
 
         self.state: ClientState = "disconnected"
         #: The hub's id for the current connection, and the token's user.
@@ -231,6 +280,7 @@ class Client:
             await conn.close()
         await self._cancel_tasks()
         self._stop(None)
+        self._drop_outbox("the client was closed")
         for sub in list(self._subs.values()):
             await sub.aclose()
         if self._events is not None:
@@ -253,10 +303,16 @@ class Client:
                 except _Retry as retry:
                     self.emit_error(retry.cause)
                 except Exception as exc:
-                    if not self._retryable(exc):
+                    refused = _token_refusal(exc)
+                    if refused is not None:
+                        if not self._token_refused(exc, *refused):
+                            return
+                    elif not self._retryable(exc):
                         self._stop(exc)
                         return
-                    self.emit_error(exc)
+                    else:
+                        self.emit_error(exc)
+                    self._next_url()
                 else:
                     self._backoff.reset()
                     self._connected_on(conn, result)
@@ -274,11 +330,29 @@ class Client:
             logger.exception("the client's connection loop failed")
             self._stop(exc)
 
+    def _token_refused(self, exc: BaseException, code: int, reason: str) -> bool:
+        """A connect refused for its token: True to try once more with a new token from
+        the callback, False when the client stopped."""
+        retrying = self._token_source is not None and not self._token_retried
+        self._post(self._on_token_refused, TokenRefusedEvent(code, reason, retrying))
+        if not retrying:
+            self._stop(exc)
+            return False
+        self._token_retried = True
+        self._token_stale = True
+        self.emit_error(exc)
+        return True
+
+    def _next_url(self) -> None:
+        """After a failed attempt: the next URL (another node may be up)."""
+        i = self.urls.index(self.url) if self.url in self.urls else -1
+        self.url = self.urls[(i + 1) % len(self.urls)]
+        self.longpoll_url = self._longpoll_given or default_longpoll_url(self.url)
+
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, CommandError):
-            # An expired token is worth another attempt when a new one can be had.
-            expired = exc.code == codes.TOKEN_EXPIRED.code and self._token_source is not None
-            return exc.temporary or expired
+            # (A refused token is _token_refused's: one more attempt with a new one.)
+            return exc.temporary
         if isinstance(exc, InvalidStatus):
             return exc.status >= 500 or exc.status in (408, 429)
         if isinstance(exc, DisconnectRequest | InvalidHandshake | TokenError | ImportError):
@@ -338,6 +412,10 @@ class Client:
                     if exc.code != codes.TOKEN_EXPIRED.code or self._token_source is None:
                         raise
                     self._token_stale = True
+                    self._token_retried = True  # the one new token asked for
+                    self._post(
+                        self._on_token_refused, TokenRefusedEvent(exc.code, exc.message, True)
+                    )
                     expired = exc
             if expired is not None:
                 # "Get a new token and connect again on the same connection."
@@ -373,11 +451,13 @@ class Client:
         self.transport = conn.transport.name
         self._set_expiry(result)
         self._set_state("connected")
+        self._token_retried = False
         self._post(self._on_connected, ConnectedEvent(self.client_id, self.user, self.transport))
         if self._token_source is not None and self._expires_at is not None:
             self._refresher = self._spawn(self._refresh(conn))
         for sub in list(self._subs.values()):
             self._spawn(sub.subscribe_on(conn))
+        self._spawn(self._flush(conn))
 
     def _lost(self, conn: Connection, ending: Ending) -> None:
         if self._conn is not conn:
@@ -406,6 +486,8 @@ class Client:
         self._set_state("closed")
         for sub in self._subs.values():
             sub.client_closed()
+        if error is not None:
+            self._drop_outbox(f"the client stopped: {error}")
 
     def _closed_error(self) -> BaseException:
         return self.error or InvalidState("the client is closed")
@@ -672,27 +754,171 @@ class Client:
     async def publish(
         self, channel: str, data: Any, *, idempotency_key: str | None = None
     ) -> PublishResult:
-        """Publish in a channel (the hub requires a subscription to it). When the
-        connection is lost before the reply, the publish is sent again on the next one
-        with the same idempotency key (one is made when none is given), so it counts
-        once. Raise :class:`CommandError`, or ``TimeoutError`` after ``timeout``."""
+        """Publish in a channel (the hub requires a subscription to it) and return its
+        acknowledgement.
+
+        The publish goes into the outbox first, with an idempotency key (a random one
+        when none is given), and stays there until the hub answers: made while
+        disconnected, or unanswered when the connection drops, it is sent on the next
+        connection (after the channel's subscription is renewed) with the same key, so
+        the hub counts it once. Raise :class:`OutboxFull` at once when the outbox has no
+        room (the publish is not queued), :class:`CommandError` when the hub refuses it,
+        :class:`PublishDropped` when it is not acknowledged within ``publish_timeout``
+        or the client stops. Cancelling the caller does not withdraw the publish: its
+        fate still goes to ``on_publish``. Do not change ``data`` afterwards: a resend
+        takes it as it is then."""
+        if self.state == "closed":
+            raise self._closed_error()
+        if self._changed is None:
+            raise InvalidState("call connect() first")
         key = idempotency_key if idempotency_key is not None else secrets.token_urlsafe(16)
         params = {"channel": channel, "data": data, "idempotency_key": key}
-        encode_command(1, "publish", params)
-        async with asyncio.timeout(self.timeout):
+        size = len(encode_command(1, "publish", params).encode())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PublishResult] = loop.create_future()
+        # Read here so that a caller that went away leaves no "never retrieved" warning.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        entry = Pending(channel, data, key, size, loop.time() + self.publish_timeout, future)
+        try:
+            self._outbox.add(entry)
+        except OutboxFull as exc:
+            self._post(self._on_publish, PublishEvent(channel, data, key, "dropped", error=exc))
+            raise
+        entry.timer = loop.call_at(entry.deadline, self._expire, entry)
+        self.notify()
+        return await asyncio.shield(future)
+
+    @property
+    def outbox_size(self) -> int:
+        """Publishes in the outbox: not acknowledged (nor refused, nor given up) yet."""
+        return len(self._outbox)
+
+    async def _flush(self, conn: Connection) -> None:
+        """Send the outbox on a connection, oldest first, a few at a time, for as long as
+        it lasts."""
+        loop = asyncio.get_running_loop()
+        in_flight = 0
+        # What ready() found to send (a list: set from inside the predicate).
+        found: list[Pending] = []
+
+        def ready() -> bool:
+            if conn.ending is not None or self._conn is not conn:
+                return True
+            entry = self._next_unsent() if in_flight < MAX_IN_FLIGHT else None
+            if entry is not None:
+                found.append(entry)
+            return entry is not None
+
+        async def send(entry: Pending) -> None:
+            nonlocal in_flight
+            try:
+                await self._send_publish(conn, entry)
+            finally:
+                in_flight -= 1
+                self.notify()
+
+        try:
             while True:
-                conn = await self._ready_for(channel)
-                try:
-                    result = await conn.request("publish", params)
-                except ConnectionClosed:
-                    continue  # sent again on the next connection: the key makes it once
-                break
-        offset, epoch = result.get("offset"), result.get("epoch")
-        return PublishResult(
-            offset if type(offset) is int else 0,
-            epoch if isinstance(epoch, str) else "",
-            result.get("duplicate") is True,
+                found.clear()
+                await self.until(ready)
+                if not found:
+                    return  # the connection ended: the next one takes over
+                entry = found[-1]
+                pause = self._outbox_resume_at - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                    continue  # things may have changed meanwhile
+                entry.sent_on = conn
+                entry.sent = True
+                in_flight += 1
+                self._spawn(send(entry))
+        except Exception:
+            if self.state != "closed":
+                raise
+            # Stopped: close() or _stop() settled the outbox.
+
+    def _next_unsent(self) -> Pending | None:
+        """The oldest publish not out on a connection whose channel is ready: its
+        subscription (if any) renewed, as the hub requires for a publish."""
+        for entry in self._outbox:
+            if entry.sent_on is not None:
+                continue
+            sub = self._subs.get(entry.channel)
+            if sub is None or sub.state != "subscribing":
+                return entry
+        return None
+
+    async def _send_publish(self, conn: Connection, entry: Pending) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await conn.request("publish", entry.params())
+        except (ConnectionClosed, TimeoutError):
+            # Maybe published, maybe not: again on a connection, with the same key.
+            self._requeue(conn, entry)
+        except CommandError as exc:
+            if exc.temporary:
+                self._outbox_resume_at = asyncio.get_running_loop().time() + RETRY_PAUSE
+                self._requeue(conn, entry)
+            else:
+                self._settle(entry, "refused", error=exc)
+        else:
+            offset, epoch = result.get("offset"), result.get("epoch")
+            ack = PublishResult(
+                offset if type(offset) is int else 0,
+                epoch if isinstance(epoch, str) else "",
+                result.get("duplicate") is True,
+            )
+            self._settle(entry, "acknowledged", result=ack)
+
+    def _requeue(self, conn: Connection, entry: Pending) -> None:
+        if entry.sent_on is not conn:
+            return
+        entry.sent_on = None
+        if asyncio.get_running_loop().time() >= entry.deadline:
+            self._expire(entry)
+        self.notify()
+
+    def _expire(self, entry: Pending) -> None:
+        """The publish's deadline passed: give it up unless its command is out on a live
+        connection (then its reply decides, and a lost one gives it up)."""
+        conn = entry.sent_on
+        if conn is not None and conn.ending is None:
+            return
+        message = f"not acknowledged within {self.publish_timeout:g} s"
+        if entry.sent:
+            message += ": it was sent, and may have been delivered"
+        self._settle(entry, "dropped", error=PublishDropped(message, sent=entry.sent))
+
+    def _settle(
+        self,
+        entry: Pending,
+        fate: PublishFate,
+        *,
+        result: PublishResult | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if not self._outbox.remove(entry):
+            return  # settled already
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if not entry.future.done():
+            if error is not None:
+                entry.future.set_exception(error)
+            else:
+                entry.future.set_result(result or PublishResult(0))
+        self._post(
+            self._on_publish,
+            PublishEvent(entry.channel, entry.data, entry.key, fate, result, error),
         )
+        self.notify()
+
+    def _drop_outbox(self, why: str) -> None:
+        for entry in self._outbox:
+            error = PublishDropped(
+                why + (": it was sent, and may have been delivered" if entry.sent else ""),
+                sent=entry.sent,
+            )
+            self._settle(entry, "dropped", error=error)
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         """Who is subscribed to a channel: one entry per connection, by client id.
@@ -746,6 +972,15 @@ class Client:
     async def send(self, data: Any) -> None:
         """Send data to the application on the server (acknowledged, nothing returned)."""
         await self.call("send", data=data)
+
+
+def _token_refusal(exc: BaseException) -> tuple[int, str] | None:
+    """The code and reason when a connect was refused for its token."""
+    if isinstance(exc, DisconnectRequest) and exc.code == codes.INVALID_TOKEN.code:
+        return exc.code, exc.reason
+    if isinstance(exc, CommandError) and exc.code == codes.TOKEN_EXPIRED.code:
+        return exc.code, exc.message
+    return None
 
 
 def _websocket_blocked(exc: BaseException) -> bool:

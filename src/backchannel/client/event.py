@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
+from .result import PublishResult
 from .transport import TransportName
 
-__all__ = ["ConnectedEvent", "DisconnectedEvent", "SubscribedEvent", "UnsubscribedEvent"]
+__all__ = [
+    "ConnectedEvent",
+    "DisconnectedEvent",
+    "PublishEvent",
+    "PublishFate",
+    "SubscribedEvent",
+    "TokenRefusedEvent",
+    "UnsubscribedEvent",
+]
+
+#: What became of a publish: the hub acknowledged it, refused it (with an error code),
+#: or the client gave it up (its outbox was full, its deadline passed, it was closed).
+PublishFate = Literal["acknowledged", "refused", "dropped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +64,29 @@ class UnsubscribedEvent:
     channel: str
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEvent:
+    """The fate of one publish, once it is settled. ``result`` is the acknowledgement
+    ("acknowledged"); ``error`` is the :class:`~backchannel.exceptions.CommandError` of a
+    refusal ("refused", its ``code`` says why) or the
+    :class:`~backchannel.exceptions.PublishDropped` of a publish given up ("dropped")."""
+
+    channel: str
+    data: Any
+    idempotency_key: str
+    fate: PublishFate
+    result: PublishResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRefusedEvent:
+    """The hub refused a connect for its token: ``code`` is 3500 (invalid token) or 109
+    (token expired). ``retrying`` is True when the client asks the token callback for a
+    new token and tries once more, False when it gives up (the client stops)."""
+
+    code: int
+    reason: str
+    retrying: bool

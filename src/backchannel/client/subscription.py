@@ -64,8 +64,9 @@ class Subscription:
     the gap, ``recovered`` is False and ``on_subscribed`` gets an event saying so.
     The same happens, without a reconnection, when the hub says (a ``dropped`` push, in
     a channel with the ``drop`` slow-consumer policy) that it did not send some
-    publications because this client read too slowly: they are read from history and
-    delivered before any newer one.
+    publications because this client read too slowly, or when a publication's offset
+    skips some after the last one seen in the same epoch: the missing ones are read from
+    history and delivered before any newer one.
 
     Iteration ends when the subscription ends (``unsubscribe()``, or by the hub) or the
     client is closed; it raises the client's error when the client stopped on one.
@@ -233,7 +234,10 @@ class Subscription:
             if self.state != "subscribed":
                 return
             if not self._catching_up:
-                self._deliver(parse_publication(push, self.channel))
+                if self._gap(push) and self._start_catch_up():
+                    self._held.append(push)  # after the missing ones
+                else:
+                    self._deliver(parse_publication(push, self.channel))
             elif len(self._held) < self._max_queue:
                 self._held.append(push)
             else:
@@ -268,14 +272,33 @@ class Subscription:
         if self._catching_up:
             self._again = True  # dropped after the read under way was answered, maybe
             return
+        self._start_catch_up()
+
+    def _gap(self, push: dict[str, Any]) -> bool:
+        """Whether a live publication skips offsets after the last one seen, in the same
+        epoch: some were lost on the way (a ``dropped`` push that has not come yet, a
+        node's lost message), and history has them."""
+        offset = push.get("offset")
+        return (
+            self._recover
+            and self.offset is not None
+            and push.get("epoch") == self.epoch
+            and type(offset) is int
+            and offset > self.offset + 1
+        )
+
+    def _start_catch_up(self) -> bool:
+        """Read what is missing from history, holding live publications meanwhile; False
+        without a live connection (the renewal on the next one recovers them)."""
         conn = self.client.live_connection()
         if conn is None:
-            return  # the renewal on the next connection recovers them
+            return False
         self._catching_up = True
         self._again = False
         self._catch_up_task = asyncio.get_running_loop().create_task(
             self._catch_up(conn, self._seq)
         )
+        return True
 
     async def _catch_up(self, conn: Connection, seq: int) -> None:
         def current() -> bool:
