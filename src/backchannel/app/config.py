@@ -27,6 +27,7 @@ __all__ = [
     "AuthConfig",
     "BrokerConfig",
     "Config",
+    "LogConfig",
     "LongPollConfig",
     "MetricsConfig",
     "ProxyConfig",
@@ -355,6 +356,25 @@ class AlertsConfig:
 
 
 @dataclass(slots=True)
+class LogConfig:
+    """What ``backchannel serve`` logs (docs/operations.md, "Logs")."""
+
+    #: debug, info, warning or error.
+    level: str = "info"
+    #: text (for people) or json (one object per line, for log collectors).
+    format: str = "text"
+    #: The access log: one line per HTTP request and upgrade, per session connect and
+    #: disconnect (with its code).
+    access: bool = True
+
+    def check(self) -> None:
+        if self.level not in ("debug", "info", "warning", "error"):
+            raise InvalidArgument("log.level: one of debug, info, warning, error")
+        if self.format not in ("text", "json"):
+            raise InvalidArgument("log.format: text or json")
+
+
+@dataclass(slots=True)
 class LongPollConfig:
     poll_timeout: float = 25.0
     idle_timeout: float = 60.0
@@ -382,6 +402,7 @@ class Config:
     longpoll: LongPollConfig = field(default_factory=LongPollConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -416,6 +437,7 @@ _SECTIONS = {
     "longpoll": LongPollConfig,
     "broker": BrokerConfig,
     "metrics": MetricsConfig,
+    "log": LogConfig,
     "proxy": ProxyConfig,
     "webhooks": WebhooksConfig,
     "alerts": AlertsConfig,
@@ -445,6 +467,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     config.proxy.check(config.server.origins)
     config.webhooks.check()
     config.alerts.check()
+    config.log.check()
     config.admin.check(config.channels)
     return config
 

@@ -34,6 +34,7 @@ import re
 import secrets
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,6 +49,7 @@ from ..hub.transports.longpoll import SessionRelay
 from ..protocol.handshake import is_upgrade_request
 from ..protocol.http11 import Headers, Request, Response
 from ..protocol.limits import Limits
+from . import logs
 from .alerts import Alerts
 from .api import HttpApi
 from .config import Config
@@ -119,6 +121,7 @@ class App:
             observers=[
                 *([self.webhooks] if self.webhooks is not None else []),
                 *([self.admin.slow] if self.admin is not None else []),
+                *([logs.AccessLog()] if config.log.access else []),
             ],
         )
         self.longpoll = LongPoll(
@@ -212,13 +215,32 @@ class App:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Route one HTTP request; None lets a WebSocket upgrade through."""
+        """Route one HTTP request; None lets a WebSocket upgrade through. Each request
+        is one line of the access log (``log.access``)."""
+        started = time.perf_counter()
+        address = self._address(connection, request)
+        response = await self._answer(connection, request, address)
+        if self.config.log.access:
+            # The path without its query: session ids and tokens stay out of the logs.
+            status, size = (101, 0) if response is None else (response.status, len(response.body))
+            logs.request(
+                address,
+                request.method,
+                urlsplit(request.path).path,
+                status,
+                size,
+                time.perf_counter() - started,
+            )
+        return response
+
+    async def _answer(
+        self, connection: ServerConnection, request: Request, address: str
+    ) -> Response | None:
         if self.closing:
             return _secured(_shutting_down())
         # The path as LongPoll and the API parse it: one parser, so that no route sees
         # a different request than its handler does.
         path = urlsplit(request.path).path
-        address = self._address(connection, request)
         if is_upgrade_request(request):
             if path != "/ws":
                 return _secured(Response.text(404, "Not Found: the hub's WebSocket is at /ws\n"))
