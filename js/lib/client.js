@@ -1213,7 +1213,9 @@ export class Client {
    * @param {BackchannelError} [error]
    */
   _settleKept(entry, status, result, error) {
-    if (this.outbox === null || !this.outbox.remove(entry.key)) return;
+    if (this.outbox === null) return;
+    // A dropped entry left the outbox already (drop-oldest): its fate is still to tell.
+    if (!this.outbox.remove(entry.key) && status !== "dropped") return;
     const waiter = this._keptWaiters.get(entry.key);
     this._keptWaiters.delete(entry.key);
     /** @type {PublishFate} */

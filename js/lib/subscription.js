@@ -82,7 +82,8 @@ export class Sequencer {
       return [...this._giveUp(), ...this.push(pub)];
     }
     this._held.set(o, pub);
-    if (o > this.offset + 1) this.missingTo = Math.max(this.missingTo ?? 0, o - 1);
+    // The first hole is the gap; a later one shows once it is filled (_drain).
+    if (this.missingTo === null) this.missingTo = o - 1;
     return [];
   }
 

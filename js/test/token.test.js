@@ -200,3 +200,54 @@ test("a channel's getToken is asked once per connection, with the channel and cl
   ]);
   ctx.client.close();
 });
+
+test("disconnect 3500 (invalid token): getToken asked once for a new one, then given up; each refusal an event", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "t0", getToken, pingInterval: 3_600_000 });
+  ctx.client.connect();
+  const ws = await acceptWebSocket(ctx);
+  ws.receive(disconnectPush(3500, "invalid token", false));
+  await flush();
+  assert.equal(ctx.client.state, "disconnected", "not closed: one more try");
+  assert.deepEqual(ctx.of("token"), [{ code: 3500, reason: "invalid token", retry: true }]);
+  assert.equal(ctx.of("disconnect")[0].reconnect, true);
+  await ctx.clock.next();
+  assert.equal(getToken.calls, 1);
+  const ws2 = ctx.WS.last();
+  ws2.open();
+  await flush();
+  assert.deepEqual(ws2.lastCommand("connect").params, { v: 1, token: "t1" });
+  // Refused again: the client gives up.
+  ws2.receive(disconnectPush(3500, "invalid token", false));
+  await flush();
+  assert.equal(ctx.client.state, "closed");
+  assert.deepEqual(ctx.of("token")[1], { code: 3500, reason: "invalid token", retry: false });
+  assert.equal(getToken.calls, 1);
+});
+
+test("a new token that connects earns another retry later", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "t0", getToken, pingInterval: 3_600_000 });
+  ctx.client.connect();
+  let ws = await acceptWebSocket(ctx);
+  for (let round = 1; round <= 2; round++) {
+    ws.receive(disconnectPush(3500, "invalid token", false));
+    await flush();
+    assert.equal(ctx.client.state, "disconnected", `round ${round}`);
+    await ctx.clock.next();
+    ws = await acceptWebSocket(ctx);
+    assert.equal(ctx.client.state, "connected");
+  }
+  assert.deepEqual(ctx.of("token").map((t) => t.retry), [true, true]);
+  ctx.client.close();
+});
+
+test("without getToken, 3500 closes at once, and says so in a token event", async () => {
+  const ctx = setup({ token: "t0" });
+  ctx.client.connect();
+  const ws = await acceptWebSocket(ctx);
+  ws.receive(disconnectPush(3500, "invalid token", false));
+  await flush();
+  assert.equal(ctx.client.state, "closed");
+  assert.deepEqual(ctx.of("token"), [{ code: 3500, reason: "invalid token", retry: false }]);
+});
