@@ -84,6 +84,11 @@ export interface ClientOptions {
   lifecycleTarget?: EventTarget | null;
   /** Whether the page is hidden (default: document.visibilityState): no timeouts then. */
   hidden?: () => boolean;
+  /**
+   * Filling gaps in offsets: publications held behind a gap at most (default 1000) and
+   * history reads for one gap at most (default 10); past either it is given up.
+   */
+  gaps?: { maxHeld?: number; maxReads?: number };
   /** Keep publishes until acknowledged, sent again after reconnects (off by default). */
   outbox?: boolean | OutboxOptions;
 }
@@ -349,14 +354,18 @@ export class Outbox {
 }
 
 export const MAX_HELD: 1000;
+export const MAX_GAP_READS: 10;
 
 /** A channel's publications in offset order, each once, with the range missing. */
 export class Sequencer {
-  constructor(epoch?: string | null, offset?: number | null);
+  constructor(epoch?: string | null, offset?: number | null, maxHeld?: number);
+  readonly maxHeld: number;
   readonly epoch: string | null;
   readonly offset: number | null;
   readonly missingTo: number | null;
   readonly gap: { epoch: string; offset: number; to: number } | null;
+  /** Where a gap was given up for holding too much (push), until taken (set to null). */
+  lostAt: { epoch: string | null; offset: number | null } | null;
   reset(epoch: string | null, offset: number | null): void;
   push(pub: Publication): Publication[];
   dropped(epoch: string, offset: number): void;

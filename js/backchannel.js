@@ -20,6 +20,6 @@ export {
   usingLongPollFallback,
 } from "./lib/transports.js";
 export { Client } from "./lib/client.js";
-export { MAX_HELD, Sequencer, Subscription } from "./lib/subscription.js";
+export { MAX_GAP_READS, MAX_HELD, Sequencer, Subscription } from "./lib/subscription.js";
 export { applyPresence, presenceUsers } from "./lib/presence.js";
 export { OUTBOX_MAX, Outbox, newKey } from "./lib/outbox.js";

@@ -4,7 +4,7 @@
 
 import { BackchannelError, DisconnectCode, ErrorCode, MAX_BATCH, PROTOCOL_VERSION, shouldReconnect } from "./codes.js";
 import { Outbox, newKey } from "./outbox.js";
-import { Subscription } from "./subscription.js";
+import { MAX_GAP_READS, MAX_HELD, Subscription } from "./subscription.js";
 import { defaultLongPollUrl, resetTransportMemory, transportKind, transportMemory } from "./transports.js";
 import { decodeLine, encodeCommand, encodeFrame, errorMessage, noop, prepareCommand, withId } from "./wire.js";
 
@@ -56,6 +56,9 @@ const WS_RETRY_AFTER = 5 * 60 * 1000;
  *   heartbeat and token deadlines. null to turn off.
  * @property {() => boolean} [hidden] whether the page is hidden (default: document.hidden):
  *   a hidden page's throttled timers never time the connection out
+ * @property {{maxHeld?: number, maxReads?: number}} [gaps] filling gaps in a channel's
+ *   offsets: publications held behind a gap at most (default 1000), history reads for
+ *   one gap at most (default 10); past either the gap is given up (onRecoveryFailed)
  * @property {boolean | OutboxOptions} [outbox] keep publishes until acknowledged (off by
  *   default): made while disconnected or unanswered when the connection drops, they are
  *   sent again, with the same idempotency key, once the subscription is back
@@ -195,6 +198,10 @@ export class Client {
      * @type {Outbox | null}
      */
     this.outbox = o.outbox ? new Outbox(o.outbox === true ? {} : o.outbox) : null;
+    this._gaps = { maxHeld: o.gaps?.maxHeld ?? MAX_HELD, maxReads: o.gaps?.maxReads ?? MAX_GAP_READS };
+    for (const [name, value] of Object.entries(this._gaps)) {
+      if (!(Number.isSafeInteger(value) && value >= 1)) throw new TypeError(`options.gaps.${name} is a positive integer`);
+    }
     /** @type {Map<string, {resolve: (r: any) => void, reject: (e: any) => void}>} */
     this._keptWaiters = new Map();
     /** Keys of kept publishes in flight now. @type {Set<string>} */

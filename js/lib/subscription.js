@@ -10,10 +10,10 @@ import { errorMessage, isObject, noop } from "./wire.js";
 /** @typedef {import("./client.js").Client} Client */
 /** @typedef {import("./client.js").SubscriptionOptions} SubscriptionOptions */
 
-/** Publications held back behind a gap at most; past it the gap is given up. */
+/** Publications held back behind a gap at most, by default; past it the gap is given up. */
 export const MAX_HELD = 1000;
-/** History reads to fill one gap at most (each brings what the hub's limit allows). */
-const FILL_ROUNDS = 10;
+/** History reads to fill one gap at most, by default (each brings what the hub's limit allows). */
+export const MAX_GAP_READS = 10;
 
 /**
  * The order of a channel's publications: delivers each once, in offset order, and says
@@ -22,14 +22,24 @@ const FILL_ROUNDS = 10;
  * and hands it back with filled().
  */
 export class Sequencer {
-  /** @param {string | null} [epoch] @param {number | null} [offset] the last delivered */
-  constructor(epoch = null, offset = null) {
+  /**
+   * @param {string | null} [epoch] the last delivered
+   * @param {number | null} [offset]
+   * @param {number} [maxHeld] publications held behind a gap at most
+   */
+  constructor(epoch = null, offset = null, maxHeld = MAX_HELD) {
+    this.maxHeld = maxHeld;
     /** @type {string | null} */
     this.epoch = epoch;
     /** @type {number | null} */
     this.offset = offset;
     /** Missing up to this offset (inclusive), or null when nothing is. @type {number | null} */
     this.missingTo = null;
+    /**
+     * Where a gap was given up because too much was held (push), until taken.
+     * @type {{epoch: string | null, offset: number | null} | null}
+     */
+    this.lostAt = null;
     /** Publications after the gap, by offset. @type {Map<number, Publication>} */
     this._held = new Map();
   }
@@ -77,8 +87,9 @@ export class Sequencer {
       this.offset = o;
       return [pub, ...this._drain()];
     }
-    if (this._held.size >= MAX_HELD) {
+    if (this._held.size >= this.maxHeld) {
       // Too far behind to hold on: give up the gap, deliver what is held, in order.
+      this.lostAt = { epoch: this.epoch, offset: this.offset };
       return [...this._giveUp(), ...this.push(pub)];
     }
     this._held.set(o, pub);
@@ -179,7 +190,7 @@ export class Subscription {
     /** Whether the server subscribed this connection (a `subscribe` push). */
     this.server = false;
     /** Publications in order, gaps found: the position is its. */
-    this._order = new Sequencer(options.since?.epoch ?? null, options.since?.offset ?? null);
+    this._order = new Sequencer(options.since?.epoch ?? null, options.since?.offset ?? null, client._gaps.maxHeld);
     this._filling = false;
     this._options = { ...options };
     /** @type {string | null} */
@@ -392,6 +403,11 @@ export class Subscription {
   /** @param {Publication} pub */
   _deliver(pub) {
     this._emitAll(this._order.push(pub));
+    const lostAt = this._order.lostAt;
+    if (lostAt !== null) {
+      this._order.lostAt = null;
+      this._lost(lostAt);
+    }
     this._fillGap();
   }
 
@@ -415,7 +431,7 @@ export class Subscription {
 
   /** @param {number} seq */
   async _readGap(seq) {
-    for (let round = 0; round < FILL_ROUNDS; round++) {
+    for (let round = 0; round < this.client._gaps.maxReads; round++) {
       const gap = this._order.gap;
       if (gap === null) return;
       let result;

@@ -61,6 +61,7 @@ test("a new epoch starts over; publications without offsets pass; too much held 
   assert.equal(out.length, MAX_HELD + 1, "all held, in order, then the new one");
   assert.equal(out[0].offset, 2);
   assert.equal(t.gap, null);
+  assert.deepEqual(t.lostAt, { epoch: "E", offset: 0 });
 });
 
 test("a subscription reads a gap from history and delivers it before anything newer", async () => {
@@ -133,5 +134,20 @@ test("a subscribe push: a subscription the application sees, resubscribed with r
   const ws2 = await acceptWebSocket(ctx);
   const cmd = await answerSubscribe(ws2, "orders:42", { epoch: "E", offset: 8, recovered: true, publications: [] });
   assert.deepEqual(cmd.params, { channel: "orders:42", recover: true, epoch: "E", offset: 8 });
+  ctx.client.close();
+});
+
+test("the gap limits are options: a gap past maxHeld is given up, reported", async () => {
+  assert.throws(() => setup({ gaps: { maxHeld: 0 } }), TypeError);
+  const ctx = setup({ gaps: { maxHeld: 2, maxReads: 1 } });
+  const ws = await connectWebSocket(ctx);
+  const got = [];
+  const failed = [];
+  ctx.client.subscribe("c", { onPublication: (p) => got.push(p.offset), onRecoveryFailed: (c) => failed.push(c) });
+  await answerSubscribe(ws, "c", { epoch: "E", offset: 0 });
+  for (const o of [3, 4, 5]) ws.receive(JSON.stringify({ push: "publication", ...pub(o) }));
+  await flush();
+  assert.deepEqual(got, [3, 4, 5], "two held, then given up for the third");
+  assert.deepEqual(failed, [{ channel: "c", epoch: "E", offset: 0, gap: true }]);
   ctx.client.close();
 });
