@@ -16,7 +16,9 @@ import pytest
 from helpers.gateway import Gateway
 from helpers.http import Http
 
-from .conftest import API_KEY, running
+from backchannel.hub.options import ChannelOptions
+
+from .conftest import API_KEY, make_config, running
 from .test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -30,7 +32,7 @@ from .test_browser import (
 )
 
 if async_playwright is not None:
-    from playwright.async_api import Browser
+    from playwright.async_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[2]
 TSC = ROOT / "tests" / "interop" / "node_modules" / ".bin" / "tsc"
@@ -151,37 +153,89 @@ async def test_a_page_whose_server_restarts_recovers_with_no_reload(browser: Bro
             assert await page.evaluate("window.demo.client.clientId") != before
 
 
+async def own_client(page: Page, user: str, **options: Any) -> None:
+    """A client of the page's own (``window.client``), connected, that counts the
+    commands it sends by method (``window.sent``) and records its events."""
+    await page.evaluate(
+        """async ([user, options]) => {
+            const { Client } = await import("/js/backchannel.js");
+            const res = await fetch("/demo/token", {method: "POST",
+                headers: {"Content-Type": "application/json"},
+                body: JSON.stringify({user})});
+            const { token } = await res.json();
+            window.sent = {};
+            class Counting extends WebSocket {
+                send(data) {
+                    for (const line of String(data).split("\\n")) {
+                        const method = JSON.parse(line).method;
+                        window.sent[method] = (window.sent[method] ?? 0) + 1;
+                    }
+                    super.send(data);
+                }
+            }
+            window.events = [];
+            const client = new Client(`ws://${location.host}/ws`, {token,
+                transports: ["websocket"], WebSocket: Counting, ...options});
+            client.on("state", (s) => window.events.push(s));
+            client.on("disconnect", (d) => window.events.push(`disconnect ${d.reason}`));
+            window.client = client;
+            await client.connect();
+            window.firstId = client.clientId;
+        }""",
+        [user, options],
+    )
+
+
+@browser_only
+async def test_a_gap_the_hub_makes_for_a_slow_page_is_filled_from_history_in_order(
+    browser: Browser,
+) -> None:
+    config = make_config()
+    config.channels["feed"] = ChannelOptions(history_size=10_000, slow_consumer="drop")
+    async with running(config) as (app, port), Gateway(port) as gateway:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{gateway.port}/")
+        await own_client(page, "sam")
+        await page.evaluate(
+            """() => new Promise((resolve) => {
+                window.got = [];
+                window.client.subscribe("feed:x", {
+                    onPublication: (pub) => window.got.push(pub.offset),
+                    onSubscribed: resolve,
+                });
+            })"""
+        )
+        # The page stops reading: the hub's write buffer fills, then its outbox for the
+        # page, then publications are dropped for it (the channel's policy).
+        gateway.stall()
+        big = "x" * 16_384
+        published = 0
+        while app.hub.statistics().slow_consumers == 0:
+            assert published < 5_000, "no publication was ever dropped"
+            await app.hub.publish("feed:x", {"n": published, "pad": big})
+            published += 1
+        for _ in range(5):
+            await app.hub.publish("feed:x", {"n": published, "pad": big})
+            published += 1
+        gateway.resume()
+        await page.wait_for_function(f"() => window.got.length >= {published}", timeout=WAIT_MS * 3)
+        assert await page.evaluate("window.got") == list(range(1, published + 1))
+        assert await page.evaluate("window.sent.history") >= 1
+        print(f"{published} published, {app.hub.statistics().slow_consumers} dropped")
+        assert await page.evaluate("window.events") == ["connecting", "connected"]
+
+
 @browser_only
 async def test_a_hidden_page_is_not_timed_out_and_probes_when_visible(browser: Browser) -> None:
     async with running() as (_, port), Gateway(port) as gateway:
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{gateway.port}/")
         # A client of its own with a short heartbeat: 200 ms pings, 400 ms to answer.
+        await own_client(page, "rita", pingInterval=200, pingTimeout=400)
         await page.evaluate(
-            """async () => {
-                const { Client } = await import("/js/backchannel.js");
-                const res = await fetch("/demo/token", {method: "POST",
-                    headers: {"Content-Type": "application/json"},
-                    body: JSON.stringify({user: "rita"})});
-                const { token } = await res.json();
+            """() => {
                 window.vis = "visible";
                 Object.defineProperty(document, "visibilityState", {get: () => window.vis});
-                window.pings = 0;
-                class Counting extends WebSocket {
-                    send(data) {
-                        if (String(data).includes('"method":"ping"')) window.pings++;
-                        super.send(data);
-                    }
-                }
-                window.events = [];
-                const client = new Client(`ws://${location.host}/ws`, {token,
-                    transports: ["websocket"], WebSocket: Counting,
-                    pingInterval: 200, pingTimeout: 400});
-                client.on("state", (s) => window.events.push(s));
-                client.on("disconnect", (d) => window.events.push(`disconnect ${d.reason}`));
-                window.client = client;
-                await client.connect();
-                window.firstId = client.clientId;
             }"""
         )
         # Hidden, and the connection silent (its answers held back) for more than twice
@@ -190,16 +244,18 @@ async def test_a_hidden_page_is_not_timed_out_and_probes_when_visible(browser: B
             "window.vis = 'hidden'; document.dispatchEvent(new Event('visibilitychange'))"
         )
         gateway.stall()
-        start = await page.evaluate("window.pings")
-        await page.wait_for_function(f"() => window.pings >= {start + 5}", timeout=WAIT_MS)
+        start = await page.evaluate("window.sent.ping ?? 0")
+        await page.wait_for_function(
+            f"() => (window.sent.ping ?? 0) >= {start + 5}", timeout=WAIT_MS
+        )
         assert await page.evaluate("window.events") == ["connecting", "connected"]
         # Visible again: a probe at once, answered now that the answers flow.
         gateway.resume()
-        before = await page.evaluate("window.pings")
+        before = await page.evaluate("window.sent.ping ?? 0")
         await page.evaluate(
             "window.vis = 'visible'; document.dispatchEvent(new Event('visibilitychange'))"
         )
-        await page.wait_for_function(f"() => window.pings > {before}", timeout=WAIT_MS)
+        await page.wait_for_function(f"() => (window.sent.ping ?? 0) > {before}", timeout=WAIT_MS)
         # The same connection answers: an RPC no one handles gets its error reply.
         code = await page.evaluate("window.client.rpc('nothing').then(() => 0, (e) => e.code)")
         assert code == 104
