@@ -606,7 +606,9 @@ export class Client {
         }
       }
       this._emitError(err, "connect");
-      if (temporary || (code === ErrorCode.TOKEN_EXPIRED && this._getToken)) {
+      // A new token refused as expired too (a backend clock behind, a bad getToken):
+      // give up rather than loop; the token event has said why.
+      if (temporary && code !== ErrorCode.TOKEN_EXPIRED) {
         this._lose({ code: DisconnectCode.CONNECTION_LOST, reason: `connect failed: ${message}`, reconnect: true });
       } else {
         this._fail(err);

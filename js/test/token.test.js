@@ -251,3 +251,20 @@ test("without getToken, 3500 closes at once, and says so in a token event", asyn
   assert.equal(ctx.client.state, "closed");
   assert.deepEqual(ctx.of("token"), [{ code: 3500, reason: "invalid token", retry: false }]);
 });
+
+test("connect answered 109 again with the new token: given up, not a loop; both refusals are events", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "old", getToken });
+  const connecting = ctx.client.connect();
+  const ws = ctx.WS.last();
+  ws.open();
+  await flush();
+  ws.receive(errorReply(ws.lastCommand("connect").id, 109, "token expired", true));
+  await flush();
+  ws.receive(errorReply(ws.lastCommand("connect").id, 109, "token expired", true));
+  await assert.rejects(connecting, (e) => e.code === ErrorCode.TOKEN_EXPIRED);
+  assert.equal(ctx.client.state, "closed");
+  assert.deepEqual(ctx.of("token").map((t) => [t.code, t.retry]), [[109, true], [109, false]]);
+  assert.equal(getToken.calls, 1);
+  assert.equal(ctx.clock.pending().length, 0, "no reconnect scheduled");
+});
