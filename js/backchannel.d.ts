@@ -1,8 +1,10 @@
-// Types of the public API of backchannel.js (the browser client of backchannel's hub).
+// Types of the public API of backchannel.js (the browser client of backchannel's hub),
+// which gathers the modules of lib/. Checked with tsc by tests/app/test_browser_client.py.
 
 export type ClientState = "disconnected" | "connecting" | "connected" | "closed";
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
-export type TransportName = "websocket" | "longpoll";
+/** A registered transport: "websocket" and "longpoll" are built in (registerTransport). */
+export type TransportName = "websocket" | "longpoll" | (string & {});
 
 /** A connection, as the hub describes it. */
 export interface ClientInfo {
@@ -80,6 +82,92 @@ export interface ClientOptions {
    * null turns it off.
    */
   lifecycleTarget?: EventTarget | null;
+  /** Whether the page is hidden (default: document.visibilityState): no timeouts then. */
+  hidden?: () => boolean;
+  /**
+   * Filling gaps in offsets: publications held behind a gap at most (default 1000) and
+   * history reads for one gap at most (default 10); past either it is given up.
+   */
+  gaps?: { maxHeld?: number; maxReads?: number };
+  /** Keep publishes until acknowledged, sent again after reconnects (off by default). */
+  outbox?: boolean | OutboxOptions;
+}
+
+/** What happens to a publish when the outbox is full. */
+export type OutboxPolicy = "reject-new" | "drop-oldest";
+
+export interface OutboxOptions {
+  /** Publishes kept at most; default 100 (OUTBOX_MAX). */
+  max?: number;
+  /** Default "reject-new". */
+  policy?: OutboxPolicy;
+  /** Where the outbox survives a page reload (opt-in): localStorage, or the like. */
+  storage?: {
+    getItem(key: string): string | null;
+    setItem(key: string, value: string): void;
+    removeItem(key: string): void;
+  } | null;
+  /** The storage item's name; default "backchannel.outbox". */
+  storageKey?: string;
+}
+
+/** A publish waiting in the outbox. */
+export interface OutboxEntry {
+  key: string;
+  channel: string;
+  data: any;
+  created: number;
+}
+
+/** The fate of a kept publish: the client's `outbox` event. */
+export interface PublishFate {
+  status: "queued" | "acknowledged" | "refused" | "dropped";
+  /** Its idempotency key. */
+  key: string;
+  channel: string;
+  data: any;
+  /** With "acknowledged". */
+  result?: PublishResult;
+  /** With "refused" (the hub's code, or SUBSCRIPTION_CLOSED) and "dropped" (OUTBOX_FULL). */
+  error?: BackchannelError;
+}
+
+/** A token the hub refused (the client's `token` event). */
+export interface TokenRefusal {
+  /** 109 (connect), 3004 (expired) or 3500 (invalid). */
+  code: number;
+  reason: string;
+  /** Whether the client asks getToken for a new token and tries again. */
+  retry: boolean;
+}
+
+/** The pieces of a transport (registerTransport). */
+export interface TransportContext {
+  url: string;
+  longPollUrl: string | null;
+  WebSocket: any;
+  fetch: any;
+  timers: { setTimeout: (fn: () => void, ms: number) => any; clearTimeout: (id: any) => void };
+}
+
+export interface TransportHandlers {
+  onFrame(text: string): void;
+  /** The server answered (a poll, even empty). */
+  onActivity(): void;
+  onClose(info: { code: number; reason: string; reconnect?: boolean }): void;
+}
+
+export interface Transport {
+  readonly name: string;
+  /** Opens, sending this frame (whose first command is connect) first. */
+  open(firstFrame: string): void;
+  send(frame: string): void;
+  close(): void;
+}
+
+export interface TransportKind {
+  create(ctx: TransportContext, handlers: TransportHandlers): Transport;
+  available?(ctx: TransportContext): boolean;
 }
 
 export interface SubscribedContext {
@@ -106,9 +194,10 @@ export interface SubscriptionOptions {
   onSubscribed?: (ctx: SubscribedContext) => void;
   /**
    * After a reconnection, the missed publications could not all be recovered: reload
-   * the state by other means. Without it, onError gets error 112.
+   * the state by other means. Also called (with `gap: true`) when a gap in offsets
+   * cannot be read back from history. Without it, onError gets error 112.
    */
-  onRecoveryFailed?: (ctx: { channel: string; epoch: string | null; offset: number | null }) => void;
+  onRecoveryFailed?: (ctx: { channel: string; epoch: string | null; offset: number | null; gap?: boolean }) => void;
   onError?: (err: BackchannelError) => void;
   /** A token for this channel (private channels). */
   token?: string;
@@ -142,6 +231,12 @@ export interface ClientEvents {
   error: (err: BackchannelError) => void;
   disconnect: (info: DisconnectInfo) => void;
   transport: (name: TransportName) => void;
+  /** A token was refused; with retry, getToken is asked once for a new one. */
+  token: (info: TokenRefusal) => void;
+  /** A kept publish was queued, acknowledged, refused or dropped. */
+  outbox: (fate: PublishFate) => void;
+  /** The server subscribed this connection to a channel: set its callbacks. */
+  subscription: (sub: Subscription) => void;
 }
 
 export const PROTOCOL_VERSION: 1;
@@ -155,6 +250,7 @@ export const ErrorCode: Readonly<{
   SUBSCRIPTION_CLOSED: 4;
   BAD_ARGUMENT: 5;
   BAD_RESPONSE: 6;
+  OUTBOX_FULL: 7;
   INTERNAL: 100;
   UNAUTHORIZED: 101;
   UNKNOWN_CHANNEL: 102;
@@ -229,6 +325,52 @@ export function defaultLongPollUrl(url: string): string | null;
 export function resetTransportMemory(): void;
 /** Whether clients of this page currently start with long polling. */
 export function usingLongPollFallback(): boolean;
+/** Registers (or replaces) a transport that options.transports may name. */
+export function registerTransport(name: string, kind: TransportKind): void;
+export function transportKind(name: string): TransportKind | undefined;
+
+/** Applies joins and leaves, in order, to a presence snapshot; returns a new one. */
+export function applyPresence(
+  snapshot: Record<string, ClientInfo>,
+  events: Array<{ type: "join" | "leave"; info: ClientInfo }>,
+): Record<string, ClientInfo>;
+/** The users of a presence snapshot, each once, sorted. */
+export function presenceUsers(snapshot: Record<string, ClientInfo>): string[];
+
+export const OUTBOX_MAX: 100;
+/** A random idempotency key. */
+export function newKey(): string;
+
+/** Publishes waiting for their acknowledgement, bounded, optionally in storage. */
+export class Outbox {
+  constructor(options?: OutboxOptions);
+  readonly max: number;
+  readonly policy: OutboxPolicy;
+  readonly size: number;
+  entries(channel?: string): OutboxEntry[];
+  add(entry: OutboxEntry): { accepted: boolean; dropped: OutboxEntry | null };
+  remove(key: string): boolean;
+  has(key: string): boolean;
+}
+
+export const MAX_HELD: 1000;
+export const MAX_GAP_READS: 10;
+
+/** A channel's publications in offset order, each once, with the range missing. */
+export class Sequencer {
+  constructor(epoch?: string | null, offset?: number | null, maxHeld?: number);
+  readonly maxHeld: number;
+  readonly epoch: string | null;
+  readonly offset: number | null;
+  readonly missingTo: number | null;
+  readonly gap: { epoch: string; offset: number; to: number } | null;
+  /** Where a gap was given up for holding too much (push), until taken (set to null). */
+  lostAt: { epoch: string | null; offset: number | null } | null;
+  reset(epoch: string | null, offset: number | null): void;
+  push(pub: Publication): Publication[];
+  dropped(epoch: string, offset: number): void;
+  filled(pubs: Publication[], complete: boolean): { deliver: Publication[]; lost: boolean };
+}
 
 export class Client {
   constructor(url: string, options?: ClientOptions);
@@ -242,6 +384,8 @@ export class Client {
   readonly transport: TransportName | null;
   /** When the token expires (Unix seconds). */
   readonly expires: number | null;
+  /** Publishes waiting for their acknowledgement (null without options.outbox). */
+  readonly outbox: Outbox | null;
 
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
@@ -269,10 +413,18 @@ export class Subscription {
   readonly epoch: string | null;
   /** The offset of the last publication seen (or of the subscribe result). */
   readonly offset: number | null;
+  /** Whether the server made it (a `subscribe` push). */
+  readonly server: boolean;
+
+  /** Sets callbacks after the fact (a subscription the server made). */
+  setCallbacks(callbacks: SubscriptionOptions): this;
 
   /** Resolves once subscribed; rejects if it ends or the client closes first. */
   ready(): Promise<void>;
-  /** Rejects with a BackchannelError {code, message, temporary}. */
+  /**
+   * Rejects with a BackchannelError {code, message, temporary}. With the client's
+   * outbox, settles with the publish's fate, however many reconnects that takes.
+   */
   publish(data: unknown, options?: { idempotencyKey?: string }): Promise<PublishResult>;
   presence(): Promise<PresenceResult>;
   history(options?: { limit?: number; since?: StreamPosition }): Promise<HistoryResult>;

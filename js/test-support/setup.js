@@ -24,7 +24,7 @@ export function setup(options = {}) {
     ...options,
   });
   const events = [];
-  for (const name of ["state", "error", "disconnect", "transport"]) {
+  for (const name of ["state", "error", "disconnect", "transport", "token", "outbox", "subscription"]) {
     client.on(name, (...args) => events.push([name, ...args]));
   }
   const of = (name) => events.filter((e) => e[0] === name).map((e) => (e.length === 2 ? e[1] : e.slice(1)));

@@ -200,3 +200,71 @@ test("a channel's getToken is asked once per connection, with the channel and cl
   ]);
   ctx.client.close();
 });
+
+test("disconnect 3500 (invalid token): getToken asked once for a new one, then given up; each refusal an event", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "t0", getToken, pingInterval: 3_600_000 });
+  ctx.client.connect();
+  const ws = await acceptWebSocket(ctx);
+  ws.receive(disconnectPush(3500, "invalid token", false));
+  await flush();
+  assert.equal(ctx.client.state, "disconnected", "not closed: one more try");
+  assert.deepEqual(ctx.of("token"), [{ code: 3500, reason: "invalid token", retry: true }]);
+  assert.equal(ctx.of("disconnect")[0].reconnect, true);
+  await ctx.clock.next();
+  assert.equal(getToken.calls, 1);
+  const ws2 = ctx.WS.last();
+  ws2.open();
+  await flush();
+  assert.deepEqual(ws2.lastCommand("connect").params, { v: 1, token: "t1" });
+  // Refused again: the client gives up.
+  ws2.receive(disconnectPush(3500, "invalid token", false));
+  await flush();
+  assert.equal(ctx.client.state, "closed");
+  assert.deepEqual(ctx.of("token")[1], { code: 3500, reason: "invalid token", retry: false });
+  assert.equal(getToken.calls, 1);
+});
+
+test("a new token that connects earns another retry later", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "t0", getToken, pingInterval: 3_600_000 });
+  ctx.client.connect();
+  let ws = await acceptWebSocket(ctx);
+  for (let round = 1; round <= 2; round++) {
+    ws.receive(disconnectPush(3500, "invalid token", false));
+    await flush();
+    assert.equal(ctx.client.state, "disconnected", `round ${round}`);
+    await ctx.clock.next();
+    ws = await acceptWebSocket(ctx);
+    assert.equal(ctx.client.state, "connected");
+  }
+  assert.deepEqual(ctx.of("token").map((t) => t.retry), [true, true]);
+  ctx.client.close();
+});
+
+test("without getToken, 3500 closes at once, and says so in a token event", async () => {
+  const ctx = setup({ token: "t0" });
+  ctx.client.connect();
+  const ws = await acceptWebSocket(ctx);
+  ws.receive(disconnectPush(3500, "invalid token", false));
+  await flush();
+  assert.equal(ctx.client.state, "closed");
+  assert.deepEqual(ctx.of("token"), [{ code: 3500, reason: "invalid token", retry: false }]);
+});
+
+test("connect answered 109 again with the new token: given up, not a loop; both refusals are events", async () => {
+  const getToken = tokens();
+  const ctx = setup({ token: "old", getToken });
+  const connecting = ctx.client.connect();
+  const ws = ctx.WS.last();
+  ws.open();
+  await flush();
+  ws.receive(errorReply(ws.lastCommand("connect").id, 109, "token expired", true));
+  await flush();
+  ws.receive(errorReply(ws.lastCommand("connect").id, 109, "token expired", true));
+  await assert.rejects(connecting, (e) => e.code === ErrorCode.TOKEN_EXPIRED);
+  assert.equal(ctx.client.state, "closed");
+  assert.deepEqual(ctx.of("token").map((t) => [t.code, t.retry]), [[109, true], [109, false]]);
+  assert.equal(getToken.calls, 1);
+  assert.equal(ctx.clock.pending().length, 0, "no reconnect scheduled");
+});

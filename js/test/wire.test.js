@@ -238,3 +238,22 @@ test("the encoder writes compact UTF-8 JSON, one line, params left out when empt
   const frame = encodeFrame(Array.from({ length: MAX_BATCH }, (_, i) => encodeCommand(i + 1, "ping")));
   assert.equal(frame.split("\n").length, MAX_BATCH);
 });
+
+test("dropped and subscribe pushes: a channel, and a position that is whole when present", async () => {
+  const { decodeLine } = await import("../backchannel.js");
+  assert.deepEqual(decodeLine('{"push":"dropped","channel":"c","epoch":"E","offset":4}'), {
+    push: "dropped",
+    channel: "c",
+    epoch: "E",
+    offset: 4,
+  });
+  assert.deepEqual(decodeLine('{"push":"subscribe","channel":"c"}'), { push: "subscribe", channel: "c" });
+  for (const bad of [
+    '{"push":"dropped"}',
+    '{"push":"dropped","channel":"c","offset":4}',
+    '{"push":"subscribe","channel":"c","epoch":"E","offset":-1.5}',
+    '{"push":"subscribe","channel":"c","epoch":7,"offset":1}',
+  ]) {
+    assert.throws(() => decodeLine(bad), (e) => e.code === 6, bad);
+  }
+});

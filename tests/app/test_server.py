@@ -36,6 +36,12 @@ async def test_the_browser_client_and_the_demo_page_are_served() -> None:
         assert status == 200 and body == (ROOT / "js" / "backchannel.js").read_bytes()
         status, body = await get(port, "/js/backchannel.d.ts")
         assert status == 200 and body == (ROOT / "js" / "backchannel.d.ts").read_bytes()
+        # The modules backchannel.js imports: the whole folder, as it is.
+        modules = sorted((ROOT / "js" / "lib").glob("*.js"))
+        assert len(modules) >= 7
+        for module in modules:
+            status, body = await get(port, f"/js/lib/{module.name}")
+            assert status == 200 and body == module.read_bytes(), module.name
         status, body = await get(port, "/")
         assert status == 200 and b'from "/js/backchannel.js"' in body
         status, body = await get(port, "/healthz")

@@ -11,7 +11,9 @@ Content-Length, as the hub's are) and tunnels a WebSocket after a 101. It can:
   polls so far, true to drop): the client's connection is closed instead, as when a
   proxy loses an answer on the way;
 * ``cut()`` every open connection, and ``blocked`` turn new ones away (a network
-  outage).
+  outage);
+* ``stall()`` what tunnelled WebSockets send to the client, holding it until ``resume()``
+  (a connection gone quiet without closing).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Gateway:
         self.refused_upgrades = 0
         self.upgrades = 0
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -68,6 +72,13 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._server.wait_closed()
+
+    def stall(self) -> None:
+        """Hold what the server sends over tunnelled WebSockets (nothing is lost)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         """Abort every open connection, both sides."""
@@ -114,7 +125,7 @@ class Gateway:
                 await writer.drain()
                 if response_head.startswith(b"HTTP/1.1 101"):
                     self.upgrades += 1
-                    await _pipe_both(reader, writer, up_reader, up_writer)
+                    await _pipe_both(reader, writer, up_reader, up_writer, self._flowing)
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return
@@ -146,12 +157,17 @@ async def _pipe_both(
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
+    flowing: asyncio.Event,
 ) -> None:
-    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def pipe(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await source.read(CHUNK):
+                if gate is not None:
+                    await gate.wait()
                 sink.write(data)
                 await sink.drain()
         sink.transport.abort()
 
-    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+    await asyncio.gather(pipe(reader, up_writer, None), pipe(up_reader, writer, flowing))

@@ -7,7 +7,8 @@ Paths (docs/config.md):
   403, leaving long polling).
 * ``/lp``: the hub over long polling.
 * ``/api/<method>``: the HTTP API for backends (docs/api.md).
-* ``/js/backchannel.js``: the browser client (``/js/backchannel.d.ts``, its types).
+* ``/js/backchannel.js``: the browser client (``/js/backchannel.d.ts``, its types), and
+  the modules it imports, ``/js/lib/*.js``.
 * ``/`` and ``POST /demo/token``: the demo chat page, when ``server.demo`` is on.
 * ``/health``: 200 while the process runs (a liveness probe); ``/healthz``, the same with
   the node's name.
@@ -88,10 +89,24 @@ _STATIC = {
 _DEMO_PAGE = ("index.html", "text/html; charset=utf-8")
 
 
+def _client_modules() -> dict[str, tuple[str, str]]:
+    """The browser client's modules (``static/lib``, imported by ``backchannel.js``):
+    every ``.js`` file of the folder, served under ``/js/lib/``."""
+    folder = importlib.resources.files("backchannel").joinpath("static", "lib")
+    if not folder.is_dir():
+        return {}
+    return {
+        f"/js/lib/{entry.name}": (f"lib/{entry.name}", "text/javascript; charset=utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".js")
+    }
+
+
 def _resource(name: str) -> bytes:
     """A file of ``backchannel/static`` (the browser client is a link to ``js/`` in a
     checkout, and a copy in a built package)."""
-    return importlib.resources.files("backchannel").joinpath("static", name).read_bytes()
+    static = importlib.resources.files("backchannel").joinpath("static")
+    return static.joinpath(*name.split("/")).read_bytes()
 
 
 class App:
@@ -137,7 +152,8 @@ class App:
         self.opens = RateLimiter(config.server.open_rate, config.server.open_burst)
         #: Served files by path: read once, at start.
         self._files: dict[str, tuple[bytes, str]] = {
-            path: (_resource(name), kind) for path, (name, kind) in _STATIC.items()
+            path: (_resource(name), kind)
+            for path, (name, kind) in (_STATIC | _client_modules()).items()
         }
         #: Set when shutdown begins: every request is then answered 503.
         self.closing = False

@@ -1,0 +1,423 @@
+// Transports: how frames travel to the hub and back. A registry by name, so that the
+// client asks for "websocket" or "longpoll" (or a transport the page registers) rather
+// than knowing each class.
+
+import { DisconnectCode, MAX_BATCH } from "./codes.js";
+import { errorMessage, isObject, noop, parseJson } from "./wire.js";
+
+/** @typedef {import("./wire.js").TransportName} TransportName */
+
+/**
+ * The long-polling URL for a WebSocket URL: same host, http(s), path /lp.
+ * @param {string} url
+ * @returns {string | null}
+ */
+export function defaultLongPollUrl(url) {
+  try {
+    const base = typeof location === "object" && location ? location.href : undefined;
+    const u = new URL(url, base);
+    if (u.protocol === "wss:") u.protocol = "https:";
+    else if (u.protocol === "ws:") u.protocol = "http:";
+    u.pathname = "/lp";
+    u.search = "";
+    u.hash = "";
+    return u.toString();
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Remembering, for the page, that WebSocket does not get through.
+
+export const transportMemory = {
+  /** @type {number | null} when the page fell back to long polling (Date.now()) */
+  longPollSince: null,
+  /** connection attempts since then */
+  attempts: 0,
+};
+
+/**
+ * Forgets that this page fell back to long polling (all clients start with WebSocket
+ * again). Meant for tests.
+ */
+export function resetTransportMemory() {
+  transportMemory.longPollSince = null;
+  transportMemory.attempts = 0;
+}
+
+/**
+ * Whether clients of this page currently start with long polling.
+ * @returns {boolean}
+ */
+export function usingLongPollFallback() {
+  return transportMemory.longPollSince !== null;
+}
+
+// ---------------------------------------------------------------------------------------
+// Transports. Each calls handlers.onFrame(text) for a server frame and, once,
+// handlers.onClose({code, reason, reconnect?}) when it ends by itself (not after close()).
+
+/**
+ * @typedef {object} TransportHandlers
+ * @property {(text: string) => void} onFrame
+ * @property {() => void} onActivity the server answered (a poll, even empty)
+ * @property {(info: {code: number, reason: string, reconnect?: boolean}) => void} onClose
+ */
+
+export class WebSocketTransport {
+  /**
+   * @param {string} url
+   * @param {any} WebSocketImpl
+   * @param {TransportHandlers} handlers
+   */
+  constructor(url, WebSocketImpl, handlers) {
+    /** @type {TransportName} */
+    this.name = "websocket";
+    this._url = url;
+    this._WebSocket = WebSocketImpl;
+    this._handlers = handlers;
+    /** @type {any} */
+    this._ws = null;
+    this._open = false;
+    this._done = false;
+    /** @type {string[]} */
+    this._queue = [];
+  }
+
+  /** @param {string} firstFrame sent as soon as the socket is open */
+  open(firstFrame) {
+    let ws;
+    try {
+      ws = new this._WebSocket(this._url);
+    } catch (err) {
+      const reason = `cannot open a WebSocket: ${errorMessage(err)}`;
+      queueMicrotask(() => this._end(DisconnectCode.CONNECTION_LOST, reason));
+      return;
+    }
+    this._ws = ws;
+    ws.onopen = () => {
+      if (this._done) return;
+      this._open = true;
+      this._write(firstFrame);
+      const queued = this._queue;
+      this._queue = [];
+      for (const frame of queued) this._write(frame);
+    };
+    ws.onmessage = (/** @type {{data: unknown}} */ event) => {
+      // Version 1 is text only: anything else is ignored.
+      if (!this._done && typeof event.data === "string") this._handlers.onFrame(event.data);
+    };
+    ws.onerror = noop; // a close event follows
+    ws.onclose = (/** @type {{code?: number, reason?: string}} */ event) => {
+      const code = typeof event?.code === "number" ? event.code : DisconnectCode.CONNECTION_LOST;
+      this._end(code, event?.reason || "WebSocket closed");
+    };
+  }
+
+  /** @param {string} frame */
+  send(frame) {
+    if (this._done) return;
+    if (this._open) this._write(frame);
+    else this._queue.push(frame);
+  }
+
+  /** @param {string} frame */
+  _write(frame) {
+    try {
+      this._ws.send(frame);
+    } catch (err) {
+      this._end(DisconnectCode.CONNECTION_LOST, `WebSocket send failed: ${errorMessage(err)}`);
+    }
+  }
+
+  close() {
+    if (this._done) return;
+    this._done = true;
+    this._detach();
+    try {
+      this._ws?.close(1000);
+    } catch {
+      // already closed
+    }
+  }
+
+  /** @param {number} code @param {string} reason */
+  _end(code, reason) {
+    if (this._done) return;
+    this._done = true;
+    this._detach();
+    try {
+      this._ws?.close();
+    } catch {
+      // already closed
+    }
+    this._handlers.onClose({ code, reason });
+  }
+
+  _detach() {
+    const ws = this._ws;
+    if (ws) ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  }
+}
+
+/** Failed polls in a row tried again before the session counts as lost. */
+const POLL_RETRIES = 2;
+
+export class LongPollTransport {
+  /**
+   * @param {string} url
+   * @param {any} fetchImpl
+   * @param {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (id: any) => void}} timers
+   * @param {TransportHandlers} handlers
+   */
+  constructor(url, fetchImpl, timers, handlers) {
+    /** @type {TransportName} */
+    this.name = "longpoll";
+    this._url = url;
+    this._fetch = fetchImpl;
+    this._timers = timers;
+    this._handlers = handlers;
+    /** @type {string | null} */
+    this._sid = null;
+    /** The last batch number handled: the next poll's ack. */
+    this._handled = 0;
+    /** @type {string[]} */
+    this._outbox = [];
+    this._sending = false;
+    this._done = false;
+    /** The server said the session is gone (no DELETE needed). */
+    this._gone = false;
+    /** @type {AbortController | null} */
+    this._poller = null;
+    this._retryTimer = null;
+    this._errors = 0;
+  }
+
+  /** @param {string} query */
+  _with(query) {
+    return this._url + (this._url.includes("?") ? "&" : "?") + query;
+  }
+
+  /**
+   * @param {string} url
+   * @param {Record<string, any>} init
+   * @returns {Promise<{ok: boolean, status: number, text: string}>}
+   */
+  async _request(url, init) {
+    const response = await this._fetch(url, init);
+    const text = await response.text();
+    return { ok: response.ok, status: response.status, text };
+  }
+
+  /** @param {string} firstFrame a frame whose first command is connect */
+  open(firstFrame) {
+    if (typeof this._fetch !== "function") {
+      queueMicrotask(() => this._end(DisconnectCode.CONNECTION_LOST, "fetch is not available"));
+      return;
+    }
+    this._request(this._url, { method: "POST", body: firstFrame, cache: "no-store" }).then(
+      (answer) => {
+        if (this._done) return;
+        if (!answer.ok) return this._refused(answer);
+        const body = parseJson(answer.text);
+        if (!isObject(body) || typeof body.sid !== "string" || !body.sid) {
+          return this._end(DisconnectCode.CONNECTION_LOST, "bad answer to the long-poll open");
+        }
+        this._sid = body.sid;
+        this._handled = Number.isSafeInteger(body.ack) && body.ack >= 0 ? body.ack : 0;
+        this._poll();
+        this._flush();
+      },
+      (err) => this._end(DisconnectCode.CONNECTION_LOST, `long-poll open failed: ${errorMessage(err)}`),
+    );
+  }
+
+  _poll() {
+    if (this._done || this._sid === null) return;
+    const controller = typeof AbortController === "function" ? new AbortController() : null;
+    this._poller = controller;
+    const url = this._with(`sid=${encodeURIComponent(this._sid)}&ack=${this._handled}`);
+    this._request(url, { method: "GET", cache: "no-store", signal: controller?.signal }).then(
+      (answer) => {
+        if (this._done) return;
+        if (!answer.ok) return this._refused(answer);
+        this._errors = 0;
+        this._handlers.onActivity(); // even an empty answer shows the server is there
+        if (this._batch(answer.text)) this._poll();
+      },
+      (err) => {
+        if (this._done) return;
+        // The answer may be lost on the way: the server sends the batch again.
+        this._errors++;
+        if (this._errors > POLL_RETRIES) {
+          return this._end(DisconnectCode.CONNECTION_LOST, `long poll failed: ${errorMessage(err)}`);
+        }
+        this._retryTimer = this._timers.setTimeout(() => {
+          this._retryTimer = null;
+          this._poll();
+        }, 1000 * this._errors);
+      },
+    );
+  }
+
+  /**
+   * Handles a poll's answer: `{"batch": K}` then wire lines. A batch number already
+   * handled (sent again, or an empty answer) brings nothing new.
+   * @param {string} text
+   * @returns {boolean} whether to poll again
+   */
+  _batch(text) {
+    const nl = text.indexOf("\n");
+    const head = parseJson(nl < 0 ? text : text.slice(0, nl));
+    const batch = isObject(head) ? head.batch : undefined;
+    if (!(Number.isSafeInteger(batch) && batch >= 0)) {
+      this._end(DisconnectCode.CONNECTION_LOST, "bad long-poll answer (no batch number)");
+      return false;
+    }
+    if (batch > this._handled) {
+      this._handled = batch;
+      if (nl >= 0) this._handlers.onFrame(text.slice(nl + 1));
+    }
+    return !this._done;
+  }
+
+  /** @param {{status: number, text: string}} answer */
+  _refused(answer) {
+    const body = parseJson(answer.text);
+    this._gone = answer.status === 404 || answer.status === 410;
+    const why = isObject(body) && typeof body.error === "string" ? body.error : "refused";
+    /** @type {{code: number, reason: string, reconnect?: boolean}} */
+    const info = { code: DisconnectCode.CONNECTION_LOST, reason: `long poll ${answer.status}: ${why}` };
+    if (isObject(body) && typeof body.reconnect === "boolean") info.reconnect = body.reconnect;
+    this._end(info.code, info.reason, info.reconnect);
+  }
+
+  /** @param {string} frame */
+  send(frame) {
+    if (this._done) return;
+    this._outbox.push(frame);
+    this._flush();
+  }
+
+  /** One POST at a time, so that the hub runs commands in the order they were sent. */
+  _flush() {
+    if (this._done || this._sending || this._sid === null || this._outbox.length === 0) return;
+    const parts = [];
+    let lines = 0;
+    while (this._outbox.length > 0) {
+      const n = this._outbox[0].split("\n").length;
+      if (parts.length > 0 && lines + n > MAX_BATCH) break;
+      parts.push(/** @type {string} */ (this._outbox.shift()));
+      lines += n;
+    }
+    this._sending = true;
+    const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
+    this._request(url, { method: "POST", body: parts.join("\n"), cache: "no-store" }).then(
+      (answer) => {
+        this._sending = false;
+        if (this._done) return;
+        if (!answer.ok) return this._refused(answer);
+        this._flush();
+      },
+      (err) => {
+        this._sending = false;
+        this._end(DisconnectCode.CONNECTION_LOST, `long-poll send failed: ${errorMessage(err)}`);
+      },
+    );
+  }
+
+  close() {
+    if (this._done) return;
+    this._done = true;
+    this._stop();
+  }
+
+  /** @param {number} code @param {string} reason @param {boolean} [reconnect] */
+  _end(code, reason, reconnect) {
+    if (this._done) return;
+    this._done = true;
+    this._stop();
+    /** @type {{code: number, reason: string, reconnect?: boolean}} */
+    const info = { code, reason };
+    if (reconnect !== undefined) info.reconnect = reconnect;
+    this._handlers.onClose(info);
+  }
+
+  _stop() {
+    if (this._retryTimer !== null) {
+      this._timers.clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+    }
+    try {
+      this._poller?.abort();
+    } catch {
+      // nothing to abort
+    }
+    this._poller = null;
+    if (this._sid !== null && !this._gone) {
+      // Free the session now rather than at the server's idle timeout; keepalive lets
+      // the request outlive a page that is closing.
+      const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
+      Promise.resolve()
+        .then(() => this._fetch(url, { method: "DELETE", keepalive: true }))
+        .catch(noop);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The registry.
+
+/**
+ * What a transport is given when the client opens it.
+ * @typedef {object} TransportContext
+ * @property {string} url the hub's WebSocket URL
+ * @property {string | null} longPollUrl
+ * @property {any} WebSocket
+ * @property {any} fetch
+ * @property {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (id: any) => void}} timers
+ */
+
+/**
+ * A kind of transport: `create` makes one connection's transport (with `open(firstFrame)`,
+ * `send(frame)`, `close()` and a `name`); `available` says whether it can work with
+ * these options (long polling needs a URL and fetch).
+ * @typedef {object} TransportKind
+ * @property {(ctx: TransportContext, handlers: TransportHandlers) => any} create
+ * @property {(ctx: TransportContext) => boolean} [available]
+ */
+
+/** @type {Map<string, TransportKind>} */
+const registry = new Map();
+
+/**
+ * Registers a transport under a name that `options.transports` may then list. The two
+ * built in are "websocket" and "longpoll"; registering one of their names replaces it
+ * (a test's fake, a page's own transport).
+ * @param {string} name
+ * @param {TransportKind} kind
+ */
+export function registerTransport(name, kind) {
+  if (typeof name !== "string" || !name) throw new TypeError("a transport's name is a non-empty string");
+  if (!kind || typeof kind.create !== "function") throw new TypeError("a transport kind has a create function");
+  registry.set(name, kind);
+}
+
+/**
+ * The transport registered under a name, if any.
+ * @param {string} name
+ * @returns {TransportKind | undefined}
+ */
+export function transportKind(name) {
+  return registry.get(name);
+}
+
+registerTransport("websocket", {
+  create: (ctx, handlers) => new WebSocketTransport(ctx.url, ctx.WebSocket, handlers),
+});
+registerTransport("longpoll", {
+  create: (ctx, handlers) =>
+    new LongPollTransport(/** @type {string} */ (ctx.longPollUrl), ctx.fetch, ctx.timers, handlers),
+  available: (ctx) => ctx.longPollUrl !== null,
+});
