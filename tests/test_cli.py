@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+from helpers.cluster import healthz
 from helpers.http import Http
 from helpers.hub_client import HubClient
 from helpers.redis_server import RedisServer, require_redis
@@ -479,6 +480,16 @@ def test_help_is_plain_text_and_there_is_a_version() -> None:
     assert result.returncode == 0 and result.stdout == f"backchannel {__version__}\n"
 
 
+def test_connect_names_the_url_it_cannot_reach() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        for url in ("ws://nowhere.invalid/", f"ws://127.0.0.1:{port}/"):
+            result = run_cli("connect", url)
+            assert result.returncode == 1
+            assert one_line_error(result).startswith(f"error: cannot connect to {url}: ")
+
+
 def test_connect_refuses_a_header_without_a_colon() -> None:
     result = run_cli("connect", "ws://127.0.0.1:1/", "--header", "X-Nothing")
     assert result.returncode == 2
@@ -586,3 +597,37 @@ async def test_workers_print_one_banner_with_the_demo_warning(tmp_path: Path) ->
     assert lines[3].startswith("HTTP API key (made for this run; set api.key): ")
     # Nothing of the banner again: not per worker.
     assert "backchannel on" not in rest and "demo mode" not in rest, rest
+
+
+async def workers_answering(port: int) -> set[int]:
+    """The pids of the workers that answer /healthz, over a bounded number of tries."""
+    pids: set[int] = set()
+    for _ in range(40):
+        pids.add(int((await healthz(port))["node"].rpartition(":")[2]))
+        if len(pids) == 2:
+            break
+    return pids
+
+
+async def test_workers_restart_one_that_dies(tmp_path: Path) -> None:
+    require_redis()
+    with RedisServer(tmp_path) as redis:
+        with serving("--workers", "2", env=clean_env(BACKCHANNEL_BROKER_URL=redis.url)) as process:
+            assert process.stdout is not None
+            port, _ = banner_of(process, 3)
+            first = await workers_answering(port)
+            assert len(first) == 2
+            dead = first.pop()
+            os.kill(dead, signal.SIGKILL)
+            line = await asyncio.to_thread(process.stdout.readline)
+            assert line == f"worker {dead} exited (-9); restarting\n"
+            # The new worker listens once it has connected to Redis: until then only the
+            # survivor answers. Bounded: 40 rounds of up to 40 requests.
+            for _ in range(40):
+                now = await workers_answering(port)
+                if len(now) == 2:
+                    break
+            assert dead not in now and len(now - first) == 1, (first, now)
+            process.send_signal(signal.SIGTERM)
+            rest, _ = process.communicate(timeout=60)
+    assert "backchannel on" not in rest and "Traceback" not in rest

@@ -350,6 +350,10 @@ async def _run_connect(args: argparse.Namespace) -> int:
         if exc.body:
             print(exc.body.decode(errors="replace").rstrip(), file=sys.stderr)
         return 1
+    except (socket.gaierror, ConnectionRefusedError) as exc:
+        # The system's words name neither the host nor the port: the URL does.
+        print(f"error: cannot connect to {args.url}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except (BackchannelError, OSError, ValueError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -525,6 +529,10 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
         os.close(write_end)
         return child, read_end
 
+    def restart() -> subprocess.Popen[bytes]:
+        """A worker in place of one that died: its banner is not printed again."""
+        return subprocess.Popen(command, env=env)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     started = [start() for _ in range(args.workers)]
@@ -551,8 +559,7 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> int:
                         f"worker {child.pid} exited ({child.returncode}); restarting",
                         flush=True,
                     )
-                    children[i], pipe = start()
-                    os.close(pipe)  # a restarted worker's banner is not printed again
+                    children[i] = restart()
             time.sleep(0.5)
     finally:
         for child in children:
