@@ -24,6 +24,7 @@ from helpers.redis_server import RedisServer, require_redis
 
 from backchannel import __version__
 from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.exceptions import ConnectionClosed
 from backchannel.hub import TokenVerifier
 from backchannel.protocol.http11 import Request, Response
 
@@ -501,16 +502,21 @@ def test_connect_refuses_a_header_without_a_colon() -> None:
 
 @pytest.fixture
 async def late_echo() -> AsyncIterator[int]:
-    """A server that answers each connection's first three messages only once it has
-    all three: a client that closes at the end of its input, not of the replies,
-    misses them."""
+    """A slow server: it answers the messages of a connection only once the client has
+    been quiet for half a second. A client that closes at the end of its input, not of
+    the replies, gets none (the tests give --wait far longer than that half second)."""
 
     async def handler(ws: ServerConnection) -> None:
-        received = [await ws.recv() for _ in range(3)]
-        for message in received:
-            await ws.send(message)
-        async for _ in ws:
-            pass
+        received = []
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            while True:
+                async with asyncio.timeout(0.5):
+                    received.append(await ws.recv())
+        with contextlib.suppress(ConnectionClosed):
+            for message in received:
+                await ws.send(message)
+            async for _ in ws:
+                pass
 
     async with serve(handler, "127.0.0.1", 0) as server:
         yield server.port
@@ -536,7 +542,7 @@ async def test_connect_sends_a_file_and_prints_every_reply(late_echo: int, tmp_p
     script = tmp_path / "lines.txt"
     script.write_text("one\ntwo\nthree\n")
     with script.open("rb") as stdin:
-        status, stdout, stderr = await connect_with(late_echo, stdin)
+        status, stdout, stderr = await connect_with(late_echo, stdin, "--wait", "60")
     assert stdout == "< one\n< two\n< three\n", stderr
     assert "Traceback" not in stderr and "closed: 1000" in stderr
     assert status == 0
@@ -547,7 +553,7 @@ async def test_connect_from_a_pipe_waits_for_the_replies(late_echo: int) -> None
     os.write(write_end, b"one\ntwo\nthree\n")
     os.close(write_end)  # the whole input is there, and its end, before connect starts
     try:
-        status, stdout, stderr = await connect_with(late_echo, read_end)
+        status, stdout, stderr = await connect_with(late_echo, read_end, "--wait", "60")
     finally:
         os.close(read_end)
     assert stdout == "< one\n< two\n< three\n", stderr
