@@ -8,15 +8,34 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint types unit setup node-deps system-deps bench js-test
+.PHONY: serve serve-setup test lint types unit setup node-deps system-deps bench js-test
 
-# gcc builds the accelerator (the install goes on without it, but CI tests it).
-$(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c
-	@command -v gcc >/dev/null || (apt-get update && apt-get install -y gcc)
+# The virtual environment, with a current pip. Order-only for the targets below: .venv's
+# python is a link whose date is the system's, not when the venv was made.
+$(BIN)/python:
+	@echo "== make: creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "== make: upgrading pip in $(VENV)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+# What the server needs, and only that: backchannel and its two dependencies (httptools,
+# PyJWT with cryptography). The accelerator is built if a C compiler is there; the server
+# runs without it.
+$(BIN)/.installed-serve: pyproject.toml setup.py src/backchannel/protocol/_speedups.c | $(BIN)/python
+	@echo "== make: installing backchannel and what the server needs (pip install -e .)"
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
+
+serve-setup: $(BIN)/.installed-serve
+
+# Everything the tests need (the 'test' extra holds the server's needs too, so this also
+# stands for serve-setup). gcc builds the accelerator (the install goes on without it,
+# but CI tests it).
+$(BIN)/.installed: pyproject.toml setup.py src/backchannel/protocol/_speedups.c | $(BIN)/python
+	@command -v gcc >/dev/null || (echo "== make: installing gcc" && apt-get update && apt-get install -y gcc)
+	@echo "== make: installing backchannel with the test toolchain (pip install -e '.[test]'): a few minutes the first time"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(BIN)/.installed-serve
 
 setup: $(BIN)/.installed
 
@@ -36,8 +55,10 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 	cd tests/interop && npm ci --no-audit --no-fund --silent
 	touch $@
 
-serve: setup
-	$(BIN)/backchannel serve --host $(HOST) --port $(PORT)
+# The demo chat is on only because it is asked for here (--demo): never in production.
+serve: serve-setup
+	@echo "== make: starting backchannel serve --demo on http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
+	$(BIN)/backchannel serve --demo --host $(HOST) --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check src tests

@@ -13,9 +13,12 @@ API_KEY = "test-api-key"
 
 
 def make_config(**server: object) -> Config:
-    """A config on a free port with known secrets; ``server`` overrides [server] keys."""
+    """A config on a free port with known secrets and the demo on; ``server`` overrides
+    [server] keys."""
     config = Config(
-        server=ServerConfig(port=0),
+        # The demo page and token endpoint, off by default, are what the browser tests
+        # drive; make_config(demo=False) turns them off again.
+        server=ServerConfig(port=0, demo=True),
         auth=AuthConfig(secret=SECRET),
         api=ApiConfig(key=API_KEY),
     )

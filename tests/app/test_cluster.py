@@ -328,10 +328,8 @@ async def test_redis_restarted_mid_run_nodes_and_clients_recover(
 
 async def test_workers_share_a_port_through_redis(cluster: Cluster) -> None:
     parent = cluster.spawn("--workers", "2")
-    # The parent names the port once it has spawned the workers; each worker prints its
-    # own line once it listens.
+    # The parent prints the banner, once, when both workers listen.
     port = await parent.ready("2 workers")
-    assert await parent.ready(count=2) == port
 
     # One new connection per request: the kernel spreads them over the workers.
     nodes: set[str] = set()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from backchannel.app.config import load_config
+from backchannel.app.config import (
+    ENVIRON_ALLOWED,
+    MIN_API_KEY_LENGTH,
+    MIN_SECRET_BYTES,
+    BrokerConfig,
+    load_config,
+)
 from backchannel.exceptions import InvalidArgument
 from backchannel.hub import ChannelOptions
 
@@ -17,10 +23,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_serve_the_demo_on_loopback() -> None:
+def test_defaults_serve_on_loopback_without_the_demo() -> None:
     config = load_config(None, {})
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
-    assert config.server.demo and config.server.websocket
+    # The demo hands out tokens for any name: only when asked for (serve --demo).
+    assert not config.server.demo and config.server.websocket
     options = config.hub_options()
     chat = options.channel("chat:lobby")
     assert chat is not None and chat.presence and chat.history_size == 100
@@ -37,11 +44,11 @@ origins = ["https://shop.example"]
 demo = false
 
 [auth]
-secret = "s3cret"
+secret = "a secret of at least thirty-two bytes"
 anonymous = true
 
 [api]
-key = "k"
+key = "an-api-key-of-16+"
 
 [longpoll]
 poll_timeout = 10
@@ -69,10 +76,10 @@ presence = true
 
 
 def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "[server]\nport = 9001\n[api]\nkey = 'from-file'\n")
+    path = write(tmp_path, "[server]\nport = 9001\n[api]\nkey = 'from-file-0123456789'\n")
     environ = {
         "BACKCHANNEL_SERVER_PORT": "9002",
-        "BACKCHANNEL_API_KEY": "from-env",
+        "BACKCHANNEL_API_KEY": "from-env-0123456789",
         "BACKCHANNEL_SERVER_WEBSOCKET": "false",
         "BACKCHANNEL_SERVER_ORIGINS": "https://a.example, https://b.example",
         "BACKCHANNEL_HUB_MAX_CHANNELS": "4",
@@ -80,7 +87,7 @@ def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
         "BACKCHANNEL_BROKER_URL": "redis://127.0.0.1:6379/0",
     }
     config = load_config(path, environ)
-    assert config.server.port == 9002 and config.api.key == "from-env"
+    assert config.server.port == 9002 and config.api.key == "from-env-0123456789"
     assert config.server.websocket is False
     assert config.server.origins == ["https://a.example", "https://b.example"]
     assert config.longpoll.idle_timeout == 5.5
@@ -105,6 +112,18 @@ def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[proxy]\nheaders = ['Cookie']\n", "proxy.headers: 'Cookie' cannot be passed on"),
         ("[proxy]\ntimeout = 0\n", "proxy.timeout: must be more than 0 seconds"),
         ("[proxy]\ncookies = ['sid']\n", "proxy.cookies: set server.origins"),
+        ("[server]\nport = 65536\n", "[server] port: must be 0 to 65535, got 65536"),
+        ("[server]\nport = -1\n", "[server] port: must be 0 to 65535"),
+        ("[server]\nopen_rate = 0\n", "[server] open_rate: must be more than 0"),
+        ("[api]\nburst = -4\n", "[api] burst: must be more than 0"),
+        ("[longpoll]\npoll_timeout = 0\n", "[longpoll] poll_timeout: must be more than 0"),
+        ("[server]\nmax_body_size = -5\n", "[server] max_body_size: must be more than 0"),
+        ("[hub]\nmax_channels = 'x'\n", "[hub] max_channels: expected int"),
+        ("[hub]\npresence_ttl = -1\n", "[hub] presence_ttl: must be 0 or more"),
+        ("[broker]\nurl = '127.0.0.1:6379'\n", "[broker] url: not a Redis URL"),
+        ("[broker]\nurl = 'redis://h:port/0'\n", "[broker] url: not a Redis URL"),
+        ("[auth]\nsecret = 'short'\n", "[auth] secret: too short"),
+        ("[api]\nkey = 'fifteen-chars-k'\n", "[api] key: too short"),
     ],
 )
 def test_mistakes_in_the_file_are_errors_that_name_the_setting(
@@ -177,3 +196,54 @@ def test_a_short_password_or_a_taken_namespace_stops_the_server_with_one_line(
     # The dashboard's namespace exists only while it is on.
     assert config.hub_options().namespaces["admin"].publish == "server"
     assert "admin" not in load_config(None, {}).hub_options().namespaces
+
+
+def test_a_variable_that_is_no_setting_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        load_config(None, {"BACKCHANNEL_SERVER_PROT": "9000"})
+    assert str(caught.value) == (
+        "BACKCHANNEL_SERVER_PROT: no such setting (did you mean BACKCHANNEL_SERVER_PORT?); "
+        "rename or unset it (docs/config.md lists the variables)"
+    )
+    with pytest.raises(InvalidArgument, match=r"^BACKCHANNEL_WHATEVER: no such setting; "):
+        load_config(None, {"BACKCHANNEL_WHATEVER": "1"})
+
+
+def test_variables_that_are_not_settings_but_are_read_elsewhere_pass() -> None:
+    environ = {"BACKCHANNEL_NO_EXTENSIONS": "1", "BACKCHANNEL_TEST_ARTIFACTS": "/tmp/a"}
+    assert set(environ) <= ENVIRON_ALLOWED
+    assert load_config(None, {**environ, "OTHER_PROGRAM_SETTING": "x"}) == load_config(None, {})
+
+
+def test_short_secrets_are_refused_by_the_variable_name() -> None:
+    with pytest.raises(InvalidArgument, match=r"^BACKCHANNEL_AUTH_SECRET: too short \(31 bytes\)"):
+        load_config(None, {"BACKCHANNEL_AUTH_SECRET": "s" * 31})
+    with pytest.raises(InvalidArgument, match=r"^BACKCHANNEL_API_KEY: too short"):
+        load_config(None, {"BACKCHANNEL_API_KEY": "k" * 15})
+    # The documented minimums themselves pass; empty means "made up for this run".
+    config = load_config(
+        None, {"BACKCHANNEL_AUTH_SECRET": "é" * 16, "BACKCHANNEL_API_KEY": "k" * 16}
+    )
+    assert len(config.auth.secret.encode()) == MIN_SECRET_BYTES
+    assert len(config.api.key) == MIN_API_KEY_LENGTH
+    assert load_config(None, {"BACKCHANNEL_API_KEY": ""}).api.key == ""
+
+
+def test_a_bad_broker_url_is_refused_without_showing_it() -> None:
+    url = "hunter2@redis.example:6379"
+    with pytest.raises(InvalidArgument) as caught:
+        load_config(None, {"BACKCHANNEL_BROKER_URL": url})
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("", "memory (this process only)"),
+        ("redis://:hunter2@10.0.0.5:6380/2", "redis 10.0.0.5:6380/2, prefix 'backchannel'"),
+        ("rediss://user:hunter2@[::1]", "rediss [::1]:6379/0, prefix 'backchannel'"),
+        ("unix:///run/redis.sock", "redis /run/redis.sock (unix socket)"),
+    ],
+)
+def test_the_broker_is_described_without_its_password(url: str, shown: str) -> None:
+    assert BrokerConfig(url=url).describe() == shown

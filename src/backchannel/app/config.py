@@ -3,13 +3,16 @@
 Sections and keys are documented in docs/config.md. Every scalar setting ``[section] key``
 can be overridden by the environment variable ``BACKCHANNEL_SECTION_KEY`` (for example
 ``BACKCHANNEL_SERVER_PORT=9000``, ``BACKCHANNEL_API_KEY=...``); channel namespaces are
-set in the file only. Unknown sections and keys are refused, so a typo is an error
-rather than a setting silently ignored.
+set in the file only. Unknown sections, keys and ``BACKCHANNEL_*`` variables are refused,
+and so are values out of range, so a typo is an error rather than a setting silently
+ignored. Each error is an :class:`InvalidArgument` whose message names the setting or
+variable and fits on one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,8 +65,9 @@ class ServerConfig:
     #: Largest body of an HTTP request (API, long-poll send): 1 MiB. 413 past it.
     max_body_size: int = 2**20
     #: Serve the demo chat page at ``/`` and ``POST /demo/token``, which gives anyone a
-    #: token for any user name: for trying backchannel out, never for production.
-    demo: bool = True
+    #: token for any user name signed with the real secret: for trying backchannel out,
+    #: never for production, so off unless asked for (``serve --demo``, ``make serve``).
+    demo: bool = False
 
 
 @dataclass(slots=True)
@@ -94,6 +98,22 @@ class BrokerConfig:
     url: str = ""
     #: Prefix of every key and pub/sub channel: deployments sharing one Redis stay apart.
     prefix: str = "backchannel"
+
+    def describe(self) -> str:
+        """The broker in a few words, for the server's banner: never the password."""
+        if not self.url:
+            return "memory (this process only)"
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            return f"redis {parts.path} (unix socket)"
+        host = parts.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        try:
+            place = f"{host}:{parts.port or 6379}"
+        except ValueError:  # refused by load_config; a Config made in code may have it
+            place = host
+        database = parts.path.strip("/") or "0"
+        return f"{parts.scheme} {place}/{database}, prefix {self.prefix!r}"
 
 
 @dataclass(slots=True)
@@ -451,8 +471,31 @@ _HUB_FIELDS = {
 _CHANNEL_FIELDS = {f.name for f in dataclasses.fields(ChannelOptions)}
 
 
+#: ``BACKCHANNEL_*`` variables that are not settings and must not be refused: the pure
+#: Python switch read at import (docs/design.md, "The accelerator") and the folder of the
+#: test suite's screenshots, which a server started by the tests inherits.
+ENVIRON_ALLOWED = frozenset({"BACKCHANNEL_NO_EXTENSIONS", "BACKCHANNEL_TEST_ARTIFACTS"})
+
+#: Shortest ``auth.secret``, in bytes: an HS256 key must be at least as long as the hash
+#: output, 256 bits (RFC 7518, section 3.2). Not a setting: it only ever protects.
+MIN_SECRET_BYTES = 32
+#: Shortest ``api.key``, in characters: 16 random ones are beyond guessing at any rate
+#: the API allows. Not a setting either.
+MIN_API_KEY_LENGTH = 16
+
+#: Where a setting may lie, beyond its type: (lowest, highest). Other numbers of the
+#: sections must be above zero (a rate, burst, size or timeout of zero or less stops
+#: everything, or nothing), and those of [hub] zero or more; sections with a ``check``
+#: of their own say what theirs may be.
+_RANGES: dict[str, tuple[int, int]] = {"server.port": (0, 65535)}
+_BROKER_SCHEMES = ("redis", "rediss", "unix")
+
+
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """The configuration from a TOML file (or the defaults), then the environment."""
+    """The configuration from a TOML file (or the defaults), then the environment.
+
+    Raises :class:`InvalidArgument`, with a one-line message that names the setting or
+    the variable, for anything it cannot use."""
     config = Config()
     if path is not None:
         try:
@@ -479,12 +522,12 @@ def _apply_file(config: Config, data: dict[str, Any], where: str) -> None:
         if section in _SECTIONS:
             target = getattr(config, section)
             for key, value in values.items():
-                _set(target, key, value, f"{where}: [{section}] {key}")
+                _set(target, section, key, value, f"{where}: [{section}] {key}")
         elif section == "hub":
             for key, value in values.items():
                 if key not in _HUB_FIELDS:
                     raise InvalidArgument(f"{where}: [hub] has no setting {key!r}")
-                config.hub[key] = value
+                _set_hub(config, key, value, f"{where}: [hub] {key}")
         elif section == "channels":
             config.channels = {}
             for name, options in values.items():
@@ -504,17 +547,32 @@ def _apply_file(config: Config, data: dict[str, Any], where: str) -> None:
 
 
 def _apply_environ(config: Config, environ: Mapping[str, str]) -> None:
+    known: set[str] = set()
     for section in _SECTIONS:
         target = getattr(config, section)
         for f in dataclasses.fields(target):
             name = f"BACKCHANNEL_{section}_{f.name}".upper()
+            known.add(name)
             if name in environ:
-                _set(target, f.name, _parse(environ[name], getattr(target, f.name), name), name)
+                value = _parse(environ[name], getattr(target, f.name), name)
+                _set(target, section, f.name, value, name)
     for key in _HUB_FIELDS:
         name = f"BACKCHANNEL_HUB_{key}".upper()
+        known.add(name)
         if name in environ:
-            default = getattr(HubOptions(), key)
-            config.hub[key] = _parse(environ[name], default, name)
+            _set_hub(config, key, _parse(environ[name], getattr(HubOptions(), key), name), name)
+    # A misspelt variable would leave its setting at the default without a word
+    # (BACKCHANNEL_SERVER_PROT=9000 serving on 8000): refuse it, as the file does.
+    for name in sorted(environ):
+        if name.startswith("BACKCHANNEL_") and name not in known | ENVIRON_ALLOWED:
+            # Compared without the prefix that every name shares.
+            suffixes = {known_name[12:]: known_name for known_name in known}
+            close = difflib.get_close_matches(name[12:], sorted(suffixes), n=1, cutoff=0.75)
+            hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+            raise InvalidArgument(
+                f"{name}: no such setting{hint}; rename or unset it "
+                "(docs/config.md lists the variables)"
+            )
 
 
 def _parse(text: str, like: Any, where: str) -> Any:
@@ -538,10 +596,8 @@ def _parse(text: str, like: Any, where: str) -> Any:
         raise InvalidArgument(f"{where}: cannot read {text!r} as {type(like).__name__}") from exc
 
 
-def _set(target: Any, key: str, value: Any, where: str) -> None:
-    if key not in {f.name for f in dataclasses.fields(target)}:
-        raise InvalidArgument(f"{where}: no such setting")
-    like = getattr(target, key)
+def _typed(like: Any, value: Any, where: str) -> Any:
+    """``value`` if it has the type of ``like`` (an int for a float becomes a float)."""
     if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     valid = isinstance(value, type(like)) and (
@@ -551,4 +607,57 @@ def _set(target: Any, key: str, value: Any, where: str) -> None:
         valid = isinstance(value, list) and all(isinstance(item, str) for item in value)
     if not valid:
         raise InvalidArgument(f"{where}: expected {type(like).__name__}, got {value!r}")
+    return value
+
+
+def _set(target: Any, section: str, key: str, value: Any, where: str) -> None:
+    if key not in {f.name for f in dataclasses.fields(target)}:
+        raise InvalidArgument(f"{where}: no such setting")
+    value = _typed(getattr(target, key), value, where)
+    # A section with a check of its own (alerts, where 0 turns a rule off; webhooks;
+    # the proxy; the dashboard) says itself what its numbers may be, after loading.
+    if not hasattr(target, "check"):
+        _check(f"{section}.{key}", value, where)
     setattr(target, key, value)
+
+
+def _set_hub(config: Config, key: str, value: Any, where: str) -> None:
+    value = _typed(getattr(HubOptions(), key), value, where)
+    if isinstance(value, int | float) and value < 0:
+        raise InvalidArgument(f"{where}: must be 0 or more, got {value!r}")
+    config.hub[key] = value
+
+
+def _check(setting: str, value: Any, where: str) -> None:
+    """Refuse a value of the right type that the server cannot use."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        if setting in _RANGES:
+            low, high = _RANGES[setting]
+            if not low <= value <= high:
+                raise InvalidArgument(f"{where}: must be {low} to {high}, got {value!r}")
+        elif not value > 0:
+            raise InvalidArgument(f"{where}: must be more than 0, got {value!r}")
+    elif setting == "auth.secret" and value and len(value.encode()) < MIN_SECRET_BYTES:
+        raise InvalidArgument(
+            f"{where}: too short ({len(value.encode())} bytes); HS256 needs at least "
+            f"{MIN_SECRET_BYTES} random bytes, e.g. from: openssl rand -base64 32"
+        )
+    elif setting == "api.key" and value and len(value) < MIN_API_KEY_LENGTH:
+        raise InvalidArgument(
+            f"{where}: too short ({len(value)} characters); use at least "
+            f"{MIN_API_KEY_LENGTH} random ones, e.g. from: openssl rand -hex 16"
+        )
+    elif setting == "broker.url" and value:
+        parts = urlsplit(value)
+        try:
+            valid = parts.scheme in _BROKER_SCHEMES and (parts.port or 0) >= 0
+        except ValueError:  # a port that is not a number or is out of range
+            valid = False
+        if not valid:
+            # Not the value itself: a Redis URL may carry a password.
+            raise InvalidArgument(
+                f"{where}: not a Redis URL; write redis://HOST:6379/0 "
+                "(or rediss:// for TLS, unix:///path/to/redis.sock)"
+            )

@@ -376,20 +376,33 @@ class App:
                 return hop
         return address
 
-    def banner(self, server: Server) -> list[str]:
-        """What ``backchannel serve`` prints at start."""
-        scheme = "https" if self.config.server.tls_cert else "http"
-        host = self.config.server.host
+    def banner(self, server: Server, *, workers: int = 1) -> list[str]:
+        """What ``backchannel serve`` prints at start: where it listens, the transports
+        that are on, the broker, the demo warning, and the API key if one was made up.
+
+        With ``workers`` above 1 the first line names them instead of the paths: the
+        parent of ``--workers`` prints this once, for all of them."""
+        server_config = self.config.server
+        scheme = "https" if server_config.tls_cert else "http"
+        host = server_config.host
         shown = f"[{host}]" if ":" in host else host
-        lines = [f"backchannel on {scheme}://{shown}:{server.port}/ (hub at /ws and /lp)"]
-        if not self.config.api.key:
-            lines.append(f"HTTP API key (made for this run; set api.key): {self.api_key}")
-        if self.config.server.demo:
+        paths = "/ws and /lp" if server_config.websocket else "/lp"
+        what = f"{workers} workers" if workers > 1 else f"hub at {paths}"
+        lines = [f"backchannel on {scheme}://{shown}:{server.port}/ ({what})"]
+        websocket = "WebSocket at /ws" if server_config.websocket else "WebSocket off"
+        lines.append(
+            f"transports: {websocket}, long polling at /lp; broker: {self.config.broker.describe()}"
+        )
+        if server_config.demo:
             lines.append(
-                "demo mode: /demo/token gives anyone a token; set server.demo = false in production"
+                "demo mode: /demo/token gives anyone a token; never use --demo or "
+                "server.demo = true in production"
             )
         if self.admin is not None:
             lines.append(f"dashboard at {scheme}://{shown}:{server.port}/admin")
+        # Last, so that the parent of --workers, which made the key, can add it.
+        if not self.config.api.key:
+            lines.append(f"HTTP API key (made for this run; set api.key): {self.api_key}")
         return lines
 
 
