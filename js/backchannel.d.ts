@@ -89,7 +89,7 @@ export interface ClientOptions {
    * history reads for one gap at most (default 10); past either it is given up.
    */
   gaps?: { maxHeld?: number; maxReads?: number };
-  /** Keep publishes until acknowledged, sent again after reconnects (off by default). */
+  /** Keep publishes until acknowledged, sent again after reconnects (on by default; false turns it off). */
   outbox?: boolean | OutboxOptions;
 }
 
@@ -384,7 +384,7 @@ export class Client {
   readonly transport: TransportName | null;
   /** When the token expires (Unix seconds). */
   readonly expires: number | null;
-  /** Publishes waiting for their acknowledgement (null without options.outbox). */
+  /** Publishes waiting for their acknowledgement (null with `outbox: false`). */
   readonly outbox: Outbox | null;
 
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;

@@ -59,9 +59,10 @@ const WS_RETRY_AFTER = 5 * 60 * 1000;
  * @property {{maxHeld?: number, maxReads?: number}} [gaps] filling gaps in a channel's
  *   offsets: publications held behind a gap at most (default 1000), history reads for
  *   one gap at most (default 10); past either the gap is given up (onRecoveryFailed)
- * @property {boolean | OutboxOptions} [outbox] keep publishes until acknowledged (off by
- *   default): made while disconnected or unanswered when the connection drops, they are
- *   sent again, with the same idempotency key, once the subscription is back
+ * @property {boolean | OutboxOptions} [outbox] keep publishes until acknowledged (on by
+ *   default; false turns it off): made while disconnected or unanswered when the
+ *   connection drops, they are sent again, with the same idempotency key, once the
+ *   subscription is back
  */
 
 /** @typedef {import("./outbox.js").OutboxOptions} OutboxOptions */
@@ -194,10 +195,10 @@ export class Client {
         return Boolean(doc && doc.visibilityState === "hidden");
       });
     /**
-     * Publishes waiting for their acknowledgement (null without options.outbox).
+     * Publishes waiting for their acknowledgement (null with `outbox: false`).
      * @type {Outbox | null}
      */
-    this.outbox = o.outbox ? new Outbox(o.outbox === true ? {} : o.outbox) : null;
+    this.outbox = o.outbox === false ? null : new Outbox(o.outbox === true || o.outbox === undefined ? {} : o.outbox);
     this._gaps = { maxHeld: o.gaps?.maxHeld ?? MAX_HELD, maxReads: o.gaps?.maxReads ?? MAX_GAP_READS };
     for (const [name, value] of Object.entries(this._gaps)) {
       if (!(Number.isSafeInteger(value) && value >= 1)) throw new TypeError(`options.gaps.${name} is a positive integer`);
