@@ -225,14 +225,15 @@ export class TabGroup {
   stop() {
     if (!this._started) return;
     this._started = false;
-    this._ready = false;
     this._abort?.abort();
     this._abort = null;
     for (const t of [...this._transports]) t.close();
     if (this.host !== null) {
+      // The other tabs hear their connection end (then the next leader's name).
       this.host.stop();
       this.host = null;
     }
+    this._ready = false;
     this.leaderId = null;
     try {
       this._bus?.close();

@@ -158,3 +158,79 @@ test("the leader's tab closes: the follower takes over, connects, and recovers f
   assert.equal(sub.state, "subscribed");
   b.close();
 });
+
+test("a follower's rpc and presence go through the leader; its tab closing leaves the channels only it wanted", async () => {
+  const { world, WS, open } = tabs();
+  const a = open("A");
+  const connectedA = a.connect();
+  await settle();
+  await accept(WS.last());
+  await connectedA;
+  const b = open("B");
+  await b.connect();
+  const ws = WS.last();
+  const sum = b.rpc("sum", [1, 2]);
+  await settle();
+  const rpc = commands(ws, "rpc")[0];
+  assert.deepEqual(rpc.params, { method: "sum", data: [1, 2] });
+  ws.receive(reply(rpc.id, { data: 3 }));
+  assert.equal(await sum, 3);
+
+  const sub = b.subscribe("only-b", {});
+  a.subscribe("both", {});
+  b.subscribe("both", {});
+  await settle();
+  for (const cmd of commands(ws, "subscribe")) ws.receive(reply(cmd.id, {}));
+  await settle();
+  await sub.ready();
+  const who = sub.presence();
+  await settle();
+  ws.receive(reply(commands(ws, "presence")[0].id, { clients: { c1: { client: "c1", user: "u" } } }));
+  assert.deepEqual(await who, { clients: { c1: { client: "c1", user: "u" } } });
+
+  world.kill("B"); // the follower's tab closes, without a word: its lock says so
+  await settle();
+  assert.deepEqual(commands(ws, "unsubscribe").map((c) => c.params.channel), ["only-b"], "the leader's tab still wants 'both'");
+  a.close();
+});
+
+test("a follower's publish in flight when the leader goes is sent again, with its key, to the new leader", async () => {
+  const { world, clock, WS, open } = tabs();
+  const a = open("A");
+  const connectedA = a.connect();
+  await settle();
+  await accept(WS.last());
+  await connectedA;
+  const b = open("B");
+  const c = open("C");
+  await b.connect();
+  await c.connect();
+  const sub = c.subscribe("chat", {});
+  const ws1 = WS.last();
+  await settle();
+  ws1.receive(reply(commands(ws1, "subscribe")[0].id, {}));
+  await settle();
+  const published = sub.publish("hello");
+  await settle();
+  const first = commands(ws1, "publish")[0];
+  assert.equal(typeof first.params.idempotency_key, "string");
+
+  world.kill("A"); // unanswered: the leader's tab closed
+  await settle();
+  const leaders = [b.leader, c.leader];
+  assert.deepEqual(leaders.sort(), [false, true], "one tab took over");
+  const ws2 = WS.last();
+  assert.notEqual(ws2, ws1);
+  await accept(ws2, "c2");
+  await clock.advance(1000);
+  await settle();
+  ws2.receive(reply(commands(ws2, "subscribe")[0].id, {}));
+  await settle();
+  const again = commands(ws2, "publish")[0];
+  assert.deepEqual(again.params, first.params, "the same publish, with the same key");
+  ws2.receive(reply(again.id, { offset: 0, duplicate: true }));
+  assert.deepEqual(await published, { offset: 0, duplicate: true });
+  assert.equal(c.outbox.size, 0);
+  b.close();
+  c.close();
+});
