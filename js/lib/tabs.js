@@ -13,6 +13,12 @@ import { errorMessage, isObject } from "./wire.js";
 /** @typedef {import("./client.js").Client} Client */
 /** @typedef {import("./subscription.js").Subscription} Subscription */
 
+/**
+ * A real subscription's part in the host: the subscription, the error that refused it,
+ * and whether it still has to be announced to the clients (one the server made).
+ * @typedef {{sub: Subscription | null, refused: any, announce: boolean}} SubHolder
+ */
+
 /** The transport name a tab-shared client reports (`client.transport`). */
 export const TAB_TRANSPORT = "tab";
 
@@ -440,6 +446,7 @@ export class TabHost {
     });
     // The real connection's token and errors are the application's to hear, in the
     // leader tab (the other tabs have no token to refresh).
+    real.on("subscription", (/** @type {Subscription} */ sub) => this._onServerSubscription(sub));
     real.on("token", (/** @type {any} */ info) => app._emit("token", info));
     real.on("error", (/** @type {any} */ err) => app._emit("error", err));
     this._group.post({ t: "leader", leader: this.id });
@@ -543,7 +550,12 @@ export class TabHost {
     const result = {};
     if (real.clientId !== null) result.client = real.clientId;
     if (real.user !== null) result.user = real.user;
-    for (const [conn, id] of pending) this._reply(conn, id, result);
+    for (const [conn, id] of pending) {
+      this._reply(conn, id, result);
+      for (const sub of this._subs.values()) {
+        if (sub.server && sub.state === "subscribed") this._announce(conn, sub.channel, sub);
+      }
+    }
   }
 
   /** The real connection ended: so do the clients' (they resubscribe from their positions). */
@@ -569,40 +581,23 @@ export class TabHost {
     const channel = params.channel;
     this._counts.add(channel, conn);
     let sub = this._subs.get(channel);
-    /** @type {any} */
-    let refused = null;
+    /** @type {SubHolder} */
+    const holder = { sub: null, refused: null, announce: false };
     if (sub === undefined) {
-      /** @type {Record<string, any>} */
-      const options = {
-        onPublication: (/** @type {any} */ pub) => this._fan(channel, { push: "publication", ...pub }),
-        onJoin: (/** @type {any} */ ctx) => this._fan(channel, { push: "join", channel, info: ctx.info }),
-        onLeave: (/** @type {any} */ ctx) => this._fan(channel, { push: "leave", channel, info: ctx.info }),
-        onSubscribed: (/** @type {any} */ ctx) => {
-          this._subscribedAt.set(channel, { epoch: ctx.epoch, offset: ctx.offset });
-        },
-        onError: (/** @type {any} */ err) => {
-          refused = err;
-        },
-        onUnsubscribe: (/** @type {{code: number, reason: string}} */ ctx) => {
-          if (ctx.code === 0 || this._subs.get(channel) !== sub) return; // we left it
-          this._subs.delete(channel);
-          this._subscribedAt.delete(channel);
-          const conns = this._counts.removeChannel(channel);
-          this._send(conns, { push: "unsubscribe", channel, code: ctx.code, reason: ctx.reason });
-        },
-      };
+      const options = this._callbacks(channel, holder);
       if (typeof params.token === "string") options.token = params.token;
-      sub = this.real.subscribe(channel, options);
+      sub = holder.sub = this.real.subscribe(channel, options);
       this._subs.set(channel, sub);
     }
     const mine = /** @type {Subscription} */ (sub);
+    const refusal = () => holder.refused;
     // Where this client's publications start: the position now if subscribed, else the
     // one the subscribe brings (publications sent to it from then on come after).
     const now = mine.state === "subscribed" ? { epoch: mine.epoch, offset: mine.offset } : null;
     try {
       await mine.ready();
     } catch (err) {
-      this._replyError(conn, id, refused ?? err);
+      this._replyError(conn, id, refusal() ?? err);
       return;
     }
     if (!this._counts.has(channel, conn)) return; // left meanwhile
@@ -621,6 +616,66 @@ export class TabHost {
     } catch (err) {
       this._replyError(conn, id, err);
     }
+  }
+
+  /**
+   * The real subscription's callbacks: what it gets goes to the clients that want it.
+   * @param {string} channel
+   * @param {SubHolder} holder
+   * @returns {Record<string, any>}
+   */
+  _callbacks(channel, holder) {
+    return {
+      onPublication: (/** @type {any} */ pub) => this._fan(channel, { push: "publication", ...pub }),
+      onJoin: (/** @type {any} */ ctx) => this._fan(channel, { push: "join", channel, info: ctx.info }),
+      onLeave: (/** @type {any} */ ctx) => this._fan(channel, { push: "leave", channel, info: ctx.info }),
+      onSubscribed: (/** @type {any} */ ctx) => {
+        this._subscribedAt.set(channel, { epoch: ctx.epoch, offset: ctx.offset });
+        if (holder.announce) {
+          // The server subscribed the connection: every client is, from this position.
+          holder.announce = false;
+          for (const conn of this._connected()) this._announce(conn, channel, ctx);
+        }
+      },
+      onError: (/** @type {any} */ err) => {
+        holder.refused = err;
+      },
+      onUnsubscribe: (/** @type {{code: number, reason: string}} */ ctx) => {
+        if (ctx.code === 0 || this._subs.get(channel) !== holder.sub) return; // we left it
+        this._subs.delete(channel);
+        this._subscribedAt.delete(channel);
+        const conns = this._counts.removeChannel(channel);
+        this._send(conns, { push: "unsubscribe", channel, code: ctx.code, reason: ctx.reason });
+      },
+    };
+  }
+
+  /** A subscription the server made (a `subscribe` push): the clients get it too. @param {Subscription} sub */
+  _onServerSubscription(sub) {
+    if (this._subs.has(sub.channel)) return;
+    /** @type {SubHolder} */
+    const holder = { sub, refused: null, announce: true };
+    sub.setCallbacks(this._callbacks(sub.channel, holder));
+    this._subs.set(sub.channel, sub);
+  }
+
+  /**
+   * Tells a client the server subscribed it.
+   * @param {string} conn
+   * @param {string} channel
+   * @param {{epoch: string | null, offset: number | null}} at
+   */
+  _announce(conn, channel, at) {
+    this._counts.add(channel, conn);
+    /** @type {Record<string, any>} */
+    const push = { push: "subscribe", channel };
+    if (at.epoch !== null && at.offset !== null) Object.assign(push, { epoch: at.epoch, offset: at.offset });
+    this._send([conn], push);
+  }
+
+  /** The clients whose connect was answered. */
+  _connected() {
+    return [...this._conns.keys()].filter((conn) => !this._pending.has(conn));
   }
 
   /**

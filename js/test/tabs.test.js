@@ -234,3 +234,47 @@ test("a follower's publish in flight when the leader goes is sent again, with it
   b.close();
   c.close();
 });
+
+test("a subscription the server makes reaches every tab's client, as its `subscription` event", async () => {
+  const { WS, open } = tabs();
+  const a = open("A");
+  const connectedA = a.connect();
+  await settle();
+  await accept(WS.last());
+  await connectedA;
+  const b = open("B");
+  await b.connect();
+  const got = { a: [], b: [] };
+  for (const [name, client] of [["a", a], ["b", b]]) {
+    client.on("subscription", (sub) => sub.setCallbacks({ onPublication: (p) => got[name].push([sub.channel, p.offset]) }));
+  }
+  const ws = WS.last();
+  ws.receive(JSON.stringify({ push: "subscribe", channel: "srv", epoch: "E", offset: 3 }) + "\n" + publication("srv", "x", 4, "E"));
+  await settle();
+  assert.deepEqual(got, { a: [["srv", 4]], b: [["srv", 4]] });
+  assert.equal(b.getSubscription("srv").server, true);
+  assert.equal(b.getSubscription("srv").offset, 4);
+  b.getSubscription("srv").unsubscribe();
+  a.getSubscription("srv").unsubscribe();
+  await settle();
+  assert.deepEqual(commands(ws, "unsubscribe").map((c) => c.params.channel), ["srv"], "left once no tab wants it");
+  a.close();
+  b.close();
+});
+
+test("closing the leader's client hands the connection to another tab", async () => {
+  const { WS, open } = tabs();
+  const a = open("A");
+  const connectedA = a.connect();
+  await settle();
+  await accept(WS.last());
+  await connectedA;
+  const b = open("B");
+  await b.connect();
+  a.close();
+  await settle();
+  assert.equal(WS.instances[0].readyState, 3, "the leader's connection is closed");
+  assert.equal(b.leader, true);
+  assert.equal(WS.instances.length, 2);
+  b.close();
+});
