@@ -89,9 +89,42 @@ export interface ClientOptions {
    * history reads for one gap at most (default 10); past either it is given up.
    */
   gaps?: { maxHeld?: number; maxReads?: number };
-  /** Keep publishes until acknowledged, sent again after reconnects (off by default). */
+  /** Keep publishes until acknowledged, sent again after reconnects (on by default; false turns it off). */
   outbox?: boolean | OutboxOptions;
+  /**
+   * One connection for all the tabs of the origin (off by default): the tab holding a
+   * Web Lock connects, the other tabs' clients go through it, with the same API; when
+   * it closes another tab takes over and every subscription recovers.
+   */
+  shareTabs?: boolean | ShareTabsOptions;
 }
+
+export interface ShareTabsOptions {
+  /** Tabs share when their clients have the same hub URL and name; default "". */
+  name?: string;
+  /** Default navigator.locks. */
+  locks?: { request(name: string, options: { signal?: AbortSignal }, fn: () => Promise<void> | void): Promise<void> };
+  /** Default globalThis.BroadcastChannel. */
+  BroadcastChannel?: any;
+}
+
+/** Which tabs' connections want which channels (shareTabs' leader). */
+export class ChannelCounts {
+  /** True when it is the first to want the channel. */
+  add(channel: string, conn: string): boolean;
+  /** True when no connection wants the channel now. */
+  remove(channel: string, conn: string): boolean;
+  /** The channels no connection wants once this one went. */
+  removeConn(conn: string): string[];
+  /** Who wanted a channel the hub ended. */
+  removeChannel(channel: string): string[];
+  has(channel: string, conn: string): boolean;
+  conns(channel: string): string[];
+  channels(): string[];
+}
+
+/** `client.transport` of a client that goes through the leader tab. */
+export const TAB_TRANSPORT: "tab";
 
 /** What happens to a publish when the outbox is full. */
 export type OutboxPolicy = "reject-new" | "drop-oldest";
@@ -384,8 +417,10 @@ export class Client {
   readonly transport: TransportName | null;
   /** When the token expires (Unix seconds). */
   readonly expires: number | null;
-  /** Publishes waiting for their acknowledgement (null without options.outbox). */
+  /** Publishes waiting for their acknowledgement (null with `outbox: false`). */
   readonly outbox: Outbox | null;
+  /** With shareTabs: whether this tab holds the shared connection (null without). */
+  readonly leader: boolean | null;
 
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;

@@ -9,6 +9,7 @@
 //   lib/subscription.js  a channel's subscription, in order, gaps filled (Sequencer)
 //   lib/presence.js      presence kept up to date from joins and leaves (pure)
 //   lib/outbox.js        publishes kept until acknowledged (pure)
+//   lib/tabs.js          one connection for all the tabs of an origin (shareTabs)
 
 export { BackchannelError, DisconnectCode, ErrorCode, MAX_BATCH, MAX_DEPTH, PROTOCOL_VERSION, shouldReconnect } from "./lib/codes.js";
 export { decodeFrame, decodeLine, encodeCommand, encodeFrame } from "./lib/wire.js";
@@ -23,3 +24,4 @@ export { Client } from "./lib/client.js";
 export { MAX_GAP_READS, MAX_HELD, Sequencer, Subscription } from "./lib/subscription.js";
 export { applyPresence, presenceUsers } from "./lib/presence.js";
 export { OUTBOX_MAX, Outbox, newKey } from "./lib/outbox.js";
+export { ChannelCounts, TAB_TRANSPORT } from "./lib/tabs.js";

@@ -4,6 +4,7 @@
 
 import { BackchannelError, DisconnectCode, ErrorCode, MAX_BATCH, PROTOCOL_VERSION, shouldReconnect } from "./codes.js";
 import { Outbox, newKey } from "./outbox.js";
+import { TAB_TRANSPORT, TabGroup, canShareTabs } from "./tabs.js";
 import { MAX_GAP_READS, MAX_HELD, Subscription } from "./subscription.js";
 import { defaultLongPollUrl, resetTransportMemory, transportKind, transportMemory } from "./transports.js";
 import { decodeLine, encodeCommand, encodeFrame, errorMessage, noop, prepareCommand, withId } from "./wire.js";
@@ -59,12 +60,18 @@ const WS_RETRY_AFTER = 5 * 60 * 1000;
  * @property {{maxHeld?: number, maxReads?: number}} [gaps] filling gaps in a channel's
  *   offsets: publications held behind a gap at most (default 1000), history reads for
  *   one gap at most (default 10); past either the gap is given up (onRecoveryFailed)
- * @property {boolean | OutboxOptions} [outbox] keep publishes until acknowledged (off by
- *   default): made while disconnected or unanswered when the connection drops, they are
- *   sent again, with the same idempotency key, once the subscription is back
+ * @property {boolean | ShareTabsOptions} [shareTabs] one connection for all the tabs of the
+ *   origin (off by default): the tab that holds a Web Lock connects, the others' clients
+ *   go through it (same API); when it closes another tab takes over and every
+ *   subscription recovers. Without Web Locks or BroadcastChannel, a client of its own.
+ * @property {boolean | OutboxOptions} [outbox] keep publishes until acknowledged (on by
+ *   default; false turns it off): made while disconnected or unanswered when the
+ *   connection drops, they are sent again, with the same idempotency key, once the
+ *   subscription is back
  */
 
 /** @typedef {import("./outbox.js").OutboxOptions} OutboxOptions */
+/** @typedef {import("./tabs.js").ShareTabsOptions} ShareTabsOptions */
 /** @typedef {import("./outbox.js").OutboxEntry} OutboxEntry */
 /** @typedef {import("./subscription.js").Publication} Publication */
 /** @typedef {import("./wire.js").ClientInfo} ClientInfo */
@@ -194,10 +201,10 @@ export class Client {
         return Boolean(doc && doc.visibilityState === "hidden");
       });
     /**
-     * Publishes waiting for their acknowledgement (null without options.outbox).
+     * Publishes waiting for their acknowledgement (null with `outbox: false`).
      * @type {Outbox | null}
      */
-    this.outbox = o.outbox ? new Outbox(o.outbox === true ? {} : o.outbox) : null;
+    this.outbox = o.outbox === false ? null : new Outbox(o.outbox === true || o.outbox === undefined ? {} : o.outbox);
     this._gaps = { maxHeld: o.gaps?.maxHeld ?? MAX_HELD, maxReads: o.gaps?.maxReads ?? MAX_GAP_READS };
     for (const [name, value] of Object.entries(this._gaps)) {
       if (!(Number.isSafeInteger(value) && value >= 1)) throw new TypeError(`options.gaps.${name} is a positive integer`);
@@ -265,6 +272,27 @@ export class Client {
     this._connectResolve = null;
     /** @type {((e: any) => void) | null} */
     this._connectReject = null;
+
+    /** With shareTabs: this tab's part in the group (its client talks to the leader). @type {TabGroup | null} */
+    this._tabs = null;
+    const share = o.shareTabs === true ? {} : o.shareTabs || null;
+    if (share !== null && canShareTabs(share)) {
+      // The leader's real connection has the token; this client's goes to the leader.
+      const { shareTabs: _, outbox: __, ...realOptions } = o;
+      this._tabs = new TabGroup(`${url}#${share.name ?? ""}`, share, this, () => new Client(url, { ...realOptions, outbox: false }));
+      this._transports = [TAB_TRANSPORT];
+      this._token = null;
+      this._getToken = null;
+    }
+  }
+
+  /**
+   * With shareTabs: whether this tab holds the connection the tabs share (null without
+   * shareTabs, or where tabs cannot share).
+   * @returns {boolean | null}
+   */
+  get leader() {
+    return this._tabs === null ? null : this._tabs.leader;
   }
 
   // Events.
@@ -357,6 +385,7 @@ export class Client {
       this._connectPromise.catch(noop);
     }
     const promise = this._connectPromise;
+    this._tabs?.start();
     this._listenLifecycle(true);
     if (this.state !== "connecting") {
       this._active = true;
@@ -479,10 +508,10 @@ export class Client {
         if (gen === this._gen) this._onTransportClose(info);
       },
     };
-    const transport = /** @type {import("./transports.js").TransportKind} */ (transportKind(name)).create(
-      this._transportContext(),
-      handlers,
-    );
+    const transport =
+      this._tabs !== null
+        ? this._tabs.transport(handlers)
+        : /** @type {import("./transports.js").TransportKind} */ (transportKind(name)).create(this._transportContext(), handlers);
     this._transportObj = transport;
     this._openedName = name;
     this._gotMessage = false;
@@ -902,6 +931,8 @@ export class Client {
     }
     this._setState("closed");
     this._settleConnect(err);
+    // A leader hands the connection over to another tab.
+    this._tabs?.stop();
   }
 
   // The page's lifecycle: back online, back in the foreground.
@@ -960,6 +991,9 @@ export class Client {
   }
 
   _armHeartbeat() {
+    // Through the leader tab: no network between, and a leader that goes is known by
+    // its lock passing to another tab.
+    if (this.transport === TAB_TRANSPORT) return;
     const interval = this._heartbeatInterval();
     this._hbDue = this._now() + interval;
     this._clearTimeout(this._hbTimer);

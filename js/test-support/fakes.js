@@ -221,3 +221,112 @@ export function publication(channel, data, offset, epoch) {
 export function disconnectPush(code, reason, reconnect) {
   return JSON.stringify({ push: "disconnect", code, reason, reconnect });
 }
+
+/**
+ * Tabs of one origin, for a shared connection: each tab gets a Web Locks manager and a
+ * BroadcastChannel class; kill(tab) is the tab closing (its locks go to the next
+ * waiting, its channels hear nothing more). Messages are delivered in order, a turn later.
+ */
+export class TabWorld {
+  constructor() {
+    /** @type {Set<any>} */
+    this._channels = new Set();
+    /** @type {Map<string, {tab: string}>} */
+    this._held = new Map();
+    /** @type {Map<string, Array<any>>} */
+    this._queue = new Map();
+    this._dead = new Set();
+  }
+
+  /** The Web Locks and BroadcastChannel of a tab. @param {string} tab */
+  tab(tab) {
+    const world = this;
+    class FakeBroadcastChannel {
+      constructor(name) {
+        this.name = name;
+        this.tab = tab;
+        this.onmessage = null;
+        this.closed = false;
+        world._channels.add(this);
+      }
+      postMessage(msg) {
+        if (this.closed) throw new Error("closed");
+        for (const other of world._channels) {
+          if (other === this || other.name !== this.name) continue;
+          const copy = structuredClone(msg);
+          setImmediate(() => {
+            if (!other.closed) other.onmessage?.({ data: copy });
+          });
+        }
+      }
+      close() {
+        this.closed = true;
+        world._channels.delete(this);
+      }
+    }
+    const locks = {
+      request: (name, options, fn) =>
+        new Promise((resolve, reject) => {
+          if (world._dead.has(tab)) return;
+          const req = { tab, fn, resolve, reject };
+          const q = world._queue.get(name) ?? [];
+          world._queue.set(name, q);
+          q.push(req);
+          options.signal?.addEventListener("abort", () => {
+            const i = q.indexOf(req);
+            if (i >= 0) {
+              q.splice(i, 1);
+              reject(new Error("AbortError"));
+            }
+          });
+          queueMicrotask(() => world._grant(name));
+        }),
+    };
+    return { locks, BroadcastChannel: FakeBroadcastChannel };
+  }
+
+  /** @param {string} name */
+  _grant(name) {
+    if (this._held.has(name)) return;
+    const q = this._queue.get(name) ?? [];
+    const req = q.shift();
+    if (!req) return;
+    const holder = { tab: req.tab };
+    this._held.set(name, holder);
+    Promise.resolve()
+      .then(() => req.fn())
+      .then(
+        (v) => {
+          if (this._held.get(name) !== holder) return;
+          this._held.delete(name);
+          req.resolve(v);
+          this._grant(name);
+        },
+        (e) => {
+          if (this._held.get(name) !== holder) return;
+          this._held.delete(name);
+          req.reject(e);
+          this._grant(name);
+        },
+      );
+  }
+
+  /** Who holds a lock. @param {string} name */
+  holder(name) {
+    return this._held.get(name)?.tab ?? null;
+  }
+
+  /** The tab closes. @param {string} tab */
+  kill(tab) {
+    this._dead.add(tab);
+    for (const ch of [...this._channels]) if (ch.tab === tab) ch.close();
+    for (const q of this._queue.values()) {
+      for (let i = q.length - 1; i >= 0; i--) if (q[i].tab === tab) q.splice(i, 1);
+    }
+    for (const [name, h] of [...this._held]) {
+      if (h.tab !== tab) continue;
+      this._held.delete(name);
+      this._grant(name);
+    }
+  }
+}

@@ -18,7 +18,10 @@ const client = new Client("wss://example.com/ws", {
   getToken: async () => "token",
   outbox: { max: 50, policy: "drop-oldest", storage: globalThis.localStorage ?? null },
   transports: ["websocket", "longpoll"],
+  shareTabs: { name: "app" },
 });
+const leads: boolean | null = client.leader;
+console.log(leads);
 client.on("outbox", (fate: PublishFate) => {
   if (fate.status === "refused") console.log(fate.error?.code, fate.key);
 });

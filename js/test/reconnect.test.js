@@ -134,24 +134,50 @@ test("a first subscribe with `since` recovers from that position; early publicat
   ctx.client.close();
 });
 
-test("commands in flight are rejected when the connection drops; waiting ones go after the resubscribe", async () => {
+test("commands in flight are rejected when the connection drops; publishes are kept (the outbox, on by default) and go again with their key after the resubscribe", async () => {
   const ctx = setup();
   const ws = await connectWebSocket(ctx);
   const sub = ctx.client.subscribe("s");
   await answerSubscribe(ws, "s", {});
   const inflight = sub.publish("lost?", { idempotencyKey: "k1" });
+  const call = ctx.client.rpc("lost too");
   await flush();
+  assert.deepEqual(ws.lastCommand("publish").params, { channel: "s", data: "lost?", idempotency_key: "k1" });
   ws.serverClose(1006);
-  await assert.rejects(inflight, (e) => e.code === ErrorCode.CONNECTION_LOST && e.temporary === true);
+  await assert.rejects(call, (e) => e.code === ErrorCode.CONNECTION_LOST && e.temporary === true);
   const later = sub.publish("later");
+  assert.equal(ctx.client.outbox.size, 2, "both publishes wait in the outbox");
   await ctx.clock.next();
   const ws2 = await acceptWebSocket(ctx);
   assert.equal(ws2.lastCommand("publish"), undefined, "waits for the subscription");
   await answerSubscribe(ws2, "s", {});
-  const pub = ws2.lastCommand("publish");
-  assert.deepEqual(pub.params, { channel: "s", data: "later" });
-  ws2.receive(reply(pub.id, { offset: 0 }));
-  assert.deepEqual(await later, { offset: 0 });
+  const sent = ws2.commands().filter((c) => c.method === "publish");
+  assert.deepEqual(
+    sent.map((c) => c.params.data),
+    ["lost?", "later"],
+    "the one in flight goes again, then the new one, in publish order",
+  );
+  assert.equal(sent[0].params.idempotency_key, "k1", "again with the same key: the hub counts it once");
+  assert.equal(typeof sent[1].params.idempotency_key, "string", "a publish without a key is given one");
+  assert.ok(sent[1].params.idempotency_key.length > 0);
+  ws2.receive(reply(sent[0].id, { offset: 1, duplicate: true }) + "\n" + reply(sent[1].id, { offset: 2 }));
+  assert.deepEqual(await inflight, { offset: 1, duplicate: true });
+  assert.deepEqual(await later, { offset: 2 });
+  assert.equal(ctx.client.outbox.size, 0);
+  ctx.client.close();
+});
+
+test("with outbox: false a publish is one command: rejected with CONNECTION_LOST when the connection drops", async () => {
+  const ctx = setup({ outbox: false });
+  assert.equal(ctx.client.outbox, null);
+  const ws = await connectWebSocket(ctx);
+  const sub = ctx.client.subscribe("s");
+  await answerSubscribe(ws, "s", {});
+  const inflight = sub.publish("lost?");
+  await flush();
+  assert.deepEqual(ws.lastCommand("publish").params, { channel: "s", data: "lost?" }, "no key without the outbox");
+  ws.serverClose(1006);
+  await assert.rejects(inflight, (e) => e.code === ErrorCode.CONNECTION_LOST && e.temporary === true);
   ctx.client.close();
 });
 

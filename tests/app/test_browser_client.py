@@ -5,6 +5,7 @@ page's liveness. The demo page's own tests are in test_browser.py (its fixtures 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -261,3 +262,98 @@ async def test_a_hidden_page_is_not_timed_out_and_probes_when_visible(browser: B
         assert code == 104
         assert await page.evaluate("window.events") == ["connecting", "connected"]
         assert await page.evaluate("window.client.clientId === window.firstId")
+
+
+async def shared_tab(page: Page, user: str) -> None:
+    """A tab-sharing client of the page's own (``window.client``), connected, counting
+    the WebSockets the page opens (``window.opened``) and the numbered publications of
+    ``feed:tabs`` it is given (``window.got``)."""
+    await page.evaluate(
+        """async (user) => {
+            const { Client } = await import("/js/backchannel.js");
+            const res = await fetch("/demo/token", {method: "POST",
+                headers: {"Content-Type": "application/json"},
+                body: JSON.stringify({user})});
+            const { token } = await res.json();
+            window.opened = 0;
+            class Counting extends WebSocket {
+                constructor(...args) { super(...args); window.opened++; }
+            }
+            window.got = [];
+            window.others = [];
+            const client = new Client(`ws://${location.host}/ws`, {token,
+                transports: ["websocket"], WebSocket: Counting, shareTabs: true});
+            window.client = client;
+            // How much had arrived when the connection to the leader was lost.
+            window.atLost = null;
+            client.on("disconnect", () => { window.atLost ??= window.got.length; });
+            await client.connect();
+            window.feed = client.subscribe("feed:tabs", {
+                onPublication: (pub) => typeof pub.data.n === "number"
+                    ? window.got.push(pub.data.n) : window.others.push(pub.data),
+            });
+            await window.feed.ready();
+        }""",
+        user,
+    )
+
+
+@browser_only
+async def test_two_tabs_share_one_connection_and_the_follower_misses_nothing_when_the_leader_closes(
+    browser: Browser,
+) -> None:
+    config = make_config()
+    config.channels["feed"] = ChannelOptions(history_size=1_000)
+    count = 120
+    async with running(config) as (app, port):
+        context = await browser.new_context()
+        try:
+            leader = await context.new_page()
+            await leader.goto(f"http://127.0.0.1:{port}/")
+            await shared_tab(leader, "tess")
+            follower = await context.new_page()
+            await follower.goto(f"http://127.0.0.1:{port}/")
+            await shared_tab(follower, "tess")
+            assert await leader.evaluate("window.client.leader") is True
+            assert await follower.evaluate("window.client.leader") is False
+            # One WebSocket for the two tabs, one session on the server.
+            assert await leader.evaluate("window.opened") == 1
+            assert await follower.evaluate("window.opened") == 0
+            assert app.hub.statistics().sessions == 1
+            # The follower publishes through the leader's connection; both tabs see it.
+            result = await follower.evaluate("window.feed.publish({text: 'via the leader'})")
+            assert result["offset"] == 1
+            for page in (leader, follower):
+                await page.wait_for_function("() => window.others.length === 1", timeout=WAIT_MS)
+
+            # A backend publishes numbered messages; the leader's tab closes meanwhile.
+            for n in range(count // 4):
+                await publish(port, "feed:tabs", {"n": n})
+            await follower.wait_for_function(
+                f"() => window.got.length === {count // 4}", timeout=WAIT_MS
+            )
+            closing = asyncio.create_task(leader.close(run_before_unload=False))
+            for n in range(count // 4, count // 2):
+                await publish(port, "feed:tabs", {"n": n})
+            await closing
+            for n in range(count // 2, count):  # the leader is gone: none reach it
+                await publish(port, "feed:tabs", {"n": n})
+            # The follower took over: it connected (its first WebSocket) and recovered.
+            await follower.wait_for_function(
+                f"() => window.got.length >= {count} && window.client.leader === true",
+                timeout=WAIT_MS,
+            )
+            assert await follower.evaluate("window.got") == list(range(count))
+            # It lost its leader before it had them: the rest came by the new leader.
+            assert await follower.evaluate("window.atLost") <= count // 2
+            assert await follower.evaluate("window.others") == [{"text": "via the leader"}]
+            assert await follower.evaluate("window.opened") == 1
+            assert await follower.evaluate("window.client.state") == "connected"
+            # Publishing works from the new leader, still once.
+            await follower.evaluate("(n) => window.feed.publish({n})", count)
+            await follower.wait_for_function(
+                f"() => window.got.length === {count + 1}", timeout=WAIT_MS
+            )
+            assert await follower.evaluate("window.got") == list(range(count + 1))
+        finally:
+            await context.close()
