@@ -386,6 +386,9 @@ export class Client {
   readonly expires: number | null;
   /** Publishes waiting for their acknowledgement (null without options.outbox). */
   readonly outbox: Outbox | null;
+  /** When the next reconnect attempt is due (ms, options.now's clock) while the client
+   * waits out its backoff, else null. */
+  readonly reconnectAt: number | null;
 
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
