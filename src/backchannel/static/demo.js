@@ -78,7 +78,9 @@ async function login(name) {
 }
 
 function showStatus() {
-  const status = $("status"), state = client.state;
+  const status = $("status");
+  // A disconnect is told before the state changes: no transport means not connected.
+  const state = client.state === "connected" && !client.transport ? "disconnected" : client.state;
   clearTimeout(statusTimer);
   status.dataset.state = state;
   status.dataset.transport = client.transport || "";
@@ -88,7 +90,7 @@ function showStatus() {
   else if (state === "connecting") status.textContent = lastDrop ? `reconnecting…${why}` : "connecting…";
   else if (state === "disconnected" && at !== null) {
     const left = at - Date.now(); // reconnectAt is on Date.now()'s clock (the default now)
-    status.textContent = `reconnecting in ${Math.max(0, Math.ceil(left / 1000))} s${why}`;
+    status.textContent = left > 0 ? `reconnecting in ${Math.ceil(left / 1000)} s${why}` : `reconnecting…${why}`;
     if (left > 0) statusTimer = setTimeout(showStatus, left % 1000 || 1000); // the next whole second
   } else status.textContent = `disconnected${why}`;
   status.title = lastDrop ? `${lastDrop.code} ${lastDrop.reason}` : "";
