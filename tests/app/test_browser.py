@@ -340,7 +340,7 @@ STATUS_LOG = """() => {
 
 
 async def test_a_restarted_server_shows_reconnecting_pending_then_sent_grey_presence_lost_history(
-    browser: Browser,
+    browser: Browser, artifacts: Path
 ) -> None:
     async with running() as (_, port):
         jack = await open_chat(browser, port, "jack", "websocket")
@@ -367,6 +367,7 @@ async def test_a_restarted_server_shows_reconnecting_pending_then_sent_grey_pres
         "typed while down 2",
     ]
     assert await pending.locator(".sending").all_inner_texts() == ["sending…", "sending…"]
+    await jack.screenshot(path=artifacts / "chat-reconnecting.png")  # for a human to look at
 
     # The same port again, a new in-memory hub: the old stream (its epoch) is gone.
     async with running(make_config(port=port)):
