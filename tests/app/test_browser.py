@@ -327,6 +327,12 @@ async def test_a_message_clears_its_authors_typing_notice_and_shows_when_it_was_
     # Stamped by the sender's page when sent, shown as hours and minutes.
     assert before <= found["at"] <= after, (before, found, after)
     assert re.fullmatch(r"\d{1,2}:\d{2}( [AP]M)?", found["shown"]), found
+    # A time no Date can hold (anyone may publish anything) is replaced by the arrival's.
+    await publish(port, "chat:lobby", {"text": "odd clock", "at": 1e300})
+    await shown(ivan, "odd clock")
+    odd = ivan.locator("#messages li.message", has_text="odd clock").locator("time")
+    stamped = await ivan.evaluate("(t) => Date.parse(t)", await odd.get_attribute("datetime"))
+    assert after <= stamped <= await ivan.evaluate("Date.now()")
 
 
 STATUS_LOG = """() => {

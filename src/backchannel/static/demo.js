@@ -196,6 +196,9 @@ function setEpoch(v, epoch) {
   if (typeof epoch === "string") v.epoch = epoch;
 }
 
+// Anyone may publish any "at": only a time a Date can hold (else toISOString throws).
+const isTime = (at) => Number.isFinite(at) && Math.abs(at) <= 8.64e15;
+
 function timeOf(at) {
   const time = el("time", "", new Date(at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
   time.dateTime = new Date(at).toISOString();
@@ -230,7 +233,7 @@ function addMessage(v, pub, live = false) {
   const author = typeof pub.info?.user === "string" ? pub.info.user : "server";
   const data = pub.data && typeof pub.data === "object" ? pub.data : { text: pub.data };
   // The page that sent it stamped it (its clock); a backend's message is stamped on arrival.
-  const at = Number.isFinite(data.at) ? data.at : live ? Date.now() : null;
+  const at = isTime(data.at) ? data.at : live ? Date.now() : null;
   const li = el("li", author === me ? "message mine" : "message");
   li.dataset.offset = String(offset);
   li.dataset.epoch = epoch;
@@ -249,7 +252,7 @@ function addPending(key, data) {
   if (list.querySelector(`li.pending[data-key="${CSS.escape(key)}"]`)) return;
   const li = el("li", "message mine pending");
   li.dataset.key = key;
-  if (Number.isFinite(data?.at)) li.append(timeOf(data.at));
+  if (isTime(data?.at)) li.append(timeOf(data.at));
   li.append(el("span", "author", me), el("span", "text", String(data?.text ?? "")), el("span", "sending", "sending…"));
   scrolled(list, () => list.append(li));
 }
