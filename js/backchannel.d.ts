@@ -421,6 +421,9 @@ export class Client {
   readonly outbox: Outbox | null;
   /** With shareTabs: whether this tab holds the shared connection (null without). */
   readonly leader: boolean | null;
+  /** When the next reconnect attempt is due (ms, options.now's clock) while the client
+   * waits out its backoff, else null. */
+  readonly reconnectAt: number | null;
 
   on<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;
   off<E extends keyof ClientEvents>(event: E, fn: ClientEvents[E]): this;

@@ -245,6 +245,12 @@ export class Client {
     this._connectRetried = false;
     this._tokenStale = false;
     this._attempt = 0;
+    /**
+     * When the next reconnect attempt is due (ms, on options.now's clock) while waiting
+     * out the backoff, else null: a page can show "reconnecting in N s".
+     * @type {number | null}
+     */
+    this.reconnectAt = null;
     /** @type {Map<number, PendingCall>} */
     this._inflight = new Map();
     /** @type {PendingCall[]} */
@@ -362,6 +368,7 @@ export class Client {
   /** @param {ClientState} state */
   _setState(state) {
     const previous = this.state;
+    if (state !== "disconnected") this.reconnectAt = null; // no backoff to wait out now
     if (previous === state) return;
     this.state = state;
     this._emit("state", state, previous);
@@ -902,10 +909,12 @@ export class Client {
     const cap = Math.min(this._maxDelay, this._minDelay * 2 ** Math.min(this._attempt, 40));
     const delay = Math.floor(this._random() * cap);
     this._attempt++;
+    this.reconnectAt = this._now() + delay; // set first: state listeners may read it
     this._setState("disconnected");
     this._clearTimeout(this._reconnectTimer);
     this._reconnectTimer = this._setTimeout(() => {
       this._reconnectTimer = null;
+      this.reconnectAt = null;
       if (this._active && this.state === "disconnected") this._attemptNow();
     }, delay);
   }

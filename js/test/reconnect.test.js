@@ -17,8 +17,11 @@ test("backoff: delay = random(0, min(max, min * 2**attempt)), reset after a conn
     ctx.WS.last().fail();
     await flush();
     assert.equal(ctx.client.state, "disconnected");
+    const due = ctx.client.reconnectAt;
     const sockets = ctx.WS.instances.length;
     delays.push(await ctx.clock.next());
+    assert.equal(due, ctx.clock.now, "reconnectAt says when the attempt is made");
+    assert.equal(ctx.client.reconnectAt, null, "no backoff while connecting");
     assert.equal(ctx.WS.instances.length, sockets + 1, "a new attempt after the delay");
     assert.equal(ctx.client.state, "connecting");
   }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,11 +18,11 @@ from typing import Any
 
 import pytest
 from helpers.gateway import Gateway
-from helpers.http import Http
+from helpers.http import Http, Reply
 
 from backchannel.app import App
 
-from .conftest import API_KEY, running
+from .conftest import API_KEY, make_config, running
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -157,6 +158,8 @@ async def test_two_pages_chat_over_websocket_and_see_a_backend_publish(
     assert "alice" in await author.inner_text()
     backend = alice.locator("#messages li.message", has_text="order 42").locator(".author")
     assert await backend.inner_text() == "server"
+    # A backend's message has no stamp of its sender: the page stamps it on arrival.
+    assert await backend.locator("xpath=..").locator("time[datetime]").count() == 1
     await check_screenshot(bob, artifacts)
 
 
@@ -267,3 +270,133 @@ async def test_long_polling_through_a_proxy_that_loses_every_third_answer_loses_
         # Never disconnected: the lost answers were sent again on the same session.
         assert await page.evaluate("window.states") == []
         assert await page.get_attribute("#status", "data-transport") == "longpoll"
+
+
+async def get(port: int, path: str) -> Reply:
+    http = await Http.open(port)
+    try:
+        return await http.exchange("GET", path)
+    finally:
+        await http.close()
+
+
+async def test_the_demo_serves_its_favicon_script_and_style_and_the_page_links_the_icon(
+    browser: Browser, server: tuple[App, int]
+) -> None:
+    _, port = server
+    icon = await get(port, "/favicon.ico")
+    assert icon.status == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert icon.body.startswith(b"<svg") and b"</svg>" in icon.body
+    for path, kind in (("/demo.js", "text/javascript"), ("/demo.css", "text/css")):
+        reply = await get(port, path)
+        assert reply.status == 200 and reply.headers["content-type"].startswith(kind), path
+    page = await open_chat(browser, port, "gina")
+    assert await page.get_attribute('link[rel="icon"]', "href") == "/favicon.ico"
+    # Without the demo, none of its files is served.
+    async with running(make_config(demo=False)) as (_, plain):
+        assert (await get(plain, "/favicon.ico")).status == 404
+
+
+async def test_a_message_clears_its_authors_typing_notice_and_shows_when_it_was_sent(
+    browser: Browser, server: tuple[App, int]
+) -> None:
+    _, port = server
+    hana = await open_chat(browser, port, "hana", "websocket")
+    ivan = await open_chat(browser, port, "ivan", "websocket")
+    await hana.fill("#text", "the build is green")
+    await ivan.wait_for_selector('#typing:has-text("hana is typing")', timeout=WAIT_MS)
+    before = await hana.evaluate("Date.now()")
+    await hana.press("#text", "Enter")
+    # The notice goes in the same step that shows the message, not seconds later when
+    # it would expire by itself: read both at once, as soon as the message is there.
+    seen = await ivan.wait_for_function(
+        """() => {
+            const item = [...document.querySelectorAll("#messages li.message")]
+                .find((li) => li.textContent.includes("the build is green"));
+            if (!item) return null;
+            const time = item.querySelector("time");
+            return {typing: document.querySelector("#typing").textContent,
+                    at: time && Date.parse(time.dateTime), shown: time && time.textContent};
+        }""",
+        timeout=WAIT_MS,
+    )
+    found = await seen.json_value()
+    after = await hana.evaluate("Date.now()")
+    assert found["typing"] == "", found
+    # Stamped by the sender's page when sent, shown as hours and minutes.
+    assert before <= found["at"] <= after, (before, found, after)
+    assert re.fullmatch(r"\d{1,2}:\d{2}( [AP]M)?", found["shown"]), found
+    # A time no Date can hold (anyone may publish anything) is replaced by the arrival's.
+    await publish(port, "chat:lobby", {"text": "odd clock", "at": 1e300})
+    await shown(ivan, "odd clock")
+    odd = ivan.locator("#messages li.message", has_text="odd clock").locator("time")
+    stamped = await ivan.evaluate("(t) => Date.parse(t)", await odd.get_attribute("datetime"))
+    assert after <= stamped <= await ivan.evaluate("Date.now()")
+
+
+STATUS_LOG = """() => {
+    // Every text the status shows, in order (a change of text adds a text node).
+    window.statuses = [];
+    new MutationObserver((records) => {
+        for (const record of records)
+            for (const node of record.addedNodes) window.statuses.push(node.textContent);
+    }).observe(document.querySelector("#status"), {childList: true});
+}"""
+
+
+async def test_a_restarted_server_shows_reconnecting_pending_then_sent_grey_presence_lost_history(
+    browser: Browser, artifacts: Path
+) -> None:
+    async with running() as (_, port):
+        jack = await open_chat(browser, port, "jack", "websocket")
+        kate = await open_chat(browser, port, "kate", "websocket")
+        await say(jack, "before the restart")
+        await shown(kate, "before the restart")
+        await jack.wait_for_selector('#online li[data-user="kate"]', timeout=WAIT_MS)
+        assert not await jack.eval_on_selector("#presence", "(s) => s.matches('.offline')")
+        await jack.evaluate(STATUS_LOG)
+    # The server is gone (its shutdown told the pages why); nothing listens on the port.
+    await jack.wait_for_selector('#status:has-text("reconnecting in")', timeout=WAIT_MS)
+    # Presence is greyed: who was online, as last seen.
+    greyed = await jack.eval_on_selector(
+        "#presence", "(s) => [s.matches('.offline'), Number(getComputedStyle(s).opacity)]"
+    )
+    assert greyed[0] and greyed[1] < 1, greyed
+    assert await jack.locator('#online li[data-user="kate"]').count() == 1
+    for text in ("typed while down 1", "typed while down 2"):
+        await say(jack, text)
+    pending = jack.locator("#messages li.message.pending")
+    await pending.nth(1).wait_for(timeout=WAIT_MS)
+    assert await pending.locator(".text").all_inner_texts() == [
+        "typed while down 1",
+        "typed while down 2",
+    ]
+    assert await pending.locator(".sending").all_inner_texts() == ["sending…", "sending…"]
+    await jack.screenshot(path=artifacts / "chat-reconnecting.png")  # for a human to look at
+
+    # The same port again, a new in-memory hub: the old stream (its epoch) is gone.
+    async with running(make_config(port=port)):
+        for page in (jack, kate):
+            # The backoff grows while the port is closed: a bound above its cap (20 s).
+            await page.wait_for_selector('#status[data-state="connected"]', timeout=45_000)
+        await jack.wait_for_function(
+            "() => !document.querySelector('#messages li.pending')", timeout=WAIT_MS
+        )
+        await shown(kate, "typed while down 2")
+        for page in (jack, kate):
+            notice = page.locator("#messages li.notice")
+            await notice.wait_for(timeout=WAIT_MS)
+            assert "history was lost on the server" in await notice.inner_text()
+            # Sent once each, after the notice, in the order typed.
+            sent = await texts(page)
+            assert sent.count("typed while down 1") == sent.count("typed while down 2") == 1
+            assert sent.index("typed while down 1") < sent.index("typed while down 2")
+        await jack.wait_for_selector('#online li[data-user="kate"]', timeout=WAIT_MS)
+        assert not await jack.eval_on_selector("#presence", "(s) => s.matches('.offline')")
+        statuses = await jack.evaluate("window.statuses")
+        assert any(
+            re.fullmatch(r"reconnecting in \d+ s · server shutting down \(3000\)", text)
+            for text in statuses
+        ), statuses
+        assert statuses[-1] == "connected · websocket", statuses

@@ -43,6 +43,8 @@ async def test_the_browser_client_and_the_demo_page_are_served() -> None:
             status, body = await get(port, f"/js/lib/{module.name}")
             assert status == 200 and body == module.read_bytes(), module.name
         status, body = await get(port, "/")
+        assert status == 200 and b'<script type="module" src="/demo.js">' in body
+        status, body = await get(port, "/demo.js")  # the page's script, from this origin
         assert status == 200 and b'from "/js/backchannel.js"' in body
         status, body = await get(port, "/healthz")
         assert status == 200 and json.loads(body) == {"status": "ok", "node": app.node}

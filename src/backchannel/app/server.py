@@ -87,6 +87,12 @@ _STATIC = {
     "/js/backchannel.d.ts": ("backchannel.d.ts", "text/plain; charset=utf-8"),
 }
 _DEMO_PAGE = ("index.html", "text/html; charset=utf-8")
+# What the demo page loads besides itself (and the favicon browsers ask for at this path).
+_DEMO_FILES = {
+    "/demo.js": ("demo.js", "text/javascript; charset=utf-8"),
+    "/demo.css": ("demo.css", "text/css; charset=utf-8"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
+}
 
 
 def _client_modules() -> dict[str, tuple[str, str]]:
@@ -163,6 +169,8 @@ class App:
             page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
             self._files["/"] = self._files["/index.html"] = page
             self._page_headers = _page_headers(page[0])
+            for path, (name, kind) in _DEMO_FILES.items():
+                self._files[path] = (_resource(name), kind)
         #: Alert rules (docs/operations.md, "Alerts"); None when no rule is set.
         self.alerts = _alerts(config, self.hub, self.webhooks)
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
