@@ -1,4 +1,5 @@
-"""Fixtures of the command line tests: servers for ``connect`` to talk to."""
+"""Fixtures of the command line tests: servers for ``connect`` to talk to, and a
+``backchannel serve`` with a known secret and API key for the API subcommands."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers.cli import CLI
+from helpers.cli import API_KEY, CLI, SECRET, banner_of, clean_env, serving
 
 from backchannel.asyncio import ServerConnection, serve
 from backchannel.exceptions import ConnectionClosed
+
+
+@pytest.fixture(autouse=True)
+def demo_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --demo`` keeps its secret in $XDG_STATE_HOME: a test's own, never the
+    home of whoever runs the tests."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
 
 
 @pytest.fixture
@@ -75,3 +83,16 @@ def pem_files(tmp_path: Path, tls_files: dict[str, Path], tls_ca: trustme.CA) ->
     other = tmp_path / "other-key.pem"
     tls_ca.issue_cert("other.example").private_key_pem.write_to_path(other)
     return {"cert": tls_files["cert"], "key": tls_files["key"], "other": other}
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[str]:
+    """A ``backchannel serve`` (the default channels: chat, typing, orders) with SECRET
+    and API_KEY; its base URL. One per module: starting a server takes a while."""
+    env = clean_env(BACKCHANNEL_AUTH_SECRET=SECRET, BACKCHANNEL_API_KEY=API_KEY)
+    # Warnings only: nobody reads its standard error, which the access log would fill.
+    with serving("--log-level", "warning", env=env) as process:
+        port, _ = banner_of(process, 2)
+        yield f"http://127.0.0.1:{port}"
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-from helpers.cli import CLI, clean_env, one_line_error, serve_process
+from helpers.cli import CLI, clean_env, one_line_error, run_cli, serve_process
 
 
 def test_serve_refuses_a_config_with_a_mistake(tmp_path: Path) -> None:
@@ -48,3 +49,65 @@ def test_config_mistakes_are_one_line_naming_the_setting(
     )
     assert result.returncode == 2, result
     assert message in one_line_error(result)
+
+
+def test_genconfig_makes_a_file_checkconfig_accepts_with_fresh_secrets(tmp_path: Path) -> None:
+    made = [run_cli("genconfig") for _ in range(2)]
+    assert all(result.returncode == 0 for result in made)
+    first, second = (tomllib.loads(result.stdout) for result in made)
+    assert len(first["auth"]["secret"]) >= 43  # 32 random bytes, base64url
+    assert len(first["api"]["key"]) >= 16
+    assert first["auth"]["secret"] != second["auth"]["secret"]
+    assert first["api"]["key"] != second["api"]["key"]
+    path = tmp_path / "backchannel.toml"
+    path.write_text(made[0].stdout)
+    result = run_cli("checkconfig", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: OK")
+
+
+def documented_settings() -> dict[str, set[str]]:
+    """The settings of docs/config.md's "The file" block, by section."""
+    text = (Path(__file__).parents[2] / "docs" / "config.md").read_text()
+    block = text.split("## The file", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    settings: dict[str, set[str]] = {}
+    section = ""
+    for line in block.splitlines():
+        if line.startswith("["):
+            section = line.split("]", 1)[0].strip("[").split(".")[0]
+        elif "=" in line and not line.startswith((" ", "#")):
+            settings.setdefault(section, set()).add(line.split("=", 1)[0].strip())
+    return settings
+
+
+def test_genconfig_settings_are_the_documented_ones() -> None:
+    """Each setting genconfig writes, or shows commented out, is in docs/config.md."""
+    text = run_cli("genconfig").stdout
+    documented = documented_settings()
+    section = ""
+    seen = 0
+    for line in text.splitlines():
+        line = line.removeprefix("# ")
+        if line.startswith("["):
+            section = line.split("]", 1)[0].strip("[").split(".")[0]
+        elif section and "=" in line and line[:1].isalpha():
+            name = line.split("=", 1)[0].strip()
+            assert name in documented[section], f"[{section}] {name}"
+            seen += 1
+    assert seen >= 10
+
+
+def test_checkconfig_prints_the_one_line_serve_would_fail_with(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('[auth]\nsecret = "short"\n')
+    result = run_cli("checkconfig", str(tmp_path / "bad.toml"))
+    assert result.returncode == 2
+    assert "too short" in one_line_error(result)
+    # serve's own checks too: a public key file that is not one.
+    (tmp_path / "key.toml").write_text(f'[auth]\npublic_key_file = "{tmp_path}/bad.toml"\n')
+    result = run_cli("checkconfig", str(tmp_path / "key.toml"))
+    assert result.returncode == 2
+    assert "no PEM public key in it" in one_line_error(result)
+    # And the environment.
+    result = run_cli("checkconfig", env=clean_env(BACKCHANNEL_SERVER_PORT="70000"))
+    assert result.returncode == 2
+    assert "BACKCHANNEL_SERVER_PORT" in one_line_error(result)

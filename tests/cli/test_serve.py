@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -125,9 +126,10 @@ def test_workers_without_a_broker_is_one_line() -> None:
 async def test_workers_print_one_banner_with_the_demo_warning(tmp_path: Path) -> None:
     require_redis()
     with RedisServer(tmp_path) as redis:
-        env = clean_env(BACKCHANNEL_BROKER_URL=redis.url)
+        state = tmp_path / "state"
+        env = clean_env(BACKCHANNEL_BROKER_URL=redis.url, XDG_STATE_HOME=str(state))
         with serving("--workers", "2", "--demo", env=env) as process:
-            port, lines = banner_of(process, 4)
+            port, lines = banner_of(process, 5)
             assert await post(port, "/demo/token", '{"user": "alice"}') == 200
             process.send_signal(signal.SIGTERM)
             rest, _ = process.communicate(timeout=60)
@@ -137,7 +139,12 @@ async def test_workers_print_one_banner_with_the_demo_warning(tmp_path: Path) ->
         f"broker: redis 127.0.0.1:{redis.port}/0, prefix 'backchannel'"
     )
     assert lines[2].startswith("demo mode: ")
-    assert lines[3].startswith("HTTP API key (made for this run; set api.key): ")
+    # The demo's secret and key are kept across restarts, one file for every worker.
+    assert (
+        lines[3]
+        == f"demo secret and API key kept in {state}/backchannel/demo.toml (delete it for new ones)"
+    )
+    assert lines[4].startswith("HTTP API key (kept for the demo): ")
     # Nothing of the banner again: not per worker.
     assert "backchannel on" not in rest and "demo mode" not in rest, rest
 
@@ -155,7 +162,10 @@ async def workers_answering(port: int) -> set[int]:
 async def test_workers_restart_one_that_dies(tmp_path: Path) -> None:
     require_redis()
     with RedisServer(tmp_path) as redis:
-        with serving("--workers", "2", env=clean_env(BACKCHANNEL_BROKER_URL=redis.url)) as process:
+        # Warnings only: nobody reads the workers' standard error, and the access log of
+        # the requests below would fill its pipe and block them.
+        args = ("--workers", "2", "--log-level", "warning")
+        with serving(*args, env=clean_env(BACKCHANNEL_BROKER_URL=redis.url)) as process:
             assert process.stdout is not None
             port, _ = banner_of(process, 3)
             first = await workers_answering(port)
@@ -174,3 +184,19 @@ async def test_workers_restart_one_that_dies(tmp_path: Path) -> None:
             process.send_signal(signal.SIGTERM)
             rest, _ = process.communicate(timeout=60)
     assert "backchannel on" not in rest and "Traceback" not in rest
+
+
+async def test_log_flags_override_the_config_and_the_access_log_prints(tmp_path: Path) -> None:
+    """The file says errors only, as text; the flags say info, as JSON lines: each HTTP
+    request is then one JSON line of the access log on standard error."""
+    config = tmp_path / "logs.toml"
+    config.write_text('[log]\nlevel = "error"\nformat = "text"\n')
+    args = ("--config", str(config), "--log-level", "info", "--log-format", "json")
+    with serving(*args, env=clean_env()) as process:
+        port, _ = banner_of(process, 3)
+        assert await get_status(port, "/health?secret=1") == 200
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    [access] = [r for r in records if r["logger"] == "backchannel.access" and "path" in r]
+    assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)

@@ -14,6 +14,10 @@ from helpers.http import Http
 
 CLI = [sys.executable, "-m", "backchannel"]
 
+#: The secret and API key of the server of the ``hub`` fixture (tests/cli/conftest.py).
+SECRET = "test-secret-" + "x" * 32
+API_KEY = "api-key-0123456789abcdef"
+
 
 # The environment of a CLI process: this one's, without BACKCHANNEL_* settings (only what
 # a test gives counts), and no proxy for loopback.

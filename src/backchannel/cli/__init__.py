@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..app import logs
 from ..exceptions import (
     BrokerUnavailable,
     InvalidArgument,
 )
+from . import api, bench, config
+from . import token as token_commands
 from .args import count, port, seconds, size
 from .checks import check_host, check_loop, tls_context
 from .config import load
@@ -19,15 +23,17 @@ from .connect import CONNECT_HELP, run_connect
 from .echo import run_echo
 from .errors import fail, listen_error
 from .runner import run
-from .serve import check_serve, run_serve, serve_workers
+from .serve import check_serve, demo_notes, run_serve, serve_workers
 from .token import token
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backchannel",
-        description="The backchannel command line: a hub server (serve), tokens for it "
-        "(token), an echo server (echo) and a client (connect).",
+        description="The backchannel command line: a hub server (serve), its HTTP API "
+        "(publish, broadcast, presence, history), a load test (bench), tokens (token, "
+        "checktoken), config files (genconfig, checkconfig), an echo server (echo) and a "
+        "client (connect). Each subcommand's --help says more.",
     )
     parser.add_argument("--version", action="version", version=f"backchannel {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         "name: for trying it out, never in production (server.demo)",
     )
     run.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    run.add_argument(
+        "--log-level", choices=logs.LEVELS, help="the least severe records logged (log.level)"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help="text, or json: one object per line, for log collectors (log.format)",
+    )
     run.add_argument(
         "--workers",
         type=count,
@@ -105,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="at the end of the input, wait at most this long for replies (default 5)",
     )
+    api.add_parsers(commands)
+    bench.add_parsers(commands)
+    config.add_parsers(commands)
+    token_commands.add_parsers(commands)
     return parser
 
 
@@ -112,15 +130,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``backchannel`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        config = load(args)
-        check_serve(args, config)
+        settings = load(args)
+        check_serve(args, settings)
+        # A worker of --workers gets the parent's secret and key in its environment.
+        notes = [] if args.worker else demo_notes(settings, os.environ)
         if args.workers > 1 and not args.worker:
-            sys.exit(serve_workers(args, config))
+            sys.exit(serve_workers(args, settings, notes))
         try:
-            run(run_serve(config, args.worker, args.ready_fd, args.workers), args.loop)
+            run(run_serve(settings, args.worker, args.ready_fd, args.workers, notes), args.loop)
         except OSError as exc:
             # Files and the address were checked: this is listening that failed.
-            fail(listen_error(exc, config.server.host, config.server.port), 1)
+            fail(listen_error(exc, settings.server.host, settings.server.port), 1)
         except (BrokerUnavailable, InvalidArgument) as exc:
             # Redis down, the redis package missing: say so, no traceback.
             fail(str(exc), 1)
@@ -135,5 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_host(args.host, "--host")
         check_loop(args.loop)
         run(run_echo(args, context), args.loop)
-    else:
+    elif args.command == "connect":
         sys.exit(asyncio.run(run_connect(args)))
+    else:
+        sys.exit(args.handler(args))

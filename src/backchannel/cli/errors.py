@@ -27,3 +27,9 @@ def listen_error(exc: OSError, host: str, port: int) -> str:
     if exc.errno == errno.EACCES:
         return f"cannot listen on {place}: permission denied (ports below 1024 need privileges)"
     return f"cannot listen on {place}: {exc.strerror or exc}"
+
+
+def needs_extra(exc: ImportError, extra: str, what: str) -> NoReturn:
+    """An optional package is missing: one line naming the extra that brings it."""
+    missing = exc.name or "a package"
+    fail(f"{what} needs {missing}: pip install 'backchannel[{extra}]'", 2)

@@ -11,14 +11,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ..app import App, Config
+from ..app import App, Config, logs
 from .checks import check_host, check_loop, tls_context
+from .demo import keep_credentials
 from .errors import fail, listen_error
 from .runner import until_signal
 
@@ -54,11 +55,18 @@ def check_serve(args: argparse.Namespace, config: Config) -> None:
 
 
 async def run_serve(
-    config: Config, worker: bool = False, ready_fd: int | None = None, workers: int = 1
+    config: Config,
+    worker: bool = False,
+    ready_fd: int | None = None,
+    workers: int = 1,
+    notes: Sequence[str] = (),
 ) -> None:
+    """Run the hub until a signal; ``notes`` are printed after the banner."""
+    # Before the app exists, so that what it logs while starting is printed too.
+    logs.configure(config.log.level, config.log.format)
     app = App(config)
     async with app.run(reuse_port=worker) as server:
-        lines = app.banner(server, workers=workers)
+        lines = [*app.banner(server, workers=workers), *notes]
         if ready_fd is not None:
             # The parent of --workers prints the banner, once, when every worker listens.
             os.write(ready_fd, "\n".join(lines).encode())
@@ -70,7 +78,7 @@ async def run_serve(
         print("shutting down", flush=True)
 
 
-def serve_workers(args: argparse.Namespace, config: Config) -> int:
+def serve_workers(args: argparse.Namespace, config: Config, notes: Sequence[str] = ()) -> int:
     """Run ``--workers N`` children of this command on one port, restart one that dies,
     and stop them all on SIGINT or SIGTERM."""
     if not config.broker.url:
@@ -94,7 +102,7 @@ def serve_workers(args: argparse.Namespace, config: Config) -> int:
         fail(listen_error(exc, host, port), 1)
     port = holder.getsockname()[1]
     command = [sys.executable, "-m", "backchannel", "serve", "--worker", "--port", str(port)]
-    for flag in ("config", "host", "tls_cert", "tls_key"):
+    for flag in ("config", "host", "tls_cert", "tls_key", "log_level", "log_format"):
         value = getattr(args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
@@ -139,6 +147,8 @@ def serve_workers(args: argparse.Namespace, config: Config) -> int:
             print(banner, flush=True)
             if not config.api.key:
                 print(f"HTTP API key (made for this run; set api.key): {api_key}", flush=True)
+            for line in notes:
+                print(line, flush=True)
         while not stopping:
             for i, child in enumerate(children):
                 if child.poll() is not None and not stopping:
@@ -185,3 +195,18 @@ def wait_ready(
     if waiting:
         return None
     return banners[next(iter(pipes))].decode()
+
+
+def demo_notes(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """With the demo on: keep its secret and API key across restarts (cli/demo.py), and
+    the banner lines that say where and what the key is."""
+    if not config.server.demo:
+        return []
+    key_given = bool(config.api.key)
+    path = keep_credentials(config, environ)
+    if path is None:
+        return []
+    lines = [f"demo secret and API key kept in {path} (delete it for new ones)"]
+    if not key_given:
+        lines.append(f"HTTP API key (kept for the demo): {config.api.key}")
+    return lines
