@@ -4,6 +4,8 @@ against a real ``backchannel serve``."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from helpers.cli import API_KEY, SECRET, clean_env, one_line_error, run_cli
 from helpers.hub_client import HubClient
@@ -76,3 +78,21 @@ def test_an_unreachable_server_is_one_line(hub: str) -> None:
     result = run_cli("publish", "chat:x", "1", "--url", "http://127.0.0.1:1", "--api-key", "k")
     assert result.returncode == 1
     assert one_line_error(result).startswith("error: cannot reach http://127.0.0.1:1/api/")
+
+
+def test_without_the_cli_extra_it_says_which_to_install(tmp_path: Path) -> None:
+    """httpx made unimportable (as when the cli extra is not installed): one line naming
+    the extra, for the API subcommands and bench; the rest of the CLI still runs."""
+    blocker = tmp_path / "blocked" / "httpx"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'httpx'\", name='httpx')\n"
+    )
+    path = os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])
+    env = clean_env(PYTHONPATH=path, BACKCHANNEL_API_KEY=API_KEY, BACKCHANNEL_AUTH_SECRET=SECRET)
+    for args in (["publish", "chat:x", "1"], ["bench"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2
+        line = one_line_error(result)
+        assert line == f"error: backchannel {args[0]} needs httpx: pip install 'backchannel[cli]'"
+    assert run_cli("genconfig", env=env).returncode == 0

@@ -40,6 +40,9 @@ MAX_SAMPLES = 1_000_000
 CONNECT_CONCURRENCY = 50
 #: Seconds to wait, after the last publication, for the deliveries still on their way.
 DRAIN_SECONDS = 5.0
+#: Publications in flight at once: a server slower than the rate lowers the rate (the
+#: summary shows the rate reached) instead of piling up requests here.
+MAX_IN_FLIGHT = 100
 
 
 @dataclass
@@ -210,6 +213,8 @@ async def _publish(
         delay = started + number / args.rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)  # the rate's schedule, not a synchronisation
+        if len(pending) >= MAX_IN_FLIGHT:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.create_task(one(number))
         pending.add(task)
         task.add_done_callback(pending.discard)
