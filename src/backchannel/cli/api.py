@@ -11,6 +11,7 @@ from typing import Any
 
 from ..app import load_config
 from ..exceptions import InvalidArgument
+from .args import positive_seconds
 from .errors import fail, needs_extra
 
 #: Where the API subcommands send their requests unless told otherwise.
@@ -35,7 +36,7 @@ def add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file whose api.key to use")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on a request after this long (default {DEFAULT_TIMEOUT:g})",

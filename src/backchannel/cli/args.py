@@ -48,3 +48,11 @@ def seconds(text: str) -> float:
     if not 0 <= seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds: 0 or more")
     return seconds
+
+
+def positive_seconds(text: str) -> float:
+    """A time limit: more than 0 seconds (0 would give up at once)."""
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
