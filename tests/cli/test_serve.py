@@ -175,8 +175,9 @@ async def test_workers_restart_one_that_dies(tmp_path: Path) -> None:
             line = await asyncio.to_thread(process.stdout.readline)
             assert line == f"worker {dead} exited (-9); restarting\n"
             # The new worker listens once it has connected to Redis: until then only the
-            # survivor answers. Bounded: 40 rounds of up to 40 requests.
-            for _ in range(40):
+            # survivor answers. Bounded: 400 rounds of up to 40 requests (a new Python
+            # process on a loaded machine took more than 40 rounds to start).
+            for _ in range(400):
                 now = await workers_answering(port)
                 if len(now) == 2:
                     break
