@@ -392,6 +392,8 @@ def test_the_client_uses_only_the_wire_format_of_the_hub() -> None:
 HTTPX_IMPORTERS = [
     "app/proxy.py",  # the proxy extra
     "app/webhooks.py",  # the webhooks extra
+    "cli/api.py",  # the cli extra
+    "cli/bench.py",  # the cli extra
     "client/longpoll.py",  # the client extra
 ]
 
@@ -421,6 +423,17 @@ def test_httpx_rule_catches_a_violation(tmp_path: Path) -> None:
         },
     )
     assert httpx_importers(root) == ["app/server.py", "app/webhooks.py"]
+
+
+def test_only_the_benchmark_imports_rich() -> None:
+    """rich (the cli extra) draws the live progress of ``backchannel bench``: every
+    other subcommand, and the server, run without it."""
+    importers = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if any(name.split(".")[0] == "rich" for name in _imports(path))
+    )
+    assert importers == ["cli/bench.py"]
 
 
 def test_only_the_metrics_module_imports_prometheus_client() -> None:
