@@ -367,7 +367,18 @@ def workdir(tmp_path: Path, example_files: Path) -> Path:
 def server() -> Iterator[str]:
     """``backchannel serve`` on a free port: its ``host:port``."""
     with subprocess.Popen(
-        [BIN / "backchannel", "serve", "--host", "127.0.0.1", "--port", "0"],
+        # Warnings only: its standard error is read at the end, and an access log line
+        # per request could fill the pipe and block the server before that.
+        [
+            BIN / "backchannel",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -75,12 +75,18 @@ async def get_status(port: int, target: str) -> int:
         await http.close()
 
 
+#: Warnings only, unless a test asks for more (a later --log-level wins): a server's
+#: standard error is a pipe read at the end, which an access log line per request could
+#: fill, blocking the server.
+QUIET = ("--log-level", "warning")
+
+
 @contextlib.contextmanager
 def serving(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """``backchannel serve ARGS`` on a free port, stopped however the test ends: a
     failed assertion must not leave the test waiting for a server that runs on."""
     with subprocess.Popen(
-        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *QUIET, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -105,7 +111,7 @@ def banner_of(process: subprocess.Popen[str], count: int) -> tuple[int, list[str
 
 def serve_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *QUIET, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
