@@ -94,5 +94,5 @@ def test_without_the_cli_extra_it_says_which_to_install(tmp_path: Path) -> None:
         result = run_cli(*args, env=env)
         assert result.returncode == 2
         line = one_line_error(result)
-        assert line == f"error: backchannel {args[0]} needs httpx: pip install 'backchannel[cli]'"
+        assert line == f"error: backchannel {args[0]} needs httpx: pip install -e '.[cli]'"
     assert run_cli("genconfig", env=env).returncode == 0

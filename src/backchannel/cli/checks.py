@@ -57,4 +57,4 @@ def check_loop(loop: str) -> None:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            fail("--loop uvloop needs the uvloop package: pip install 'backchannel[uvloop]'")
+            fail("--loop uvloop needs the uvloop package: pip install -e '.[uvloop]'")

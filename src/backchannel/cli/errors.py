@@ -32,4 +32,4 @@ def listen_error(exc: OSError, host: str, port: int) -> str:
 def needs_extra(exc: ImportError, extra: str, what: str) -> NoReturn:
     """An optional package is missing: one line naming the extra that brings it."""
     missing = exc.name or "a package"
-    fail(f"{what} needs {missing}: pip install 'backchannel[{extra}]'", 2)
+    fail(f"{what} needs {missing}: pip install -e '.[{extra}]'", 2)
