@@ -243,14 +243,17 @@ class App:
         is one line of the access log (``log.access``)."""
         started = time.perf_counter()
         address = self._address(connection, request)
-        response = await self._answer(connection, request, address)
+        # The path as LongPoll and the API parse it: one parser, so that no route sees
+        # a different request than its handler does. Without its query, it is also what
+        # the access log shows (session ids and tokens stay out of the logs).
+        path = urlsplit(request.path).path
+        response = await self._answer(connection, request, path, address)
         if self.config.log.access:
-            # The path without its query: session ids and tokens stay out of the logs.
             status, size = (101, 0) if response is None else (response.status, len(response.body))
             logs.request(
                 address,
                 request.method,
-                urlsplit(request.path).path,
+                path,
                 status,
                 size,
                 time.perf_counter() - started,
@@ -258,13 +261,10 @@ class App:
         return response
 
     async def _answer(
-        self, connection: ServerConnection, request: Request, address: str
+        self, connection: ServerConnection, request: Request, path: str, address: str
     ) -> Response | None:
         if self.closing:
             return _secured(_shutting_down())
-        # The path as LongPoll and the API parse it: one parser, so that no route sees
-        # a different request than its handler does.
-        path = urlsplit(request.path).path
         if is_upgrade_request(request):
             if path != "/ws":
                 return _secured(Response.text(404, "Not Found: the hub's WebSocket is at /ws\n"))
@@ -508,6 +508,8 @@ def _page_headers(page: bytes) -> list[tuple[str, str]]:
     plugins, no framing (clickjacking), no Referer sent elsewhere."""
     hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
     for match in _INLINE.finditer(page):
+        if not match.group(2).strip():
+            continue  # a <script src=...> element: allowed by 'self', nothing to hash
         digest = base64.b64encode(hashlib.sha256(match.group(2)).digest()).decode()
         hashes[match.group(1).lower()].append(f"'sha256-{digest}'")
     policy = "; ".join(
