@@ -6,6 +6,7 @@ from .broadcast import broadcast
 from .client import ClientConnection, connect
 from .connection import Connection, Data
 from .server import Server, ServerConnection, serve
+from .stream import Stream
 
 __all__ = [
     "ClientConnection",
@@ -13,6 +14,7 @@ __all__ = [
     "Data",
     "Server",
     "ServerConnection",
+    "Stream",
     "broadcast",
     "connect",
     "serve",

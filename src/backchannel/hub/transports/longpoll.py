@@ -205,6 +205,12 @@ class LongPoll:
         return url.path == self.path and request.method == "POST" and _sid(url.query) is None
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
+        return await self.handle(request)
+
+    async def handle(self, request: Request) -> Response | None:
+        """Answer ``request`` (a request value from any server: backchannel's own, or an
+        ASGI adapter); None when its path is not this endpoint's."""
         url = urlsplit(request.path)
         if url.path != self.path:
             return None
