@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import jwt
 import pytest
-from helpers.hub_client import HubClient, LongPollClient, ReplyError
+from helpers.hub_client import HubClient, LongPollClient, ReplyError, SseClient
 from helpers.raw_client import RawClient
 
-from backchannel.asyncio import connect, serve
+from backchannel.asyncio import ServerConnection, Stream, connect, serve
 from backchannel.exceptions import (
     BrokerUnavailable,
     CommandError,
@@ -26,8 +26,11 @@ from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
+from backchannel.hub.transports.http import HttpSessions
 from backchannel.hub.transports.longpoll import LongPoll
+from backchannel.hub.transports.sse import ServerSentEvents
 from backchannel.hub.transports.websocket import websocket_handler
+from backchannel.protocol.http11 import Request, Response
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -44,10 +47,10 @@ OPTIONS = HubOptions(
 )
 
 
-# The shared transport suite: these tests run over WebSocket and over long polling.
+# The shared transport suite: these tests run over WebSocket, long polling and SSE.
 ClientType = type[HubClient]
 TRANSPORTS = pytest.mark.parametrize(
-    "client_type", [HubClient, LongPollClient], ids=["websocket", "longpoll"]
+    "client_type", [HubClient, LongPollClient, SseClient], ids=["websocket", "longpoll", "sse"]
 )
 
 
@@ -67,11 +70,30 @@ async def hub_server(
     options: HubOptions = OPTIONS, **serve_options: Any
 ) -> AsyncIterator[tuple[Hub, int]]:
     async with Hub(options, tokens=TokenVerifier(secret=SECRET)) as hub:
-        serve_options.setdefault("process_request", LongPoll(hub))
+        serve_options.setdefault("process_request", http_endpoints(hub))
         async with serve(
             websocket_handler(hub), "127.0.0.1", 0, compression=None, **serve_options
         ) as server:
             yield hub, server.port
+
+
+def http_endpoints(
+    hub: Hub,
+) -> Callable[[ServerConnection, Request], Awaitable[Response | Stream | None]]:
+    """Long polling at /lp and SSE at /sse, sharing one session table."""
+    table = HttpSessions(hub)
+    endpoints = [LongPoll(hub, sessions=table), ServerSentEvents(hub, sessions=table)]
+
+    async def process_request(
+        connection: ServerConnection, request: Request
+    ) -> Response | Stream | None:
+        for endpoint in endpoints:
+            answer = await endpoint.handle(request)
+            if answer is not None:
+                return answer
+        return None
+
+    return process_request
 
 
 @TRANSPORTS
