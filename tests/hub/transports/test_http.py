@@ -108,7 +108,7 @@ async def test_a_session_whose_node_is_gone_is_unknown_everywhere(
 async def test_the_relay_hands_each_forwarded_request_to_the_endpoint_of_its_path(
     redis_server: RedisServer,
 ) -> None:
-    async with node(redis_server.url) as (hub_a, port_a), node(redis_server.url) as (_, port_b):
+    async with node(redis_server.url) as (_, port_a), node(redis_server.url) as (_, port_b):
         # An SSE stream on node A, its commands sent to node B.
         stream = await SseTransport.open(
             f"http://127.0.0.1:{port_a}/sse",
