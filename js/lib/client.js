@@ -704,7 +704,9 @@ export class Client {
     this._attempt = 0;
     const name = /** @type {TransportName} */ (this._openedName);
     if (name === this._transports[0]) {
-      if (loadTransportMemory().fallback !== null) resetTransportMemory(); // the first gets through again
+      // The first gets through again; a client whose list does not have the page's
+      // fallback after its first (transports: ["longpoll"]) proves nothing about it.
+      if (this._rememberedFallback() !== null) resetTransportMemory();
     } else if (this._tabs === null && loadTransportMemory().fallback !== name) {
       rememberTransport(name, this._now());
     }

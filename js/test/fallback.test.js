@@ -281,3 +281,18 @@ test("the order is the page's: transports ['sse', 'websocket'] starts with SSE a
   assert.equal(fallbackTransport(), "websocket");
   ctx.client.close();
 });
+
+test("a client forced to long polling does not make the page forget that WebSocket fails", async () => {
+  const ctx = setup({}, { sse: true });
+  ctx.client.connect();
+  ctx.WS.last().fail();
+  await acceptSse(ctx, "S1");
+  assert.equal(fallbackTransport(), "sse");
+  const polling = sibling(ctx, { transports: ["longpoll"] });
+  polling.connect();
+  await acceptLongPoll(ctx, "L1");
+  assert.equal(polling.transport, "longpoll");
+  assert.equal(fallbackTransport(), "sse", "still remembered");
+  polling.close();
+  ctx.client.close();
+});
