@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import InvalidResponse
@@ -46,6 +48,16 @@ def _import_httpx() -> Any:
     except ImportError as exc:
         raise ImportError("long polling needs httpx: pip install -e '.[client]'") from exc
     return httpx
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context, made once for the process: making it reads the CA
+    bundle (a fifth of a second), which every long-poll or SSE open, and so every
+    reconnection, would pay again."""
+    httpx = _import_httpx()
+    context: ssl.SSLContext = httpx.create_ssl_context()
+    return context
 
 
 class LongPollTransport:
@@ -82,6 +94,7 @@ class LongPollTransport:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(open_timeout, read=poll_timeout + POLL_MARGIN),
             headers={"Cache-Control": "no-store"},
+            verify=tls_context(),
         )
         try:
             try:

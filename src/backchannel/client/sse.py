@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import InvalidResponse
 from ..hub.wire import MAX_BATCH
+from .longpoll import tls_context
 from .transport import CONNECTION_LOST, NORMAL_CLOSURE, Ending, TransportName
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ class SseTransport:
         for another refusal or an answer that is not an event stream (a server without
         SSE); ``ImportError`` without httpx and httpx-sse."""
         httpx, httpx_sse = _import_httpx()
-        http = httpx.AsyncClient(timeout=httpx.Timeout(open_timeout, read=stream_timeout))
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(open_timeout, read=stream_timeout), verify=tls_context()
+        )
         stack = contextlib.AsyncExitStack()
         try:
             try:
