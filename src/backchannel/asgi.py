@@ -5,12 +5,13 @@ mounted at (``root_path``), the same endpoints as ``backchannel serve``:
 
 * ``/ws``: the hub over WebSocket (the ``websocket`` scope);
 * ``/lp``: long polling (docs/protocol.md, "Long polling");
+* ``/sse``: Server-Sent Events (docs/protocol.md);
 * ``/api/<method>``: the HTTP API (docs/api.md), when an ``api_key`` is given;
 * ``/js/backchannel.js``, its types and modules: the browser client.
 
 The host application's own login can decide who a connection is: ``authenticate``
 receives the ASGI scope of the WebSocket or of the request that opens a long-poll
-session (cookies, headers, ``scope["session"]``, ``scope["user"]``) and returns a
+session or an SSE stream (cookies, headers, ``scope["session"]``, ``scope["user"]``) and returns a
 :class:`~backchannel.hub.Connected`, or None to let the connect's token and the hooks
 decide.
 
@@ -42,7 +43,9 @@ from .hub import Connected, Hub, codes
 from .hub.codes import Disconnect
 from .hub.commands import Commands
 from .hub.outbox import Outbox
-from .hub.transports.longpoll import Authenticate, LongPoll
+from .hub.transports.http import Authenticate, SessionRelay
+from .hub.transports.longpoll import LongPoll
+from .hub.transports.sse import ServerSentEvents
 from .hub.transports.websocket import MAX_FRAME
 from .protocol.http11 import Headers, Request, Response
 
@@ -194,8 +197,10 @@ class HubApp:
     transports, and the WebSocket's Origin check); pages of the application's own origin
     need nothing. ``max_body_size``: bytes of a request body (413 past it).
     ``max_message_size``: bytes of a WebSocket message (closed with 1009 past it).
-    ``longpoll``: the long-poll endpoint, by default ``LongPoll(hub, origins=origins)``;
-    ``sse``: a Server-Sent Events endpoint (any :class:`HttpEndpoint`).
+    ``longpoll``: the long-poll endpoint, by default ``LongPoll(hub, origins=origins)``
+    (relayed across nodes when the hub's broker can); ``sse``: the Server-Sent Events
+    endpoint: True for ``ServerSentEvents(hub)`` sharing long polling's session table,
+    False for none, or an endpoint of your own (any :class:`HttpEndpoint`).
     ``client``: whether the browser client's files are served.
     """
 
@@ -211,7 +216,7 @@ class HubApp:
         max_body_size: int = 2**20,
         max_message_size: int = 2**20,
         longpoll: LongPoll | None = None,
-        sse: HttpEndpoint | None = None,
+        sse: HttpEndpoint | bool = True,
         client: bool = True,
     ) -> None:
         self.hub = hub
@@ -219,9 +224,18 @@ class HubApp:
         self.origins = frozenset(origins)
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
-        self.longpoll = longpoll if longpoll is not None else LongPoll(hub, origins=origins)
-        self.sse = sse
-        self.endpoints: list[HttpEndpoint] = [self.longpoll, *([sse] if sse else [])]
+        if longpoll is None:
+            # With several nodes (the Redis broker), a request for a session held on
+            # another node is relayed there: no sticky sessions needed.
+            relay = hub.broker if isinstance(hub.broker, SessionRelay) else None
+            longpoll = LongPoll(hub, origins=origins, relay=relay)
+        self.longpoll = longpoll
+        if sse is True:
+            # One session table for both HTTP transports, as on ``backchannel serve``.
+            sse = ServerSentEvents(hub, sessions=longpoll.table)
+        #: The SSE endpoint (None when turned off).
+        self.sse: HttpEndpoint | None = sse or None
+        self.endpoints: list[HttpEndpoint] = [longpoll, *([sse] if sse else [])]
         self.api = HttpApi(hub, api_key, RateLimiter(api_rate, api_burst)) if api_key else None
         self.files = Files.client() if client else Files()
         self.commands = Commands(hub)
