@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 from helpers.asgi_server import hypercorn_server, uvicorn_server
-from helpers.hub_client import HubClient, LongPollClient
+from helpers.hub_client import HubClient, LongPollClient, SseClient
 from helpers.raw_client import RawClient
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from backchannel.asgi import HubApp, Scope, route
 from backchannel.asyncio import Stream, connect
 from backchannel.exceptions import InvalidStatus
-from backchannel.hub import Connected, Hub
+from backchannel.hub import Connected, Disconnect, Hooks, Hub, Session
 from backchannel.hub.brokers import MemoryBroker
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
@@ -55,9 +55,11 @@ def starlette(realtime: HubApp, **options: Any) -> Starlette:
 
 
 @asynccontextmanager
-async def mounted(hub_app: dict[str, Any] | None = None) -> AsyncIterator[tuple[Hub, int]]:
+async def mounted(
+    hub_app: dict[str, Any] | None = None, hooks: Hooks | None = None
+) -> AsyncIterator[tuple[Hub, int]]:
     """A started hub, mounted at /realtime of a Starlette app under uvicorn."""
-    async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET)) as hub:
+    async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET), hooks=hooks) as hub:
         realtime = HubApp(hub, **(hub_app or {}))
         async with uvicorn_server(starlette(realtime)) as port:
             try:
@@ -78,14 +80,21 @@ async def exchange(ws: HubClient, lp: HubClient) -> None:
         assert [p["data"] for p in pubs] == ["from websocket", "from long polling"]
 
 
-async def test_websocket_and_long_poll_clients_exchange_publications_under_a_mount() -> None:
+async def test_websocket_long_poll_and_sse_clients_exchange_publications_under_a_mount() -> None:
     async with mounted() as (hub, port):
         ws = await HubClient.open(port, path="/realtime/ws", token=token("alice"))
         lp = LongPollClient(port, "/realtime/lp")
         lp.info = await lp.call("connect", token=token("bob"))
-        assert (ws.info["user"], lp.info["user"]) == ("alice", "bob")
-        assert hub.statistics().sessions_by_transport == {"websocket": 1, "longpoll": 1}
+        sse = SseClient(port, "/realtime/sse")
+        sse.info = await sse.call("connect", token=token("carol"))
+        assert (ws.info["user"], lp.info["user"], sse.info["user"]) == ("alice", "bob", "carol")
+        assert hub.statistics().sessions_by_transport == {"websocket": 1, "longpoll": 1, "sse": 1}
         await exchange(ws, lp)
+        await sse.call("subscribe", channel="feed:1")
+        await lp.call("publish", channel="feed:1", data="to all three")
+        for client in (ws, lp, sse):
+            assert (await client.publications(1))[0]["data"] == "to all three"
+        await sse.close()
         # The host application still answers its own routes.
         async with httpx.AsyncClient() as http:
             page = await http.get(f"http://127.0.0.1:{port}/")
@@ -195,8 +204,20 @@ async def who_by_cookie(scope: Scope) -> Connected | None:
     return None
 
 
+class Leaving(Hooks):
+    """Tells when erin's session ends."""
+
+    def __init__(self, left: asyncio.Event) -> None:
+        self.left = left
+
+    async def on_disconnect(self, session: Session, disconnect: Disconnect | None) -> None:
+        if session.user == "erin":
+            self.left.set()
+
+
 async def test_the_authenticate_hook_makes_the_session_the_hosts_user() -> None:
-    async with mounted({"authenticate": who_by_cookie}) as (hub, port):
+    left = asyncio.Event()
+    async with mounted({"authenticate": who_by_cookie}, Leaving(left)) as (hub, port):
         # WebSocket: the cookie decides, without a token.
         ws = await connect(
             f"ws://127.0.0.1:{port}/realtime/ws", additional_headers={"Cookie": "user=carol"}
@@ -214,6 +235,24 @@ async def test_the_authenticate_hook_makes_the_session_the_hosts_user() -> None:
             assert reply["id"] == 1 and reply["result"]["user"] == "dave"
             # Later requests of the session do not ask the hook again (a poll is hot).
             await http.delete(base, params={"sid": sid})
+        # SSE: the stream's open decides, and the reply comes on the stream.
+        connect_frame = '{"id":1,"method":"connect","params":{}}'
+        sse_url = f"http://127.0.0.1:{port}/realtime/sse"
+        async with (
+            httpx.AsyncClient(headers={"Cookie": "user=erin"}) as http,
+            http.stream("GET", sse_url, params={"frame": connect_frame}) as stream,
+        ):
+            assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+            lines = stream.aiter_lines()
+            async with asyncio.timeout(10):
+                async for line in lines:
+                    if line.startswith('data: {"id":1'):
+                        assert json.loads(line[6:])["result"]["user"] == "erin"
+                        break
+            assert "erin" in {s.user for s in hub.sessions}
+        # The client went away: the server closed the stream, and the session with it.
+        async with asyncio.timeout(10):
+            await left.wait()
         users = {s.user: s.info for s in hub.sessions}
         assert users["carol"] == {"via": "cookie"}
         # Without the cookie, the token decides as usual; without either, 3500.
