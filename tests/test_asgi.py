@@ -391,6 +391,12 @@ async def test_hypercorn_serves_it_too() -> None:
             lp = LongPollClient(port, "/realtime/lp")
             lp.info = await lp.call("connect", token=token("bob"))
             await exchange(ws, lp)
+            sse = SseClient(port, "/realtime/sse")
+            await sse.call("connect", token=token("carol"))
+            await sse.call("subscribe", channel="feed:1")
+            await ws.call("publish", channel="feed:1", data="streamed")
+            assert (await sse.publications(1))[0]["data"] == "streamed"
+            await sse.close()
             await ws.close()
             await lp.close()
             await hub.close()
