@@ -154,6 +154,28 @@ async def test_without_an_api_key_there_is_no_api() -> None:
         assert answer.status_code == 404
 
 
+async def test_new_sessions_are_rate_limited_per_address() -> None:
+    # Two opens at once, then (at one per 1000 s) none: WebSocket, long poll or SSE.
+    async with mounted({"open_rate": 0.001, "open_burst": 2}) as (_, port):
+        first = await HubClient.open(port, path="/realtime/ws", token=token("a"))
+        second = LongPollClient(port, "/realtime/lp")
+        await second.call("connect", token=token("b"))
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{port}/realtime/ws")
+        assert refused.value.status == 429
+        assert json.loads(refused.value.body)["error"]["code"] == 111
+        base = f"http://127.0.0.1:{port}/realtime"
+        async with httpx.AsyncClient() as http:
+            opened = await http.post(f"{base}/lp", content=b'{"id":1,"method":"connect"}')
+            assert opened.status_code == 429 and opened.headers["retry-after"] == "1"
+            streamed = await http.get(f"{base}/sse", params={"frame": "{}"})
+            assert streamed.status_code == 429
+            # What is not an open is not counted: the long-poll session still polls.
+            await second.call("ping")
+        await first.close()
+        await second.close()
+
+
 class WatchedBroker(MemoryBroker):
     """The memory broker, telling when the hub starts and closes it."""
 
@@ -322,6 +344,9 @@ class Countdown:
     def __init__(self) -> None:
         self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
         self.closed = asyncio.Event()
+
+    def opens_session(self, request: Request) -> bool:
+        return False
 
     async def handle(
         self, request: Request, *, authenticate: Authenticate | None = None

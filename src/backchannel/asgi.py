@@ -82,6 +82,10 @@ class HttpEndpoint(Protocol):
 
     path: str
 
+    def opens_session(self, request: Request) -> bool:
+        """Whether ``request`` opens a new session (counted by the open rate)."""
+        ...
+
     async def handle(
         self, request: Request, *, authenticate: Authenticate | None = None
     ) -> Response | Stream | None: ...
@@ -197,6 +201,8 @@ class HubApp:
     transports, and the WebSocket's Origin check); pages of the application's own origin
     need nothing. ``max_body_size``: bytes of a request body (413 past it).
     ``max_message_size``: bytes of a WebSocket message (closed with 1009 past it).
+    ``open_rate``, ``open_burst``: new sessions per second per client address (the
+    ASGI scope's ``client``), in bursts: 429 past it.
     ``longpoll``: the long-poll endpoint, by default ``LongPoll(hub, origins=origins)``
     (relayed across nodes when the hub's broker can); ``sse``: the Server-Sent Events
     endpoint: True for ``ServerSentEvents(hub)`` sharing long polling's session table,
@@ -215,6 +221,8 @@ class HubApp:
         origins: Collection[str] = (),
         max_body_size: int = 2**20,
         max_message_size: int = 2**20,
+        open_rate: float = 20.0,
+        open_burst: int = 100,
         longpoll: LongPoll | None = None,
         sse: HttpEndpoint | bool = True,
         client: bool = True,
@@ -237,6 +245,8 @@ class HubApp:
         self.sse: HttpEndpoint | None = sse or None
         self.endpoints: list[HttpEndpoint] = [longpoll, *([sse] if sse else [])]
         self.api = HttpApi(hub, api_key, RateLimiter(api_rate, api_burst)) if api_key else None
+        #: New sessions (WebSockets, long-poll and SSE opens) per client address.
+        self.opens = RateLimiter(open_rate, open_burst)
         self.files = Files.client() if client else Files()
         self.commands = Commands(hub)
         #: Whether this application started the hub (lifespan): it then stops it too.
@@ -304,6 +314,9 @@ class HubApp:
             # Closed before accepted: the server answers the handshake with 403.
             await send({"type": "websocket.close", "code": 1008})
             return
+        if not self.opens.allow(_address(scope)):
+            await _refuse_websocket(scope, send, _too_many())
+            return
         connected = await self.authenticate(scope) if self.authenticate else None
         await send({"type": "websocket.accept"})
         transport = AsgiWebSocketTransport(send, linger=self.hub.options.close_linger)
@@ -369,15 +382,15 @@ class HubApp:
             return response
         for endpoint in self.endpoints:
             if path == endpoint.path:
+                if endpoint.opens_session(request) and not self.opens.allow(_address(scope)):
+                    return _secured(_too_many())
                 answer = await endpoint.handle(request, authenticate=self._identify(scope))
                 if isinstance(answer, Stream):
                     return answer
                 if answer is not None:
                     return _secured(answer)
         if self.api is not None and path.startswith(self.api.prefix):
-            client = scope.get("client")
-            address = str(client[0]) if client else ""
-            return _secured(await self.api.handle(request, address))
+            return _secured(await self.api.handle(request, _address(scope)))
         if path == WEBSOCKET_PATH:
             return _secured(Response.text(426, "Upgrade Required: this is the hub's WebSocket\n"))
         return _secured(Response.text(404, "Not Found\n"))
@@ -428,6 +441,33 @@ def _path(scope: Scope) -> str:
     if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
     return path or "/"
+
+
+def _address(scope: Scope) -> str:
+    """The client's address, as the server says (behind a proxy, the server's own
+    setting makes it the forwarded one: uvicorn's ``--proxy-headers``)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _too_many() -> Response:
+    error = {"code": 111, "message": "too many new connections from this address"}
+    response = Response.json(429, {"error": error})
+    response.headers.add("Retry-After", "1")
+    return response
+
+
+async def _refuse_websocket(scope: Scope, send: Send, response: Response) -> None:
+    """Answer a WebSocket handshake with ``response``, where the server can (the ASGI
+    "WebSocket Denial Response" extension), else with the server's 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    response.headers.set("Content-Length", str(len(response.body)))
+    start = _head(response.status, response.headers)
+    start["type"] = "websocket.http.response.start"
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": response.body})
 
 
 def _headers(scope: Scope) -> Headers:
