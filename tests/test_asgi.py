@@ -106,7 +106,8 @@ async def test_websocket_long_poll_and_sse_clients_exchange_publications_under_a
 
 
 async def test_http_routes_files_api_and_the_body_limit() -> None:
-    async with mounted({"api_key": API_KEY, "max_body_size": 1000}) as (_, port):
+    limits = {"max_body_size": 1000, "max_message_size": 1000}
+    async with mounted({"api_key": API_KEY, **limits}) as (_, port):
         client = await HubClient.open(port, path="/realtime/ws", token=token("alice"))
         await client.call("subscribe", channel="feed:api")
         base = f"http://127.0.0.1:{port}/realtime"
@@ -142,6 +143,15 @@ async def test_http_routes_files_api_and_the_body_limit() -> None:
             assert (await http.get(f"{base}/ws")).status_code == 426
             assert (await http.get(f"{base}/nothing")).status_code == 404
         await client.close()
+        # A WebSocket message over max_message_size, counted in bytes of UTF-8 (here
+        # under 1000 characters, but over 1000 bytes): 1009.
+        large = await HubClient.raw(port, path="/realtime/ws")
+        text = json.dumps(
+            {"id": 1, "method": "ping", "params": {"a": "é" * 600}}, ensure_ascii=False
+        )
+        assert len(text) < 1000 < len(text.encode())
+        await large.send_raw(text)
+        assert (await large.closed())[0] == 1009
 
 
 async def test_without_an_api_key_there_is_no_api() -> None:

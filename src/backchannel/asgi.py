@@ -42,7 +42,7 @@ from .asyncio.stream import Stream
 from .hub import Connected, Hub, codes
 from .hub.codes import Disconnect
 from .hub.commands import Commands
-from .hub.outbox import Outbox
+from .hub.outbox import Outbox, text_size
 from .hub.transports.http import Authenticate, SessionRelay
 from .hub.transports.longpoll import LongPoll
 from .hub.transports.sse import ServerSentEvents
@@ -334,9 +334,7 @@ class HubApp:
                     # Version 1 of the wire format is text only.
                     session.disconnect(codes.BAD_PROTOCOL)
                     continue
-                if len(text) > self.max_message_size and len(text.encode()) > (
-                    self.max_message_size
-                ):
+                if text_size(text) > self.max_message_size:
                     # RFC 6455 section 7.4.1: 1009, a message too big to process.
                     transport.gone()
                     await send({"type": "websocket.close", "code": 1009})
