@@ -31,16 +31,30 @@ from urllib.parse import parse_qs, urlsplit
 from ...protocol.http11 import Headers, Request, Response
 from .. import codes
 from ..codes import Disconnect
+from ..hooks import Connected
 from ..hub import Hub
 from ..outbox import Outbox
 from ..session import Session
 
-__all__ = ["Answer", "HttpEndpoint", "HttpSessions", "HttpTransport", "SessionRelay", "sid_of"]
+__all__ = [
+    "Answer",
+    "Authenticate",
+    "HttpEndpoint",
+    "HttpSessions",
+    "HttpTransport",
+    "SessionRelay",
+    "sid_of",
+]
 
 logger = logging.getLogger("backchannel.hub")
 
 #: What a relayed request gets back: status, content type, body.
 Answer = tuple[int, str, bytes]
+
+#: Who the client opening a session is, as the server that took the request knows it
+#: (the host application's login, ``backchannel.asgi``); None: the connect's token and
+#: the hooks decide. Asked only by a request that opens a session.
+Authenticate = Callable[[], Awaitable[Connected | None]]
 
 
 @runtime_checkable

@@ -33,9 +33,11 @@ from ...asyncio import ServerConnection
 from ...protocol.http11 import Headers, Request, Response
 from ..codes import Disconnect
 from ..commands import Commands
+from ..hooks import Connected
 from ..hub import Hub
 from .http import (
     Answer,
+    Authenticate,
     HttpSessions,
     HttpTransport,
     SessionRelay,
@@ -44,7 +46,7 @@ from .http import (
     unknown_session,
 )
 
-__all__ = ["Answer", "LongPoll", "LongPollTransport", "SessionRelay"]
+__all__ = ["Answer", "Authenticate", "LongPoll", "LongPollTransport", "SessionRelay"]
 
 #: Bytes of queued texts one batch carries: the outbox's own bound (1 MiB by default)
 #: caps it too; this keeps one response small enough for any proxy's buffer.
@@ -178,16 +180,20 @@ class LongPoll:
         """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
         return await self.handle(request)
 
-    async def handle(self, request: Request) -> Response | None:
+    async def handle(
+        self, request: Request, *, authenticate: Authenticate | None = None
+    ) -> Response | None:
         """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's."""
+        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
+        only when the request opens a session, who its client is (None: its connect's
+        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
         url = urlsplit(request.path)
         if url.path != self.path:
             return None
         if request.method == "OPTIONS":
             response = self.table.preflight(request)
         else:
-            response = await self._answer(request, url.query)
+            response = await self._answer(request, url.query, authenticate=authenticate)
         self.table.cors(request, response.headers)
         return response
 
@@ -196,12 +202,18 @@ class LongPoll:
         return await self._answer(request, urlsplit(request.path).query, relayed=True)
 
     async def _answer(
-        self, request: Request, query_string: str, *, relayed: bool = False
+        self,
+        request: Request,
+        query_string: str,
+        *,
+        relayed: bool = False,
+        authenticate: Authenticate | None = None,
     ) -> Response:
         query = parse_qs(query_string)
         sid = sid_of(query_string)
         if request.method == "POST" and sid is None:
-            return await self._open(request)
+            connected = await authenticate() if authenticate is not None else None
+            return await self._open(request, connected)
         transport = self.table.find(self, sid)
         if not isinstance(transport, LongPollTransport):
             if sid is not None and not relayed:
@@ -223,9 +235,9 @@ class LongPoll:
             return Response.json(200, {"sid": transport.sid})
         return Response.json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
 
-    async def _open(self, request: Request) -> Response:
+    async def _open(self, request: Request, connected: Connected | None = None) -> Response:
         transport = LongPollTransport(self, self.table.new_sid())
-        transport.session = self.hub.open_session(transport, request.headers)
+        transport.session = self.hub.open_session(transport, request.headers, connected=connected)
         await self.table.register(transport)
         await self.commands.handle(transport.session, request.body)
         return Response.json(200, {"sid": transport.sid, "ack": 0})

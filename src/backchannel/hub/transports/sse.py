@@ -48,6 +48,7 @@ from ..codes import Disconnect
 from ..commands import Commands
 from ..hub import Hub
 from .http import (
+    Authenticate,
     HttpSessions,
     HttpTransport,
     SessionRelay,
@@ -230,9 +231,13 @@ class ServerSentEvents:
         """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
         return await self.handle(request)
 
-    async def handle(self, request: Request) -> Response | Stream | None:
+    async def handle(
+        self, request: Request, *, authenticate: Authenticate | None = None
+    ) -> Response | Stream | None:
         """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's."""
+        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
+        only when the request opens a session, who its client is (None: its connect's
+        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
         url = urlsplit(request.path)
         if url.path != self.path:
             return None
@@ -240,7 +245,7 @@ class ServerSentEvents:
         if request.method == "OPTIONS":
             answer = self.table.preflight(request)
         elif request.method == "GET":
-            answer = await self._open(request, url.query)
+            answer = await self._open(request, url.query, authenticate)
         else:
             answer = await self._answer(request, url.query)
         self.table.cors(request, answer.headers)
@@ -279,13 +284,18 @@ class ServerSentEvents:
         await self.commands.handle(session, request.body)
         return Response.json(200, {"sid": sid})
 
-    async def _open(self, request: Request, query_string: str) -> Response | Stream:
+    async def _open(
+        self, request: Request, query_string: str, authenticate: Authenticate | None = None
+    ) -> Response | Stream:
         frames = parse_qs(query_string).get("frame")
         if not frames or not frames[0]:
             return Response.json(400, {"error": "frame is missing: GET /sse?frame=<connect>"})
         frame = _resume(frames[0], _last_positions(request.headers.get("Last-Event-ID")))
+        connected = await authenticate() if authenticate is not None else None
         transport = SseTransport(self, self.table.new_sid())
-        transport.session = session = self.hub.open_session(transport, request.headers)
+        transport.session = session = self.hub.open_session(
+            transport, request.headers, connected=connected
+        )
         await self.table.register(transport)
         transport.note_commands(frame)
         await self.commands.handle(session, frame)
