@@ -21,15 +21,19 @@ from .orders import ORDERS
 COOKIE = "shop_user"
 
 
+def login_cookie(user: str) -> str:
+    """The login cookie's value: the user, signed with the site's SECRET_KEY."""
+    return signing.Signer(salt="shop.login").sign(user)
+
+
 def user_from_cookie(value: str | None) -> str | None:
-    """The user a login cookie was signed for (as ``set_signed_cookie`` signs it), or None."""
+    """The user a login cookie was signed for, or None (no cookie, or a forged one)."""
     if not value:
         return None
     try:
-        user: str = signing.get_cookie_signer(salt=COOKIE).unsign(value)
+        return signing.Signer(salt="shop.login").unsign(value)
     except signing.BadSignature:
         return None
-    return user
 
 
 async def authenticate(scope: dict[str, Any]) -> Connected | None:

@@ -17,7 +17,7 @@ from django.utils.html import escape
 from django.views.decorators.http import require_POST
 
 from .orders import ORDERS
-from .realtime import COOKIE, hub, user_from_cookie
+from .realtime import COOKIE, hub, login_cookie, user_from_cookie
 
 LOGIN = """<!doctype html>
 <meta charset="utf-8">
@@ -70,7 +70,7 @@ async def login(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest("a name is letters and digits\n")
     mine = [order for order, data in ORDERS.items() if data["owner"] == user]
     response = HttpResponseRedirect(f"/orders/{mine[0]}" if mine else "/login", status=303)
-    response.set_signed_cookie(COOKIE, user, httponly=True, samesite="Lax")
+    response.set_cookie(COOKIE, login_cookie(user), httponly=True, samesite="Lax")
     return response
 
 
@@ -82,7 +82,9 @@ async def order_page(request: HttpRequest, order: str) -> HttpResponse:
     if data is None or data["owner"] != user:
         return HttpResponseNotFound("no such order\n")
     return HttpResponse(
-        PAGE.format(order=escape(order), order_json=json.dumps(order), status=escape(data["status"]))
+        PAGE.format(
+            order=escape(order), order_json=json.dumps(order), status=escape(data["status"])
+        )
     )
 
 
