@@ -102,6 +102,7 @@ def current_user(request: Request) -> str | None:
 
 LOGIN = """<!doctype html>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>Log in</title>
 <form method="post" action="/login">
   <label>Name <input name="user" autofocus></label>
@@ -130,6 +131,7 @@ async def login(request: Request) -> RedirectResponse:
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>Order {order}</title>
 <h1>Order {order}</h1>
 <p>Status: <strong id="status">{status}</strong></p>

@@ -25,6 +25,7 @@ realtime = HubApp(hub)
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>Lobby</title>
 <p id="state">connecting</p>
 <ul id="messages"></ul>

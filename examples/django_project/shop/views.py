@@ -21,6 +21,7 @@ from .realtime import COOKIE, hub, login_cookie, user_from_cookie
 
 LOGIN = """<!doctype html>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>Log in</title>
 <form method="post" action="/login">
   <label>Name <input name="user" autofocus></label>
@@ -30,6 +31,7 @@ LOGIN = """<!doctype html>
 
 PAGE = """<!doctype html>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>Order {order}</title>
 <h1>Order {order}</h1>
 <p>Status: <strong id="status">{status}</strong></p>
