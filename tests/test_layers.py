@@ -445,3 +445,41 @@ def test_only_the_metrics_module_imports_prometheus_client() -> None:
         if any(name.split(".")[0] == "prometheus_client" for name in _imports(path))
     )
     assert importers == ["app/metrics.py"]
+
+
+def asgi_rule_violations(root: Path) -> list[str]:
+    """``backchannel.asgi`` is a top layer beside app and cli: it may import app, hub,
+    asyncio and protocol (not cli), and nothing of ours imports it."""
+    name = f"{root.name}.asgi"
+    found = []
+    for module, path in _modules(root).items():
+        imports = _imports(path, module)
+        if module == name or module.startswith(name + "."):
+            found += [
+                f"{module} imports {i}" for i in sorted(imports) if i.startswith(f"{root.name}.cli")
+            ]
+        elif any(i == name or i.startswith(name + ".") for i in imports):
+            found.append(f"{module} imports {name}")
+    return found
+
+
+def test_nothing_imports_the_asgi_adapter_and_it_imports_no_cli() -> None:
+    assert (SRC / "asgi.py").is_file()
+    assert asgi_rule_violations(SRC) == []
+
+
+def test_asgi_rule_catches_a_violation(tmp_path: Path) -> None:
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "asgi.py": "from .app.api import HttpApi\nfrom .cli import main\n",
+            "app/server.py": "def f():\n    from ..asgi import HubApp\n",
+            "hub/hub.py": "from ..protocol import frames\n",  # fine
+        },
+    )
+    assert asgi_rule_violations(root) == [
+        "backchannel.app.server imports backchannel.asgi",
+        "backchannel.asgi imports backchannel.cli",
+        "backchannel.asgi imports backchannel.cli.main",
+    ]

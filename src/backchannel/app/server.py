@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import importlib.resources
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from . import logs
 from .alerts import Alerts
 from .api import HttpApi
 from .config import Config
+from .files import Files, resource
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -81,11 +81,6 @@ READY_TIMEOUT = 1.0
 #: A demo user name: short and plain, since it is shown to everyone in the room.
 _DEMO_USER = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
-# Files served as they are: (package resource, content type).
-_STATIC = {
-    "/js/backchannel.js": ("backchannel.js", "text/javascript; charset=utf-8"),
-    "/js/backchannel.d.ts": ("backchannel.d.ts", "text/plain; charset=utf-8"),
-}
 _DEMO_PAGE = ("index.html", "text/html; charset=utf-8")
 # What the demo page loads besides itself (and the favicon browsers ask for at this path).
 _DEMO_FILES = {
@@ -93,26 +88,6 @@ _DEMO_FILES = {
     "/demo.css": ("demo.css", "text/css; charset=utf-8"),
     "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
-
-
-def _client_modules() -> dict[str, tuple[str, str]]:
-    """The browser client's modules (``static/lib``, imported by ``backchannel.js``):
-    every ``.js`` file of the folder, served under ``/js/lib/``."""
-    folder = importlib.resources.files("backchannel").joinpath("static", "lib")
-    if not folder.is_dir():
-        return {}
-    return {
-        f"/js/lib/{entry.name}": (f"lib/{entry.name}", "text/javascript; charset=utf-8")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".js")
-    }
-
-
-def _resource(name: str) -> bytes:
-    """A file of ``backchannel/static`` (the browser client is a link to ``js/`` in a
-    checkout, and a copy in a built package)."""
-    static = importlib.resources.files("backchannel").joinpath("static")
-    return static.joinpath(*name.split("/")).read_bytes()
 
 
 class App:
@@ -156,21 +131,17 @@ class App:
         self.api_key = config.api.key or secrets.token_urlsafe(24)
         self.api = HttpApi(self.hub, self.api_key, RateLimiter(config.api.rate, config.api.burst))
         self.opens = RateLimiter(config.server.open_rate, config.server.open_burst)
-        #: Served files by path: read once, at start.
-        self._files: dict[str, tuple[bytes, str]] = {
-            path: (_resource(name), kind)
-            for path, (name, kind) in (_STATIC | _client_modules()).items()
-        }
+        #: Served files by path (the browser client, the demo page): read once, at start.
+        self.files = Files.client()
         #: Set when shutdown begins: every request is then answered 503.
         self.closing = False
-        #: Headers of the HTML page: what it may load and run (CSP), no framing.
-        self._page_headers: list[tuple[str, str]] = []
         if config.server.demo:
-            page = (_resource(_DEMO_PAGE[0]), _DEMO_PAGE[1])
-            self._files["/"] = self._files["/index.html"] = page
-            self._page_headers = _page_headers(page[0])
+            page = resource(_DEMO_PAGE[0])
+            self.files.add("/", page, _DEMO_PAGE[1])
+            self.files.add("/index.html", page, _DEMO_PAGE[1])
+            self.files.page_headers = _page_headers(page)
             for path, (name, kind) in _DEMO_FILES.items():
-                self._files[path] = (_resource(name), kind)
+                self.files.add(path, resource(name), kind)
         #: Alert rules (docs/operations.md, "Alerts"); None when no rule is set.
         self.alerts = _alerts(config, self.hub, self.webhooks)
         #: Prometheus metrics, when enabled (the ``metrics`` extra).
@@ -286,24 +257,9 @@ class App:
     async def _route(
         self, connection: ServerConnection, request: Request, path: str, address: str
     ) -> Response:
-        file = self._files.get(path)
-        if file is not None:
-            if request.method not in ("GET", "HEAD"):
-                refused = Response.text(405, "Method Not Allowed\n")
-                refused.headers.set("Allow", "GET, HEAD")
-                return _secured(refused)
-            body, kind = file
-            headers = Headers([("Content-Type", kind), ("Cache-Control", "no-cache")])
-            headers.add("X-Content-Type-Options", "nosniff")
-            if path.startswith("/js/"):
-                # The browser client is public code: a page of another origin (the
-                # application's own site) loads it as a module, which needs CORS.
-                headers.add("Access-Control-Allow-Origin", "*")
-            if kind.startswith("text/html"):
-                for name, value in self._page_headers:
-                    headers.add(name, value)
-            return Response(200, headers, body)
-        response: Response | None = None
+        response = self.files.handle(request, path)
+        if response is not None:
+            return response
         if self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
             response = await self.admin.handle(request, path, address)
         elif path == self.longpoll.path:

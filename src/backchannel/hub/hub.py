@@ -41,7 +41,7 @@ from ..exceptions import (
 from . import codes, wire
 from .brokers import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from .codes import Disconnect
-from .hooks import ConnectRequest, Hooks, Observers, RpcHandler
+from .hooks import Connected, ConnectRequest, Hooks, Observers, RpcHandler
 from .latency import Histogram
 from .options import ChannelOptions, HubOptions
 from .outbox import Outbox
@@ -158,6 +158,9 @@ class Hub:
         #: Request headers kept on sessions: only those the hooks read.
         self._headers = frozenset(name.lower() for name in self.hooks.request_headers)
         self._timers: dict[Session, asyncio.TimerHandle] = {}
+        #: Who sessions opened by an authenticated request are (the host application
+        #: said so, ``open_session(connected=...)``), until they connect.
+        self._identified: dict[Session, Connected] = {}
         self._presence_task: asyncio.Task[None] | None = None
         #: Per channel: done once this node is subscribed on the broker.
         self._on_broker: dict[str, asyncio.Future[None]] = {}
@@ -251,11 +254,18 @@ class Hub:
     # Sessions: the transports' door.
 
     def open_session(
-        self, transport: Transport, headers: Iterable[tuple[str, str]] = ()
+        self,
+        transport: Transport,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        connected: Connected | None = None,
     ) -> Session:
         """A new session for a connection; it must send connect within connect_timeout.
         ``headers``: its HTTP request's, of which the session keeps those the hooks
-        name in ``request_headers``."""
+        name in ``request_headers``. ``connected``: who the connection is, when the
+        server that took it already knows (the host application authenticated the
+        request, ``backchannel.asgi``): its connect then makes it that user, without a
+        token and without ``authorize_connect``."""
         options = self.options
         session = Session(
             transport,
@@ -265,6 +275,8 @@ class Hub:
             headers=self._kept_headers(headers),
         )
         self.registry.add_session(session)
+        if connected is not None:
+            self._identified[session] = connected
         self._arm_connect_timeout(session)
         return session
 
@@ -284,6 +296,7 @@ class Hub:
     async def close_session(self, session: Session) -> None:
         """The connection is gone: forget the session and its subscriptions."""
         session.closed = True
+        self._identified.pop(session, None)
         if session not in self.registry.sessions:
             return
         timer = self._timers.pop(session, None)
@@ -396,24 +409,28 @@ class Hub:
         name: str | None = None,
     ) -> None:
         """Authenticate a session: its token and the application's ``authorize_connect``
-        decide who it is. Raise CommandError or DisconnectRequest to refuse."""
+        decide who it is (or the server, ``open_session(connected=...)``). Raise
+        CommandError or DisconnectRequest to refuse."""
         if session.connected:
             raise CommandError(codes.ALREADY_CONNECTED)
         claims: Claims | None = None
-        if token is not None and self.tokens is not None:
+        # The host application's say (open_session) is final: its own login decided.
+        decided = self._identified.pop(session, None)
+        if decided is None and token is not None and self.tokens is not None:
             claims = self._verify(session, token)
-        decided = await self.hooks.authorize_connect(
-            ConnectRequest(
-                session,
-                token,
-                claims.user if claims else None,
-                claims.info if claims else None,
-                claims.expires if claims else None,
-                data,
-                name,
-                session.headers,
+        if decided is None:
+            decided = await self.hooks.authorize_connect(
+                ConnectRequest(
+                    session,
+                    token,
+                    claims.user if claims else None,
+                    claims.info if claims else None,
+                    claims.expires if claims else None,
+                    data,
+                    name,
+                    session.headers,
+                )
             )
-        )
         if decided is not None:
             user, info, expires = decided.user, decided.info, decided.expires
         elif claims is not None:

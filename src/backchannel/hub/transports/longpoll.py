@@ -37,11 +37,12 @@ from ...protocol.http11 import Headers, Request, Response
 from .. import codes
 from ..codes import Disconnect
 from ..commands import Commands
+from ..hooks import Connected
 from ..hub import Hub
 from ..outbox import Outbox
 from ..session import Session
 
-__all__ = ["Answer", "LongPoll", "LongPollTransport", "SessionRelay"]
+__all__ = ["Answer", "Authenticate", "LongPoll", "LongPollTransport", "SessionRelay"]
 
 logger = logging.getLogger("backchannel.hub")
 
@@ -141,6 +142,10 @@ class LongPollTransport:
 #: What a relayed request gets back: status, content type, body.
 Answer = tuple[int, str, bytes]
 
+#: Who the client opening a session is, as the server that took the request knows it
+#: (None: the connect's token and the hooks decide).
+Authenticate = Callable[[], Awaitable[Connected | None]]
+
 
 @runtime_checkable
 class SessionRelay(Protocol):
@@ -208,9 +213,13 @@ class LongPoll:
         """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
         return await self.handle(request)
 
-    async def handle(self, request: Request) -> Response | None:
+    async def handle(
+        self, request: Request, *, authenticate: Authenticate | None = None
+    ) -> Response | None:
         """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's."""
+        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
+        only when the request opens a session, who its client is (None: its connect's
+        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
         url = urlsplit(request.path)
         if url.path != self.path:
             return None
@@ -225,7 +234,7 @@ class LongPoll:
             response.headers.add("Access-Control-Allow-Headers", "Content-Type")
             response.headers.add("Access-Control-Max-Age", "600")
         else:
-            response = await self._answer(request, url.query)
+            response = await self._answer(request, url.query, authenticate=authenticate)
         if allowed:
             assert origin is not None
             response.headers.set("Access-Control-Allow-Origin", origin)
@@ -239,12 +248,18 @@ class LongPoll:
         return response.status, response.headers.get("Content-Type") or "", response.body
 
     async def _answer(
-        self, request: Request, query_string: str, *, relayed: bool = False
+        self,
+        request: Request,
+        query_string: str,
+        *,
+        relayed: bool = False,
+        authenticate: Authenticate | None = None,
     ) -> Response:
         query = parse_qs(query_string)
         sid = _sid(query_string)
         if request.method == "POST" and sid is None:
-            return await self._open(request)
+            connected = await authenticate() if authenticate is not None else None
+            return await self._open(request, connected)
         transport = self.sessions.get(sid) if sid is not None else None
         if transport is None:
             if sid is not None and self.relay is not None and not relayed:
@@ -270,10 +285,10 @@ class LongPoll:
             return Response.json(200, {"sid": transport.sid})
         return Response.json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
 
-    async def _open(self, request: Request) -> Response:
+    async def _open(self, request: Request, connected: Connected | None = None) -> Response:
         sid = secrets.token_urlsafe(16)
         transport = LongPollTransport(self, sid)
-        session = self.hub.open_session(transport, request.headers)
+        session = self.hub.open_session(transport, request.headers, connected=connected)
         transport.session = session
         self.sessions[sid] = transport
         self._arm_idle(transport)
