@@ -16,7 +16,9 @@ from hypercorn.config import Config as HypercornConfig
 
 
 def _listening_socket() -> socket.socket:
-    sock = socket.socket()
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP
+    # (without it, Nagle holds a response's body behind its head for a delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

@@ -11,9 +11,13 @@ from typing import Any
 
 import jwt
 import pytest
+from helpers.asgi_server import uvicorn_server
 from helpers.hub_client import HubClient, LongPollClient, ReplyError
 from helpers.raw_client import RawClient
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from backchannel.asgi import HubApp, Scope
 from backchannel.asyncio import connect, serve
 from backchannel.exceptions import (
     BrokerUnavailable,
@@ -44,11 +48,69 @@ OPTIONS = HubOptions(
 )
 
 
-# The shared transport suite: these tests run over WebSocket and over long polling.
+class AsgiHubClient(HubClient):
+    """A WebSocket client of the ASGI app (HubApp mounted at /realtime under uvicorn)."""
+
+    server = "uvicorn"
+
+    @classmethod
+    async def open(cls, port: int, *, path: str = "/realtime/ws", **params: Any) -> HubClient:
+        return await super().open(port, path=path, **params)
+
+    @classmethod
+    async def raw(cls, port: int, *, path: str = "/realtime/ws") -> HubClient:
+        return await super().raw(port, path=path)
+
+
+class AsgiLongPollClient(LongPollClient):
+    """A long-poll client of the ASGI app."""
+
+    server = "uvicorn"
+
+    def __init__(self, port: int, path: str = "/realtime/lp") -> None:
+        super().__init__(port, path)
+
+
+# The shared transport suite: these tests run over WebSocket and over long polling, on
+# backchannel's own server and on the ASGI app (backchannel.asgi) under uvicorn.
 ClientType = type[HubClient]
 TRANSPORTS = pytest.mark.parametrize(
-    "client_type", [HubClient, LongPollClient], ids=["websocket", "longpoll"]
+    "client_type",
+    [HubClient, LongPollClient, AsgiHubClient, AsgiLongPollClient],
+    ids=["websocket", "longpoll", "websocket-uvicorn", "longpoll-uvicorn"],
 )
+
+
+class Mounted:
+    """What the test's uvicorn serves at /realtime: the HubApp of the ``hub_server``
+    block that runs (one uvicorn per test, whatever hubs it starts)."""
+
+    def __init__(self) -> None:
+        self.app: HubApp | None = None
+        self.port = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        assert self.app is not None, "no hub_server block runs"
+        await self.app(scope, receive, send)
+
+
+MOUNTED = Mounted()
+
+
+@pytest.fixture(autouse=True)
+async def on_server(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A uvicorn for the tests whose clients speak to the ASGI app."""
+    callspec = getattr(request.node, "callspec", None)
+    client_type = callspec.params.get("client_type") if callspec is not None else None
+    if getattr(client_type, "server", "serve") != "uvicorn":
+        yield
+        return
+    async with uvicorn_server(Starlette(routes=[Mount("/realtime", MOUNTED)])) as port:
+        MOUNTED.port = port
+        try:
+            yield
+        finally:
+            MOUNTED.port = 0
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +129,16 @@ async def hub_server(
     options: HubOptions = OPTIONS, **serve_options: Any
 ) -> AsyncIterator[tuple[Hub, int]]:
     async with Hub(options, tokens=TokenVerifier(secret=SECRET)) as hub:
+        if MOUNTED.port:
+            assert not serve_options, "options of serve() for the ASGI app"
+            MOUNTED.app = HubApp(hub)
+            try:
+                yield hub, MOUNTED.port
+            finally:
+                # Held polls end with the hub's 3000, before uvicorn waits for them.
+                await hub.close()
+                MOUNTED.app = None
+            return
         serve_options.setdefault("process_request", LongPoll(hub))
         async with serve(
             websocket_handler(hub), "127.0.0.1", 0, compression=None, **serve_options
