@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from helpers.gateway import Gateway
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -83,7 +84,7 @@ def served(server: str, app: str, cwd: Path) -> Iterator[str]:
     listener.listen(128)
     port, fd = listener.getsockname()[1], listener.fileno()
     if server == "uvicorn":
-        args = ["-m", "uvicorn", "--fd", str(fd), "--log-level", "warning", app]
+        args = ["-m", "uvicorn", "--fd", str(fd), "--log-level", "warning", "--timeout-graceful-shutdown", "3", app]
     else:
         args = ["-m", "hypercorn", "--bind", f"fd://{fd}", "--log-level", "warning", app]
     with tempfile.TemporaryFile() as log:
@@ -132,14 +133,19 @@ async def new_page(browser: Browser) -> tuple[Page, list[str]]:
     return page, errors
 
 
-async def log_in_and_follow_an_order(browser: Browser, base: str, user: str) -> Page:
+async def log_in_and_follow_an_order(
+    browser: Browser, base: str, user: str, *, upgrades_refused: bool = False
+) -> Page:
     """Log in through the example's form; its redirect opens the user's order, whose page
-    says "live" once it follows the order's channel."""
+    says "live" once it follows the order's channel. ``upgrades_refused``: behind a proxy
+    that refuses WebSocket upgrades, whose 403 the browser reports on the console."""
     page, errors = await new_page(browser)
     await page.goto(f"{base}/login")
     await page.fill("input[name=user]", user)
     await page.click("button")
     await page.wait_for_selector('#state:text-is("live")', timeout=WAIT_MS)
+    if upgrades_refused:
+        errors = [error for error in errors if "Unexpected response code: 403" not in error]
     assert not errors, errors
     return page
 
@@ -183,6 +189,19 @@ async def test_fastapi_orders_page_shows_the_status_a_post_publishes(browser: Br
             await page.wait_for_selector('#status:text-is("shipped")', timeout=WAIT_MS)
             # The hook lets alice follow her own orders only: bob's is refused (103).
             assert await refused_subscription(page, "orders:43") == 103
+            # Behind a proxy that refuses upgrades, the page falls back to the mounted
+            # long polling (its longPollUrl), logged in by the same cookie.
+            async with Gateway(int(base.rpartition(":")[2]), refuse_upgrades=True) as gateway:
+                proxied = await log_in_and_follow_an_order(
+                    browser, f"http://127.0.0.1:{gateway.port}", "alice", upgrades_refused=True
+                )
+                # No WebSocket got through: the page is live over long polling.
+                assert gateway.upgrades == 0 and gateway.refused_upgrades >= 1
+                reply = await client.post("/orders/42/status", json={"status": "delivered"})
+                assert reply.status_code == 200, reply.text
+                for each in (page, proxied):
+                    await each.wait_for_selector('#status:text-is("delivered")', timeout=WAIT_MS)
+                await proxied.context.close()
             await page.context.close()
 
 
