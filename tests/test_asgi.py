@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 from helpers.asgi_server import hypercorn_server, uvicorn_server
-from helpers.hub_client import HubClient, LongPollClient
+from helpers.hub_client import HubClient, LongPollClient, SseClient
 from helpers.raw_client import RawClient
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from backchannel.asgi import HubApp, Scope, route
 from backchannel.asyncio import Stream, connect
 from backchannel.exceptions import InvalidStatus
-from backchannel.hub import Connected, Hub
+from backchannel.hub import Connected, Disconnect, Hooks, Hub, Session
 from backchannel.hub.brokers import MemoryBroker
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
@@ -55,9 +55,11 @@ def starlette(realtime: HubApp, **options: Any) -> Starlette:
 
 
 @asynccontextmanager
-async def mounted(hub_app: dict[str, Any] | None = None) -> AsyncIterator[tuple[Hub, int]]:
+async def mounted(
+    hub_app: dict[str, Any] | None = None, hooks: Hooks | None = None
+) -> AsyncIterator[tuple[Hub, int]]:
     """A started hub, mounted at /realtime of a Starlette app under uvicorn."""
-    async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET)) as hub:
+    async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET), hooks=hooks) as hub:
         realtime = HubApp(hub, **(hub_app or {}))
         async with uvicorn_server(starlette(realtime)) as port:
             try:
@@ -78,14 +80,21 @@ async def exchange(ws: HubClient, lp: HubClient) -> None:
         assert [p["data"] for p in pubs] == ["from websocket", "from long polling"]
 
 
-async def test_websocket_and_long_poll_clients_exchange_publications_under_a_mount() -> None:
+async def test_websocket_long_poll_and_sse_clients_exchange_publications_under_a_mount() -> None:
     async with mounted() as (hub, port):
         ws = await HubClient.open(port, path="/realtime/ws", token=token("alice"))
         lp = LongPollClient(port, "/realtime/lp")
         lp.info = await lp.call("connect", token=token("bob"))
-        assert (ws.info["user"], lp.info["user"]) == ("alice", "bob")
-        assert hub.statistics().sessions_by_transport == {"websocket": 1, "longpoll": 1}
+        sse = SseClient(port, "/realtime/sse")
+        sse.info = await sse.call("connect", token=token("carol"))
+        assert (ws.info["user"], lp.info["user"], sse.info["user"]) == ("alice", "bob", "carol")
+        assert hub.statistics().sessions_by_transport == {"websocket": 1, "longpoll": 1, "sse": 1}
         await exchange(ws, lp)
+        await sse.call("subscribe", channel="feed:1")
+        await lp.call("publish", channel="feed:1", data="to all three")
+        for client in (ws, lp, sse):
+            assert (await client.publications(1))[0]["data"] == "to all three"
+        await sse.close()
         # The host application still answers its own routes.
         async with httpx.AsyncClient() as http:
             page = await http.get(f"http://127.0.0.1:{port}/")
@@ -97,7 +106,8 @@ async def test_websocket_and_long_poll_clients_exchange_publications_under_a_mou
 
 
 async def test_http_routes_files_api_and_the_body_limit() -> None:
-    async with mounted({"api_key": API_KEY, "max_body_size": 1000}) as (_, port):
+    limits = {"max_body_size": 1000, "max_message_size": 1000}
+    async with mounted({"api_key": API_KEY, **limits}) as (_, port):
         client = await HubClient.open(port, path="/realtime/ws", token=token("alice"))
         await client.call("subscribe", channel="feed:api")
         base = f"http://127.0.0.1:{port}/realtime"
@@ -133,6 +143,15 @@ async def test_http_routes_files_api_and_the_body_limit() -> None:
             assert (await http.get(f"{base}/ws")).status_code == 426
             assert (await http.get(f"{base}/nothing")).status_code == 404
         await client.close()
+        # A WebSocket message over max_message_size, counted in bytes of UTF-8 (here
+        # under 1000 characters, but over 1000 bytes): 1009.
+        large = await HubClient.raw(port, path="/realtime/ws")
+        text = json.dumps(
+            {"id": 1, "method": "ping", "params": {"a": "é" * 600}}, ensure_ascii=False
+        )
+        assert len(text) < 1000 < len(text.encode())
+        await large.send_raw(text)
+        assert (await large.closed())[0] == 1009
 
 
 async def test_without_an_api_key_there_is_no_api() -> None:
@@ -143,6 +162,28 @@ async def test_without_an_api_key_there_is_no_api() -> None:
             json={"channel": "feed:api", "data": 1},
         )
         assert answer.status_code == 404
+
+
+async def test_new_sessions_are_rate_limited_per_address() -> None:
+    # Two opens at once, then (at one per 1000 s) none: WebSocket, long poll or SSE.
+    async with mounted({"open_rate": 0.001, "open_burst": 2}) as (_, port):
+        first = await HubClient.open(port, path="/realtime/ws", token=token("a"))
+        second = LongPollClient(port, "/realtime/lp")
+        await second.call("connect", token=token("b"))
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{port}/realtime/ws")
+        assert refused.value.status == 429
+        assert json.loads(refused.value.body)["error"]["code"] == 111
+        base = f"http://127.0.0.1:{port}/realtime"
+        async with httpx.AsyncClient() as http:
+            opened = await http.post(f"{base}/lp", content=b'{"id":1,"method":"connect"}')
+            assert opened.status_code == 429 and opened.headers["retry-after"] == "1"
+            streamed = await http.get(f"{base}/sse", params={"frame": "{}"})
+            assert streamed.status_code == 429
+            # What is not an open is not counted: the long-poll session still polls.
+            await second.call("ping")
+        await first.close()
+        await second.close()
 
 
 class WatchedBroker(MemoryBroker):
@@ -195,8 +236,20 @@ async def who_by_cookie(scope: Scope) -> Connected | None:
     return None
 
 
+class Leaving(Hooks):
+    """Tells when erin's session ends."""
+
+    def __init__(self, left: asyncio.Event) -> None:
+        self.left = left
+
+    async def on_disconnect(self, session: Session, disconnect: Disconnect | None) -> None:
+        if session.user == "erin":
+            self.left.set()
+
+
 async def test_the_authenticate_hook_makes_the_session_the_hosts_user() -> None:
-    async with mounted({"authenticate": who_by_cookie}) as (hub, port):
+    left = asyncio.Event()
+    async with mounted({"authenticate": who_by_cookie}, Leaving(left)) as (hub, port):
         # WebSocket: the cookie decides, without a token.
         ws = await connect(
             f"ws://127.0.0.1:{port}/realtime/ws", additional_headers={"Cookie": "user=carol"}
@@ -214,6 +267,24 @@ async def test_the_authenticate_hook_makes_the_session_the_hosts_user() -> None:
             assert reply["id"] == 1 and reply["result"]["user"] == "dave"
             # Later requests of the session do not ask the hook again (a poll is hot).
             await http.delete(base, params={"sid": sid})
+        # SSE: the stream's open decides, and the reply comes on the stream.
+        connect_frame = '{"id":1,"method":"connect","params":{}}'
+        sse_url = f"http://127.0.0.1:{port}/realtime/sse"
+        async with (
+            httpx.AsyncClient(headers={"Cookie": "user=erin"}) as http,
+            http.stream("GET", sse_url, params={"frame": connect_frame}) as stream,
+        ):
+            assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+            lines = stream.aiter_lines()
+            async with asyncio.timeout(10):
+                async for line in lines:
+                    if line.startswith('data: {"id":1'):
+                        assert json.loads(line[6:])["result"]["user"] == "erin"
+                        break
+            assert "erin" in {s.user for s in hub.sessions}
+        # The client went away: the server closed the stream, and the session with it.
+        async with asyncio.timeout(10):
+            await left.wait()
         users = {s.user: s.info for s in hub.sessions}
         assert users["carol"] == {"via": "cookie"}
         # Without the cookie, the token decides as usual; without either, 3500.
@@ -284,6 +355,9 @@ class Countdown:
         self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
         self.closed = asyncio.Event()
 
+    def opens_session(self, request: Request) -> bool:
+        return False
+
     async def handle(
         self, request: Request, *, authenticate: Authenticate | None = None
     ) -> Response | Stream | None:
@@ -352,6 +426,12 @@ async def test_hypercorn_serves_it_too() -> None:
             lp = LongPollClient(port, "/realtime/lp")
             lp.info = await lp.call("connect", token=token("bob"))
             await exchange(ws, lp)
+            sse = SseClient(port, "/realtime/sse")
+            await sse.call("connect", token=token("carol"))
+            await sse.call("subscribe", channel="feed:1")
+            await ws.call("publish", channel="feed:1", data="streamed")
+            assert (await sse.publications(1))[0]["data"] == "streamed"
+            await sse.close()
             await ws.close()
             await lp.close()
             await hub.close()

@@ -5,12 +5,13 @@ mounted at (``root_path``), the same endpoints as ``backchannel serve``:
 
 * ``/ws``: the hub over WebSocket (the ``websocket`` scope);
 * ``/lp``: long polling (docs/protocol.md, "Long polling");
+* ``/sse``: Server-Sent Events (docs/protocol.md);
 * ``/api/<method>``: the HTTP API (docs/api.md), when an ``api_key`` is given;
 * ``/js/backchannel.js``, its types and modules: the browser client.
 
 The host application's own login can decide who a connection is: ``authenticate``
 receives the ASGI scope of the WebSocket or of the request that opens a long-poll
-session (cookies, headers, ``scope["session"]``, ``scope["user"]``) and returns a
+session or an SSE stream (cookies, headers, ``scope["session"]``, ``scope["user"]``) and returns a
 :class:`~backchannel.hub.Connected`, or None to let the connect's token and the hooks
 decide.
 
@@ -41,8 +42,10 @@ from .asyncio.stream import Stream
 from .hub import Connected, Hub, codes
 from .hub.codes import Disconnect
 from .hub.commands import Commands
-from .hub.outbox import Outbox
-from .hub.transports.longpoll import Authenticate, LongPoll
+from .hub.outbox import Outbox, text_size
+from .hub.transports.http import Authenticate, SessionRelay
+from .hub.transports.longpoll import LongPoll
+from .hub.transports.sse import ServerSentEvents
 from .hub.transports.websocket import MAX_FRAME
 from .protocol.http11 import Headers, Request, Response
 
@@ -78,6 +81,10 @@ class HttpEndpoint(Protocol):
     request value that answers with a response, a stream, or None (not its path)."""
 
     path: str
+
+    def opens_session(self, request: Request) -> bool:
+        """Whether ``request`` opens a new session (counted by the open rate)."""
+        ...
 
     async def handle(
         self, request: Request, *, authenticate: Authenticate | None = None
@@ -194,8 +201,12 @@ class HubApp:
     transports, and the WebSocket's Origin check); pages of the application's own origin
     need nothing. ``max_body_size``: bytes of a request body (413 past it).
     ``max_message_size``: bytes of a WebSocket message (closed with 1009 past it).
-    ``longpoll``: the long-poll endpoint, by default ``LongPoll(hub, origins=origins)``;
-    ``sse``: a Server-Sent Events endpoint (any :class:`HttpEndpoint`).
+    ``open_rate``, ``open_burst``: new sessions per second per client address (the
+    ASGI scope's ``client``), in bursts: 429 past it.
+    ``longpoll``: the long-poll endpoint, by default ``LongPoll(hub, origins=origins)``
+    (relayed across nodes when the hub's broker can); ``sse``: the Server-Sent Events
+    endpoint: True for ``ServerSentEvents(hub)`` sharing long polling's session table,
+    False for none, or an endpoint of your own (any :class:`HttpEndpoint`).
     ``client``: whether the browser client's files are served.
     """
 
@@ -210,8 +221,10 @@ class HubApp:
         origins: Collection[str] = (),
         max_body_size: int = 2**20,
         max_message_size: int = 2**20,
+        open_rate: float = 20.0,
+        open_burst: int = 100,
         longpoll: LongPoll | None = None,
-        sse: HttpEndpoint | None = None,
+        sse: HttpEndpoint | bool = True,
         client: bool = True,
     ) -> None:
         self.hub = hub
@@ -219,10 +232,21 @@ class HubApp:
         self.origins = frozenset(origins)
         self.max_body_size = max_body_size
         self.max_message_size = max_message_size
-        self.longpoll = longpoll if longpoll is not None else LongPoll(hub, origins=origins)
-        self.sse = sse
-        self.endpoints: list[HttpEndpoint] = [self.longpoll, *([sse] if sse else [])]
+        if longpoll is None:
+            # With several nodes (the Redis broker), a request for a session held on
+            # another node is relayed there: no sticky sessions needed.
+            relay = hub.broker if isinstance(hub.broker, SessionRelay) else None
+            longpoll = LongPoll(hub, origins=origins, relay=relay)
+        self.longpoll = longpoll
+        if sse is True:
+            # One session table for both HTTP transports, as on ``backchannel serve``.
+            sse = ServerSentEvents(hub, sessions=longpoll.table)
+        #: The SSE endpoint (None when turned off).
+        self.sse: HttpEndpoint | None = sse or None
+        self.endpoints: list[HttpEndpoint] = [longpoll, *([sse] if sse else [])]
         self.api = HttpApi(hub, api_key, RateLimiter(api_rate, api_burst)) if api_key else None
+        #: New sessions (WebSockets, long-poll and SSE opens) per client address.
+        self.opens = RateLimiter(open_rate, open_burst)
         self.files = Files.client() if client else Files()
         self.commands = Commands(hub)
         #: Whether this application started the hub (lifespan): it then stops it too.
@@ -290,6 +314,9 @@ class HubApp:
             # Closed before accepted: the server answers the handshake with 403.
             await send({"type": "websocket.close", "code": 1008})
             return
+        if not self.opens.allow(_address(scope)):
+            await _refuse_websocket(scope, send, _too_many())
+            return
         connected = await self.authenticate(scope) if self.authenticate else None
         await send({"type": "websocket.accept"})
         transport = AsgiWebSocketTransport(send, linger=self.hub.options.close_linger)
@@ -307,9 +334,7 @@ class HubApp:
                     # Version 1 of the wire format is text only.
                     session.disconnect(codes.BAD_PROTOCOL)
                     continue
-                if len(text) > self.max_message_size and len(text.encode()) > (
-                    self.max_message_size
-                ):
+                if text_size(text) > self.max_message_size:
                     # RFC 6455 section 7.4.1: 1009, a message too big to process.
                     transport.gone()
                     await send({"type": "websocket.close", "code": 1009})
@@ -355,15 +380,15 @@ class HubApp:
             return response
         for endpoint in self.endpoints:
             if path == endpoint.path:
+                if endpoint.opens_session(request) and not self.opens.allow(_address(scope)):
+                    return _secured(_too_many())
                 answer = await endpoint.handle(request, authenticate=self._identify(scope))
                 if isinstance(answer, Stream):
                     return answer
                 if answer is not None:
                     return _secured(answer)
         if self.api is not None and path.startswith(self.api.prefix):
-            client = scope.get("client")
-            address = str(client[0]) if client else ""
-            return _secured(await self.api.handle(request, address))
+            return _secured(await self.api.handle(request, _address(scope)))
         if path == WEBSOCKET_PATH:
             return _secured(Response.text(426, "Upgrade Required: this is the hub's WebSocket\n"))
         return _secured(Response.text(404, "Not Found\n"))
@@ -414,6 +439,33 @@ def _path(scope: Scope) -> str:
     if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
     return path or "/"
+
+
+def _address(scope: Scope) -> str:
+    """The client's address, as the server says (behind a proxy, the server's own
+    setting makes it the forwarded one: uvicorn's ``--proxy-headers``)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _too_many() -> Response:
+    error = {"code": 111, "message": "too many new connections from this address"}
+    response = Response.json(429, {"error": error})
+    response.headers.add("Retry-After", "1")
+    return response
+
+
+async def _refuse_websocket(scope: Scope, send: Send, response: Response) -> None:
+    """Answer a WebSocket handshake with ``response``, where the server can (the ASGI
+    "WebSocket Denial Response" extension), else with the server's 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    response.headers.set("Content-Length", str(len(response.body)))
+    start = _head(response.status, response.headers)
+    start["type"] = "websocket.http.response.start"
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": response.body})
 
 
 def _headers(scope: Scope) -> Headers:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers.http import Http
-from helpers.hub_client import HubClient
+from helpers.hub_client import HubClient, SseClient
 
 from backchannel.app import logs
 from backchannel.hub.codes import Disconnect
@@ -66,6 +66,9 @@ async def test_the_access_log_of_a_running_server(captured: io.StringIO) -> None
         http = await Http.open(port)
         assert (await http.exchange("GET", "/health?x=secret")).status == 200
         await http.close()
+        # The frame of an SSE open holds a token: the log shows the path only.
+        streamed = await SseClient.open(port, token=make_token(SECRET, "secret-sse-user"))
+        await streamed.close()
         alice = await HubClient.open(port, path="/ws", token=make_token(SECRET, "alice"))
         bob = await HubClient.open(port, path="/ws", token=make_token(SECRET, "bob"))
         await app.hub.disconnect("bob", Disconnect(4001, "bye"))
@@ -76,6 +79,7 @@ async def test_the_access_log_of_a_running_server(captured: io.StringIO) -> None
     requests = [line for line in access if "status" in line]
     assert {"method": "GET", "path": "/health", "status": 200}.items() <= requests[0].items()
     assert "secret" not in json.dumps(requests)  # no query string in the log
+    assert {"method": "GET", "path": "/sse", "status": 200}.items() <= requests[1].items()
     upgrades = [line for line in requests if line["status"] == 101]
     assert [line["path"] for line in upgrades] == ["/ws", "/ws"]
     events = {(line["event"], line["user"]): line for line in access if "event" in line}

@@ -7,10 +7,11 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from helpers.http import Http
-from helpers.hub_client import HubClient, LongPollClient, ReplyError
+from helpers.hub_client import HubClient, LongPollClient, ReplyError, SseClient
 
 from backchannel.asyncio import connect
 from backchannel.exceptions import InvalidStatus
@@ -288,3 +289,35 @@ async def test_an_anonymous_connection_is_no_user_of_a_user_limited_channel() ->
             assert info.value.code == 103, channel
         await client.call("subscribe", channel="chat:lobby")
         await client.close()
+
+
+async def test_sse_is_served_at_sse_counted_by_the_open_rate_and_can_be_turned_off() -> None:
+    config = make_config(open_rate=0.001, open_burst=2, origins=["https://shop.example"])
+    token = make_token(SECRET, "erin", ttl=600)
+    async with running(config) as (_, port):
+        client = await SseClient.open(port, token=token)
+        assert client.info["user"] == "erin"
+        assert (await client.call("subscribe", channel="chat:sse"))["offset"] == 0
+        await client.close()
+        # A stream from an allowed origin gets CORS, and a cache never keeps it.
+        url = f"http://127.0.0.1:{port}/sse"
+        frame = json.dumps({"id": 1, "method": "connect", "params": {"token": token}})
+        async with httpx.AsyncClient() as http:
+            headers = {"Origin": "https://shop.example"}
+            async with http.stream(
+                "GET", url, params={"frame": frame}, headers=headers, timeout=10
+            ) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["access-control-allow-origin"] == "https://shop.example"
+                assert stream.headers["cache-control"] == "no-store"
+                assert stream.headers["x-content-type-options"] == "nosniff"
+            # The third open from this address is one too many: opens are counted as
+            # long-poll opens and WebSocket upgrades are.
+            refused = await http.get(url, params={"frame": frame}, timeout=10)
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == 111
+    config = make_config()
+    config.sse.enabled = False
+    async with running(config) as (_, port):
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"http://127.0.0.1:{port}/sse", params={"frame": frame})
+            assert answer.status_code == 404

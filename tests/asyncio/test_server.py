@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from backchannel.asyncio import ServerConnection, connect, serve
+from backchannel.asyncio import ServerConnection, Stream, connect, serve
 from backchannel.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
-from backchannel.protocol.http11 import Request, Response, parse_response_head
+from backchannel.protocol.http11 import Headers, Request, Response, parse_response_head
 
 
 async def echo(ws: ServerConnection) -> None:
@@ -227,3 +230,110 @@ async def test_a_client_that_goes_away_cancels_its_pending_request() -> None:
         await writer.wait_closed()
         async with asyncio.timeout(5):
             await cancelled.wait()
+
+
+# Streamed answers (Stream): what Server-Sent Events are built on.
+
+
+async def test_a_stream_is_sent_chunked_and_read_whole_by_an_http_client() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b"data: one\n\n", b"", b"data: two\n\n", b"x" * 100_000):
+            yield part
+
+    async def stream(ws: ServerConnection, request: Request) -> Stream:
+        headers = Headers([("Content-Type", "text/event-stream")])
+        return Stream(200, headers, chunks())
+
+    async with serve(echo, "127.0.0.1", 0, process_request=stream) as server:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{server.port}/events", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert response.headers["connection"] == "close"
+    assert "content-length" not in response.headers
+    assert response.content == b"data: one\n\ndata: two\n\n" + b"x" * 100_000
+
+
+async def test_a_client_that_goes_away_closes_the_stream_body() -> None:
+    closed = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            await asyncio.Future()  # nothing more, ever
+        finally:
+            closed.set()
+
+    async def stream(ws: ServerConnection, request: Request) -> Stream:
+        return Stream(200, Headers(), chunks())
+
+    async with serve(echo, "127.0.0.1", 0, process_request=stream) as server:
+        async with httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{server.port}/events"
+            async with http.stream("GET", url, timeout=5) as response:
+                async for chunk in response.aiter_raw():
+                    assert chunk == b"first"
+                    break
+        async with asyncio.timeout(5):
+            await closed.wait()
+
+
+async def test_closing_the_server_closes_a_stream_body() -> None:
+    started = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            started.set()
+            yield b"first"
+            await asyncio.Future()
+        finally:
+            closed.set()
+
+    async def stream(ws: ServerConnection, request: Request) -> Stream:
+        return Stream(200, Headers(), chunks())
+
+    server = await serve(echo, "127.0.0.1", 0, process_request=stream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(5):
+        await started.wait()
+        await server.aclose()
+        await closed.wait()
+        # The client read the head and the first chunk, then the end of the connection.
+        data = await reader.read()
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"5\r\nfirst\r\n")
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_client_that_never_reads_holds_back_the_producer() -> None:
+    # Chunks of 64 KiB, up to 128 MiB: a server that did not wait for the socket to drain
+    # would buffer them all. It asks for the next chunk only below the high water mark,
+    # and drops the client once it has read nothing for ping_timeout.
+    produced: list[int] = []
+    closed = asyncio.Event()
+    chunk = b"x" * 65536
+
+    async def chunks(connection: ServerConnection) -> AsyncIterator[bytes]:
+        try:
+            for _ in range(2000):
+                produced.append(connection.buffered_amount)
+                yield chunk
+        finally:
+            closed.set()
+
+    async def stream(ws: ServerConnection, request: Request) -> Stream:
+        return Stream(200, Headers(), chunks(ws))
+
+    async with serve(echo, "127.0.0.1", 0, process_request=stream, ping_timeout=0.5) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            await closed.wait()
+        sock.close()
+    # What the kernel's buffers took, then the server's own buffer: far from 2000
+    # chunks, and never more than one chunk past the high water mark in user space.
+    assert len(produced) < 200
+    assert max(produced) <= 64 * 1024 + len(chunk) + 100

@@ -112,7 +112,8 @@ def test_the_banner_names_the_transports_and_the_broker() -> None:
         process.communicate(timeout=30)
     assert lines[0].endswith("(hub at /lp)")
     assert lines[1] == (
-        "transports: WebSocket off, long polling at /lp; broker: memory (this process only)"
+        "transports: WebSocket off, SSE at /sse, long polling at /lp; "
+        "broker: memory (this process only)"
     )
     assert lines[2].startswith("HTTP API key (made for this run; set api.key): ")
 
@@ -135,7 +136,7 @@ async def test_workers_print_one_banner_with_the_demo_warning(tmp_path: Path) ->
             rest, _ = process.communicate(timeout=60)
     assert lines[0] == f"backchannel on http://127.0.0.1:{port}/ (2 workers)"
     assert lines[1] == (
-        "transports: WebSocket at /ws, long polling at /lp; "
+        "transports: WebSocket at /ws, SSE at /sse, long polling at /lp; "
         f"broker: redis 127.0.0.1:{redis.port}/0, prefix 'backchannel'"
     )
     assert lines[2].startswith("demo mode: ")

@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import jwt
 import pytest
 from helpers.asgi_server import uvicorn_server
-from helpers.hub_client import HubClient, LongPollClient, ReplyError
+from helpers.hub_client import HubClient, LongPollClient, ReplyError, SseClient
 from helpers.raw_client import RawClient
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from backchannel.asgi import HubApp, Scope
-from backchannel.asyncio import connect, serve
+from backchannel.asyncio import ServerConnection, Stream, connect, serve
 from backchannel.exceptions import (
     BrokerUnavailable,
     CommandError,
@@ -30,8 +30,11 @@ from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
+from backchannel.hub.transports.http import HttpSessions
 from backchannel.hub.transports.longpoll import LongPoll
+from backchannel.hub.transports.sse import ServerSentEvents
 from backchannel.hub.transports.websocket import websocket_handler
+from backchannel.protocol.http11 import Request, Response
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -71,13 +74,22 @@ class AsgiLongPollClient(LongPollClient):
         super().__init__(port, path)
 
 
-# The shared transport suite: these tests run over WebSocket and over long polling, on
+class AsgiSseClient(SseClient):
+    """An SSE client of the ASGI app."""
+
+    server = "uvicorn"
+
+    def __init__(self, port: int, path: str = "/realtime/sse") -> None:
+        super().__init__(port, path)
+
+
+# The shared transport suite: these tests run over WebSocket, long polling and SSE, on
 # backchannel's own server and on the ASGI app (backchannel.asgi) under uvicorn.
 ClientType = type[HubClient]
 TRANSPORTS = pytest.mark.parametrize(
     "client_type",
-    [HubClient, LongPollClient, AsgiHubClient, AsgiLongPollClient],
-    ids=["websocket", "longpoll", "websocket-uvicorn", "longpoll-uvicorn"],
+    [HubClient, LongPollClient, SseClient, AsgiHubClient, AsgiLongPollClient, AsgiSseClient],
+    ids=["websocket", "longpoll", "sse", "websocket-uvicorn", "longpoll-uvicorn", "sse-uvicorn"],
 )
 
 
@@ -135,15 +147,35 @@ async def hub_server(
             try:
                 yield hub, MOUNTED.port
             finally:
-                # Held polls end with the hub's 3000, before uvicorn waits for them.
+                # Held polls and streams end with the hub's 3000, before uvicorn waits
+                # for them.
                 await hub.close()
                 MOUNTED.app = None
             return
-        serve_options.setdefault("process_request", LongPoll(hub))
+        serve_options.setdefault("process_request", http_endpoints(hub))
         async with serve(
             websocket_handler(hub), "127.0.0.1", 0, compression=None, **serve_options
         ) as server:
             yield hub, server.port
+
+
+def http_endpoints(
+    hub: Hub,
+) -> Callable[[ServerConnection, Request], Awaitable[Response | Stream | None]]:
+    """Long polling at /lp and SSE at /sse, sharing one session table."""
+    table = HttpSessions(hub)
+    endpoints = [LongPoll(hub, sessions=table), ServerSentEvents(hub, sessions=table)]
+
+    async def process_request(
+        connection: ServerConnection, request: Request
+    ) -> Response | Stream | None:
+        for endpoint in endpoints:
+            answer = await endpoint.handle(request)
+            if answer is not None:
+                return answer
+        return None
+
+    return process_request
 
 
 @TRANSPORTS

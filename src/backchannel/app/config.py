@@ -35,6 +35,7 @@ __all__ = [
     "MetricsConfig",
     "ProxyConfig",
     "ServerConfig",
+    "SseConfig",
     "WebhooksConfig",
     "load_config",
 ]
@@ -400,6 +401,19 @@ class LongPollConfig:
     idle_timeout: float = 60.0
 
 
+@dataclass(slots=True)
+class SseConfig:
+    """Server-Sent Events at /sse (docs/protocol.md, "Server-Sent Events")."""
+
+    enabled: bool = True
+    #: Seconds between comments on a quiet stream (proxies cut silent responses).
+    heartbeat: float = 15.0
+    #: Seconds a session may wait for its stream to start (and its claim's life).
+    idle_timeout: float = 60.0
+    #: The browser's reconnect delay after a dropped stream, in milliseconds.
+    retry: int = 2000
+
+
 def _demo_namespaces() -> dict[str, ChannelOptions]:
     """The channels the demo chat uses: rooms with history and presence, and typing
     notices that are not kept."""
@@ -420,6 +434,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     longpoll: LongPollConfig = field(default_factory=LongPollConfig)
+    sse: SseConfig = field(default_factory=SseConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -455,6 +470,7 @@ _SECTIONS = {
     "auth": AuthConfig,
     "api": ApiConfig,
     "longpoll": LongPollConfig,
+    "sse": SseConfig,
     "broker": BrokerConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,

@@ -6,6 +6,7 @@ Paths (docs/config.md):
 * ``/ws``: the hub over WebSocket (``server.websocket = false`` refuses upgrades with
   403, leaving long polling).
 * ``/lp``: the hub over long polling.
+* ``/sse``: the hub over Server-Sent Events (``sse.enabled = false`` turns it off).
 * ``/api/<method>``: the HTTP API for backends (docs/api.md).
 * ``/js/backchannel.js``: the browser client (``/js/backchannel.d.ts``, its types), and
   the modules it imports, ``/js/lib/*.js``.
@@ -38,14 +39,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..asyncio import Server, ServerConnection, serve
+from ..asyncio import Server, ServerConnection, Stream, serve
 from ..exceptions import BrokerUnavailable, InvalidArgument, InvalidRequest
 from ..hub import Broker, Hub, LongPoll, MemoryBroker, TokenVerifier, codes, websocket_handler
 from ..hub.token import make_token
-from ..hub.transports.longpoll import SessionRelay
+from ..hub.transports.http import HttpSessions, SessionRelay
+from ..hub.transports.sse import ServerSentEvents
 from ..protocol.handshake import is_upgrade_request
 from ..protocol.http11 import Headers, Request, Response
 from ..protocol.limits import Limits
@@ -120,13 +122,31 @@ class App:
                 *([logs.AccessLog()] if config.log.access else []),
             ],
         )
+        #: The HTTP transports' sessions on this node: one table, one relay.
+        self.http_sessions = HttpSessions(
+            self.hub,
+            origins=config.server.origins,
+            # With Redis, a poll or a send may reach any node: it is relayed to the
+            # session's.
+            relay=broker if isinstance(broker, SessionRelay) else None,
+        )
         self.longpoll = LongPoll(
             self.hub,
             poll_timeout=config.longpoll.poll_timeout,
             idle_timeout=config.longpoll.idle_timeout,
-            origins=config.server.origins,
-            # With Redis, a poll may reach any node: it is relayed to the session's.
-            relay=broker if isinstance(broker, SessionRelay) else None,
+            sessions=self.http_sessions,
+        )
+        #: Server-Sent Events at /sse, unless ``sse.enabled`` is off.
+        self.sse = (
+            ServerSentEvents(
+                self.hub,
+                heartbeat=config.sse.heartbeat,
+                idle_timeout=config.sse.idle_timeout,
+                retry=config.sse.retry,
+                sessions=self.http_sessions,
+            )
+            if config.sse.enabled
+            else None
         )
         self.api_key = config.api.key or secrets.token_urlsafe(24)
         self.api = HttpApi(self.hub, self.api_key, RateLimiter(config.api.rate, config.api.burst))
@@ -209,7 +229,7 @@ class App:
 
     async def process_request(
         self, connection: ServerConnection, request: Request
-    ) -> Response | None:
+    ) -> Response | Stream | None:
         """Route one HTTP request; None lets a WebSocket upgrade through. Each request
         is one line of the access log (``log.access``)."""
         started = time.perf_counter()
@@ -220,7 +240,12 @@ class App:
         path = urlsplit(request.path).path
         response = await self._answer(connection, request, path, address)
         if self.config.log.access:
-            status, size = (101, 0) if response is None else (response.status, len(response.body))
+            if response is None:
+                status, size = 101, 0
+            elif isinstance(response, Stream):
+                status, size = response.status, 0  # logged as it starts; its size is open
+            else:
+                status, size = response.status, len(response.body)
             logs.request(
                 address,
                 request.method,
@@ -233,7 +258,7 @@ class App:
 
     async def _answer(
         self, connection: ServerConnection, request: Request, path: str, address: str
-    ) -> Response | None:
+    ) -> Response | Stream | None:
         if self.closing:
             return _secured(_shutting_down())
         if is_upgrade_request(request):
@@ -247,6 +272,8 @@ class App:
                 return _secured(_too_many())
             return None
         response = await self._route(connection, request, path, address)
+        if isinstance(response, Stream):
+            return response
         if request.method == "HEAD":
             # RFC 9110 section 9.3.2: the headers of a GET, without the content.
             if response.status >= 200 and response.status not in (204, 304):
@@ -256,10 +283,11 @@ class App:
 
     async def _route(
         self, connection: ServerConnection, request: Request, path: str, address: str
-    ) -> Response:
-        response = self.files.handle(request, path)
-        if response is not None:
-            return response
+    ) -> Response | Stream:
+        file = self.files.handle(request, path)
+        if file is not None:
+            return file
+        response: Response | Stream | None = None
         if self.admin is not None and (path == "/admin" or path.startswith("/admin/")):
             response = await self.admin.handle(request, path, address)
         elif path == self.longpoll.path:
@@ -269,6 +297,12 @@ class App:
                 response = _too_many()
             else:
                 response = await self.longpoll(connection, request)
+        elif self.sse is not None and path == self.sse.path:
+            # Opening a stream opens a session: counted like a long-poll open.
+            if self.sse.opens_session(request) and not self.opens.allow(address):
+                response = _too_many()
+            else:
+                response = await self.sse(connection, request)
         elif path.startswith(self.api.prefix):
             response = await self.api.handle(request, address)
             if self.metrics is not None:
@@ -354,8 +388,10 @@ class App:
         what = f"{workers} workers" if workers > 1 else f"hub at {paths}"
         lines = [f"backchannel on {scheme}://{shown}:{server.port}/ ({what})"]
         websocket = "WebSocket at /ws" if server_config.websocket else "WebSocket off"
+        sse = f", SSE at {self.sse.path}" if self.sse is not None else ""
         lines.append(
-            f"transports: {websocket}, long polling at /lp; broker: {self.config.broker.describe()}"
+            f"transports: {websocket}{sse}, long polling at /lp; "
+            f"broker: {self.config.broker.describe()}"
         )
         if server_config.demo:
             lines.append(
@@ -487,7 +523,11 @@ def _page_headers(page: bytes) -> list[tuple[str, str]]:
     ]
 
 
-def _secured(response: Response) -> Response:
+#: A plain answer or a stream: both carry headers.
+_Answer = TypeVar("_Answer", bound="Response | Stream")
+
+
+def _secured(response: _Answer) -> _Answer:
     """Headers of every dynamic answer (API, long polling, errors): never stored by a
     cache on the way (tokens, session ids, private data), and never sniffed into
     another type than the one declared (a JSON answer run as a script)."""

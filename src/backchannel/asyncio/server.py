@@ -4,6 +4,21 @@ Plain HTTP and WebSocket share the port. Each TCP connection starts as HTTP/1.1:
 request that asks to upgrade becomes a WebSocket connection handed to ``handler``; any
 other request goes to ``process_request``, or is answered ``426 Upgrade Required``.
 ``process_request`` also sees upgrade requests first, so it can refuse them (401, 403).
+
+``process_request`` may also return a :class:`~.stream.Stream`: a head sent at once and
+a body sent as it is produced (Server-Sent Events). Its chunks go out with
+``Transfer-Encoding: chunked`` (RFC 9112 section 7.1; an HTTP/1.0 client gets the body
+delimited by the connection's end), and the next chunk is asked for only once the
+socket's write buffer is below its high water mark, so a client that does not read holds
+back the producer. A stream whose client reads nothing at all for ``ping_timeout``
+seconds while the buffer is full is dropped, as a WebSocket whose pong does not come.
+When the client goes away or the server closes, the body is closed (``aclose``).
+
+A stream ends its connection: it is answered with ``Connection: close`` and the
+connection closes after the last chunk. A stream usually lives as long as its client
+stays (an event stream reconnects on a new connection anyway), and nothing can be
+answered on the connection while it lasts, so keeping it alive would only delay
+requests pipelined behind it.
 """
 
 from __future__ import annotations
@@ -22,9 +37,10 @@ from ..protocol import connection as sansio
 from ..protocol.deflate import DeflateConfig
 from ..protocol.frames import CloseCode
 from ..protocol.handshake import ServerHandshake, is_upgrade_request
-from ..protocol.http11 import Request, RequestParser, Response
+from ..protocol.http11 import Headers, Request, RequestParser, Response
 from ..protocol.limits import Limits
 from .connection import Connection
+from .stream import Stream
 
 __all__ = ["Server", "ServerConnection", "serve"]
 
@@ -32,7 +48,8 @@ logger = logging.getLogger("backchannel.server")
 
 Handler = Callable[["ServerConnection"], Awaitable[None]]
 ProcessRequest = Callable[
-    ["ServerConnection", Request], "Response | Awaitable[Response | None] | None"
+    ["ServerConnection", Request],
+    "Response | Stream | Awaitable[Response | Stream | None] | None",
 ]
 ProcessInvalid = Callable[["ServerConnection", InvalidRequest], "Response | None"]
 
@@ -146,9 +163,79 @@ class ServerConnection(Connection):
                     logger.exception("error in process_request")
                     result = Response.text(500, "Internal Server Error\n")
                     result.headers.set("Connection", "close")
+                if isinstance(result, Stream):
+                    # The stream ends the connection: what is pipelined behind it is
+                    # never answered.
+                    self._pending_requests.clear()
+                    await self._stream(request, result)
+                    return
                 self._handle(request, result)
         finally:
             self._http_task = None
+
+    async def _stream(self, request: Request, stream: Stream) -> None:
+        """Send ``stream``'s head, then its body chunk by chunk, then close."""
+        body = stream.body
+        transport = self.transport
+        try:
+            if transport is None or transport.is_closing():
+                return
+            headers = Headers(stream.headers)
+            headers.remove("Content-Length")
+            headers.set("Connection", "close")
+            # Chunked framing is HTTP/1.1's (RFC 9112 section 7.1); an HTTP/1.0 client
+            # reads until the connection closes (section 6.3).
+            chunked = request.http_version != "1.0"
+            if chunked:
+                headers.set("Transfer-Encoding", "chunked")
+            head = Response(stream.status, headers)
+            status_line = f"HTTP/1.1 {head.status} {head.reason}\r\n".encode("latin-1")
+            self._write(status_line + headers.serialize() + b"\r\n")
+            if body is None or request.method == "HEAD":
+                if chunked and request.method != "HEAD":
+                    self._write(b"0\r\n\r\n")
+                return
+            async for chunk in body:
+                if not chunk:
+                    continue  # an empty chunk would end a chunked body
+                if transport.is_closing():
+                    return
+                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if self._writing_paused and not await self._drain_stream(transport):
+                    return
+            if chunked and not transport.is_closing():
+                self._write(b"0\r\n\r\n")
+        finally:
+            if body is not None:
+                # The producer's finally blocks run now (a session ends with its stream);
+                # a body that already finished ignores this.
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if transport is not None:
+                # Closing flushes what is buffered first; Server.aclose drops it after
+                # close_timeout if the client never reads it.
+                transport.close()
+
+    async def _drain_stream(self, transport: asyncio.Transport) -> bool:
+        """Wait until the write buffer is below its low water mark; False when the
+        connection is gone, or was dropped because its client read nothing for
+        ``ping_timeout`` seconds."""
+        timeout = self.server.ping_timeout
+        while self._writing_paused and not self._is_lost:
+            if timeout is None:
+                await self.drain()
+                continue
+            before = transport.get_write_buffer_size()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.drain()
+            except TimeoutError:
+                if transport.get_write_buffer_size() >= before:
+                    logger.info("a stream's client read nothing for %s s: dropping it", timeout)
+                    transport.abort()
+                    return False
+        return not self._is_lost
 
     def _handle(self, request: Request, response: Response | None) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -6,7 +6,6 @@ transport suite in test_hub.py.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,7 @@ from backchannel.asyncio import serve
 from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
-from backchannel.hub.transports.longpoll import LongPoll, LongPollTransport
+from backchannel.hub.transports.longpoll import LongPoll
 from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.protocol.limits import Limits
 
@@ -93,30 +92,6 @@ async def test_an_idle_poll_is_answered_empty_after_the_poll_timeout() -> None:
         await http.request("GET", f"/lp?sid={sid}&ack=0")
         status, body = await http.request("GET", f"/lp?sid={sid}&ack=1")
         assert status == 200 and body == '{"batch":1}'
-        await http.close()
-
-
-async def test_a_session_not_polled_within_idle_timeout_is_closed_and_freed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    expired = asyncio.Event()
-    original = LongPoll._expire
-
-    def spy(self: LongPoll, transport: LongPollTransport) -> None:
-        original(self, transport)
-        expired.set()
-
-    monkeypatch.setattr(LongPoll, "_expire", spy)
-    async with endpoint(idle_timeout=0.2) as (hub, long_poll, port):
-        http = await Http.open(port)
-        status, body = await http.request("POST", "/lp", command(1, "connect"))
-        sid = json.loads(body)["sid"]
-        assert sid in long_poll.sessions and len(hub.sessions) == 1
-        async with asyncio.timeout(5):
-            await expired.wait()
-        assert sid not in long_poll.sessions
-        status, _ = await http.request("GET", f"/lp?sid={sid}&ack=0")
-        assert status == 404
         await http.close()
 
 
@@ -332,21 +307,6 @@ async def test_polls_that_land_on_other_nodes_get_everything_once_in_order(
         assert received == list(range(6))
         for connection in http.values():
             await connection.close()
-
-
-async def test_a_session_whose_node_is_gone_is_unknown_everywhere(
-    redis_server: RedisServer,
-) -> None:
-    async with node(redis_server.url) as (_, port_b):
-        async with node(redis_server.url) as (_, port_a):
-            http = await Http.open(port_a)
-            sid = json.loads((await http.request("POST", "/lp", command(1, "connect")))[1])["sid"]
-            await http.close()
-        # Node A stopped: node B does not wait for it.
-        other = await Http.open(port_b)
-        status, body = await other.request("GET", f"/lp?sid={sid}&ack=0")
-        assert (status, json.loads(body)["reconnect"]) == (404, True)
-        await other.close()
 
 
 async def test_a_relayed_poll_held_by_a_live_node_is_not_taken_for_gone(

@@ -13,11 +13,10 @@ Three requests, all under one path (``/lp`` by default) on the server's port:
   replies come by polling.
 * ``DELETE /lp?sid=S`` ends the session (a client that is leaving).
 
-Session ids are 128 bits from the OS's CSPRNG; whoever holds one holds the session (it
-was opened with a valid connect token, and refresh keeps to its user). A session that is
-not polled for ``idle_timeout`` seconds is closed and freed. A held poll is a future: no
-CPU while waiting; a publication wakes only the polls of its subscribers, and they share
-the same encoded text.
+The session table, ids, idle expiry (a session not polled for ``idle_timeout`` seconds
+is closed and freed), CORS and the relay between nodes are shared with the other HTTP
+transports (:mod:`.http`). A held poll is a future: no CPU while waiting; a publication
+wakes only the polls of its subscribers, and they share the same encoded text.
 """
 
 from __future__ import annotations
@@ -25,67 +24,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Collection, Sequence
+from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from ...asyncio import ServerConnection
 from ...protocol.http11 import Headers, Request, Response
-from .. import codes
 from ..codes import Disconnect
 from ..commands import Commands
 from ..hooks import Connected
 from ..hub import Hub
-from ..outbox import Outbox
-from ..session import Session
+from .http import (
+    Answer,
+    Authenticate,
+    HttpSessions,
+    HttpTransport,
+    SessionRelay,
+    session_closed,
+    sid_of,
+    unknown_session,
+)
 
 __all__ = ["Answer", "Authenticate", "LongPoll", "LongPollTransport", "SessionRelay"]
-
-logger = logging.getLogger("backchannel.hub")
 
 #: Bytes of queued texts one batch carries: the outbox's own bound (1 MiB by default)
 #: caps it too; this keeps one response small enough for any proxy's buffer.
 MAX_BATCH = 256 * 1024
 
 
-class LongPollTransport:
+class LongPollTransport(HttpTransport):
     """A session's transport over long polling: its outbox is drained into numbered
     batches, one held until the client acknowledges it."""
 
     name: ClassVar[str] = "longpoll"
 
-    __slots__ = (
-        "_idle",
-        "_waiter",
-        "batches",
-        "claimed",
-        "closing",
-        "endpoint",
-        "outbox",
-        "seq",
-        "session",
-        "sid",
-    )
+    __slots__ = ("_waiter", "batches", "seq")
+
+    endpoint: LongPoll
 
     def __init__(self, endpoint: LongPoll, sid: str) -> None:
-        self.endpoint = endpoint
-        self.sid = sid
-        self.session: Session | None = None
-        self.outbox: Outbox | None = None
+        super().__init__(endpoint, sid)
         #: Batches sent but not acknowledged: (number, body).
         self.batches: deque[tuple[int, bytes]] = deque()
         self.seq = 0
-        #: When (loop time) the relay last recorded this node as the session's.
-        self.claimed = 0.0
-        self.closing: Disconnect | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
-
-    def attach(self, outbox: Outbox) -> None:
-        self.outbox = outbox
 
     def deliver(self, text: str) -> bool:
         return False  # everything waits in the outbox for the next poll
@@ -99,7 +82,12 @@ class LongPollTransport:
         self._wake()
         session = self.session
         if session is not None:
-            self.endpoint.end_session(session)
+            self.endpoint.table.end_session(session)
+
+    def forgotten(self) -> None:
+        self._wake()
+        super().forgotten()
+        self.batches.clear()
 
     @classmethod
     def deliver_many(
@@ -139,37 +127,12 @@ class LongPollTransport:
         return self.seq, body
 
 
-#: What a relayed request gets back: status, content type, body.
-Answer = tuple[int, str, bytes]
-
-#: Who the client opening a session is, as the server that took the request knows it
-#: (None: the connect's token and the hooks decide).
-Authenticate = Callable[[], Awaitable[Connected | None]]
-
-
-@runtime_checkable
-class SessionRelay(Protocol):
-    """Carries long-poll requests to the node that holds their session, so that a poll
-    may land on any node behind a load balancer (the Redis broker is one)."""
-
-    async def claim_session(self, sid: str, ttl: float) -> None:
-        """Record that this node holds ``sid`` (for ``ttl`` seconds unless claimed again)."""
-
-    async def release_session(self, sid: str) -> None:
-        """``sid`` is gone from this node."""
-
-    async def forward_session(
-        self, sid: str, method: str, target: str, body: bytes, wait: float
-    ) -> Answer | None:
-        """Have the node holding ``sid`` answer this request; None when no live node
-        holds it, or it did not answer within ``wait`` seconds."""
-
-    def serve_sessions(self, handler: Callable[[str, str, bytes], Awaitable[Answer]]) -> None:
-        """Answer requests forwarded to this node with ``handler(method, target, body)``."""
-
-
 class LongPoll:
-    """The long-polling endpoint; use it as (or from) ``serve(process_request=...)``."""
+    """The long-polling endpoint; use it as (or from) ``serve(process_request=...)``.
+
+    ``sessions`` is the node's table of HTTP sessions, shared with the other HTTP
+    transports; without one, the endpoint makes its own from ``origins`` and ``relay``.
+    """
 
     def __init__(
         self,
@@ -180,6 +143,7 @@ class LongPoll:
         idle_timeout: float = 60.0,
         origins: Collection[str] = (),
         relay: SessionRelay | None = None,
+        sessions: HttpSessions | None = None,
     ) -> None:
         self.hub = hub
         self.commands = Commands(hub)
@@ -189,15 +153,18 @@ class LongPoll:
         self.poll_timeout = poll_timeout
         #: Seconds without a poll after which a session is closed and freed.
         self.idle_timeout = idle_timeout
-        #: Origins of pages on other sites that may use this endpoint (CORS); "*" for
-        #: any. Pages of the server's own origin need nothing.
-        self.origins = frozenset(origins)
-        self.sessions: dict[str, LongPollTransport] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        #: With several nodes, requests for sessions held elsewhere go through the relay.
-        self.relay = relay
-        if relay is not None:
-            relay.serve_sessions(self._relayed)
+        if sessions is None:
+            sessions = HttpSessions(hub, origins=origins, relay=relay)
+        #: The node's HTTP sessions (shared with the other HTTP transports).
+        self.table = sessions
+        sessions.add(self)
+
+    @property
+    def sessions(self) -> dict[str, LongPollTransport]:
+        """This endpoint's sessions on this node, by id."""
+        return {
+            sid: t for sid, t in self.table.of(self).items() if isinstance(t, LongPollTransport)
+        }
 
     def held(self) -> int:
         """Polls held on this node now, waiting for something to answer (a metric)."""
@@ -207,7 +174,7 @@ class LongPoll:
         """Whether ``request`` opens a new session (a POST to this path without a
         ``sid``): the one rule, for a caller that counts opens (a rate limit)."""
         url = urlsplit(request.path)
-        return url.path == self.path and request.method == "POST" and _sid(url.query) is None
+        return url.path == self.path and request.method == "POST" and sid_of(url.query) is None
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
@@ -223,29 +190,16 @@ class LongPoll:
         url = urlsplit(request.path)
         if url.path != self.path:
             return None
-        origin = request.headers.get("Origin")
-        allowed = origin is not None and ("*" in self.origins or origin in self.origins)
         if request.method == "OPTIONS":
-            # A CORS preflight (DELETE, or a POST a browser does not count as simple).
-            if not allowed:
-                return Response.json(403, {"error": "origin not allowed"})
-            response = Response(204)
-            response.headers.add("Access-Control-Allow-Methods", "GET, POST, DELETE")
-            response.headers.add("Access-Control-Allow-Headers", "Content-Type")
-            response.headers.add("Access-Control-Max-Age", "600")
+            response = self.table.preflight(request)
         else:
             response = await self._answer(request, url.query, authenticate=authenticate)
-        if allowed:
-            assert origin is not None
-            response.headers.set("Access-Control-Allow-Origin", origin)
-            response.headers.add("Vary", "Origin")
+        self.table.cors(request, response.headers)
         return response
 
-    async def _relayed(self, method: str, target: str, body: bytes) -> Answer:
+    async def answer_relayed(self, request: Request) -> Response:
         """Answer a request another node received for a session held here."""
-        request = Request(method, target, Headers(), body)
-        response = await self._answer(request, urlsplit(target).query, relayed=True)
-        return response.status, response.headers.get("Content-Type") or "", response.body
+        return await self._answer(request, urlsplit(request.path).query, relayed=True)
 
     async def _answer(
         self,
@@ -256,20 +210,17 @@ class LongPoll:
         authenticate: Authenticate | None = None,
     ) -> Response:
         query = parse_qs(query_string)
-        sid = _sid(query_string)
+        sid = sid_of(query_string)
         if request.method == "POST" and sid is None:
             connected = await authenticate() if authenticate is not None else None
             return await self._open(request, connected)
-        transport = self.sessions.get(sid) if sid is not None else None
-        if transport is None:
-            if sid is not None and self.relay is not None and not relayed:
-                answer = await self.relay.forward_session(
-                    sid, request.method, request.path, request.body, self.poll_timeout + 10
-                )
-                if answer is not None:
-                    status, kind, body = answer
-                    return Response(status, Headers([("Content-Type", kind)]), body)
-            return Response.json(404, {"error": "unknown session", "reconnect": True})
+        transport = self.table.find(self, sid)
+        if not isinstance(transport, LongPollTransport):
+            if sid is not None and not relayed:
+                forwarded = await self.table.forward(request, sid, self.poll_timeout + 10)
+                if forwarded is not None:
+                    return forwarded
+            return unknown_session()
         if request.method == "POST":
             return await self._send(transport, request)
         if request.method == "GET":
@@ -280,29 +231,21 @@ class LongPoll:
             return await self._poll(transport, ack)
         if request.method == "DELETE":
             # The client is leaving (a tab closing): free the session now, not at idle.
-            transport._wake()
-            self._forget(transport)
+            self.table.forget(transport)
             return Response.json(200, {"sid": transport.sid})
         return Response.json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
 
     async def _open(self, request: Request, connected: Connected | None = None) -> Response:
-        sid = secrets.token_urlsafe(16)
-        transport = LongPollTransport(self, sid)
-        session = self.hub.open_session(transport, request.headers, connected=connected)
-        transport.session = session
-        self.sessions[sid] = transport
-        self._arm_idle(transport)
-        if self.relay is not None:
-            transport.claimed = asyncio.get_running_loop().time()
-            await self.relay.claim_session(sid, self.idle_timeout)
-        await self.commands.handle(session, request.body)
-        return Response.json(200, {"sid": sid, "ack": 0})
+        transport = LongPollTransport(self, self.table.new_sid())
+        transport.session = self.hub.open_session(transport, request.headers, connected=connected)
+        await self.table.register(transport)
+        await self.commands.handle(transport.session, request.body)
+        return Response.json(200, {"sid": transport.sid, "ack": 0})
 
     async def _send(self, transport: LongPollTransport, request: Request) -> Response:
         session = transport.session
         if session is None or transport.closing is not None:
-            reconnect = transport.closing is None or transport.closing.reconnect
-            return Response.json(410, {"error": "session closed", "reconnect": reconnect})
+            return session_closed(transport.closing)
         await self.commands.handle(session, request.body)
         return Response.json(200, {"sid": transport.sid})
 
@@ -312,15 +255,8 @@ class LongPoll:
         if transport._waiter is not None:
             # A newer poll replaces a held one (the client gave up on it).
             transport._wake()
-        if transport._idle is not None:
-            transport._idle.cancel()
-            transport._idle = None
-        now = asyncio.get_running_loop().time()
-        if self.relay is not None and now - transport.claimed > self.idle_timeout / 3:
-            # Still here: other nodes keep forwarding to this one. Renewed every third of
-            # the claim's life, not on every poll: a poll is the hot path.
-            transport.claimed = now
-            await self.relay.claim_session(transport.sid, self.idle_timeout)
+        self.table.disarm_idle(transport)
+        await self.table.renew(transport)
         try:
             batch = transport.next_batch()
             if batch is None and transport.closing is None:
@@ -332,7 +268,8 @@ class LongPoll:
                     transport._waiter = None
                 batch = transport.next_batch()
         finally:
-            self._arm_idle(transport)
+            if self.table.find(self, transport.sid) is transport:
+                self.table.arm_idle(transport)
         if batch is not None:
             _, body = batch
             headers = Headers([("Content-Type", "text/plain; charset=utf-8")])
@@ -340,52 +277,7 @@ class LongPoll:
         if transport.closing is not None:
             # Everything was delivered, the disconnect push included: forget it. The
             # answer repeats the disconnect's advice, so a client cannot read it otherwise.
-            reconnect = transport.closing.reconnect
-            self._forget(transport)
-            return Response.json(410, {"error": "session closed", "reconnect": reconnect})
+            closing = transport.closing
+            self.table.forget(transport)
+            return session_closed(closing)
         return Response.json(200, {"batch": transport.seq})
-
-    def _arm_idle(self, transport: LongPollTransport) -> None:
-        if transport._idle is not None:
-            transport._idle.cancel()
-        transport._idle = asyncio.get_running_loop().call_later(
-            self.idle_timeout, self._expire, transport
-        )
-
-    def _expire(self, transport: LongPollTransport) -> None:
-        transport._idle = None
-        session = transport.session
-        if session is not None and not session.closed:
-            logger.info("long-poll session %s idle: closing", transport.sid)
-            session.disconnect(codes.IDLE_TIMEOUT)
-        self._forget(transport)
-
-    def _forget(self, transport: LongPollTransport) -> None:
-        if self.sessions.pop(transport.sid, None) is not None and self.relay is not None:
-            self._spawn(self.relay.release_session(transport.sid))
-        if transport._idle is not None:
-            transport._idle.cancel()
-            transport._idle = None
-        session, transport.session = transport.session, None
-        if session is not None:
-            self._spawn(self.hub.close_session(session))
-        # Free what was queued now, not at the next full garbage collection (the
-        # session and its transport refer to each other).
-        if transport.outbox is not None:
-            transport.outbox.clear()
-        transport.batches.clear()
-
-    def end_session(self, session: Session) -> None:
-        """A session ended by the server: free it in the hub now (its transport stays
-        until the client has polled the disconnect push, or goes idle)."""
-        self._spawn(self.hub.close_session(session))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-def _sid(query_string: str) -> str | None:
-    """The session id a query names, if any (an empty ``sid=`` names none)."""
-    return parse_qs(query_string).get("sid", [None])[0]

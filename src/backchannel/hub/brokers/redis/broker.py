@@ -50,7 +50,7 @@ from .presence import RedisPresence
 from .relay import OWNER_CHECK, RedisRelay
 
 if TYPE_CHECKING:
-    from ...transports.longpoll import Answer
+    from ...transports.http import Answer
 
 __all__ = ["RedisBroker"]
 

@@ -48,7 +48,7 @@ from .errors import DOWN, reachable
 from .keys import Keys
 
 if TYPE_CHECKING:
-    from ...transports.longpoll import Answer
+    from ...transports.http import Answer
 
 __all__ = ["ALIVE_TTL_MS", "OWNER_CHECK", "RedisRelay"]
 
