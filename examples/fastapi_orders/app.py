@@ -145,6 +145,7 @@ PAGE = """<!doctype html>
   const client = new Client(`${{scheme}}//${{location.host}}/realtime/ws`, {{
     longPollUrl: "/realtime/lp",
   }});
+  window.order = {{ client }};  // for the console (and the tests)
   let shown = -1;  // the offset of the status on the page
   const show = (pub) => {{
     if (pub.offset <= shown) return;
