@@ -7,7 +7,8 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from helpers.asgi_server import hypercorn_server, uvicorn_server
 from helpers.hub_client import HubClient, LongPollClient, SseClient
 from helpers.raw_client import RawClient
+from helpers.redis_server import RedisServer, require_redis
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
@@ -25,6 +27,7 @@ from backchannel.asyncio import Stream, connect
 from backchannel.exceptions import InvalidStatus
 from backchannel.hub import Connected, Disconnect, Hooks, Hub, Session
 from backchannel.hub.brokers import MemoryBroker
+from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
 from backchannel.hub.transports.longpoll import Authenticate
@@ -435,3 +438,43 @@ async def test_hypercorn_serves_it_too() -> None:
             await ws.close()
             await lp.close()
             await hub.close()
+
+
+async def test_two_nodes_need_no_sticky_sessions_for_the_http_transports(tmp_path: Path) -> None:
+    """Two HubApps on one Redis: a request for a session held by the other node is
+    relayed there (the SSE stream on one node, its commands posted to the other)."""
+    require_redis()
+    with RedisServer(tmp_path) as redis:
+        async with AsyncExitStack() as stack:
+            ports = []
+            for name in ("a", "b"):
+                broker = RedisBroker(redis.url, prefix="asgi-two-nodes")
+                hub = Hub(OPTIONS, broker=broker, tokens=TokenVerifier(secret=SECRET), name=name)
+                realtime = HubApp(hub)
+                app = starlette(realtime, lifespan=realtime.lifespan)
+                ports.append(await stack.enter_async_context(uvicorn_server(app, lifespan="on")))
+            a, b = ports
+            sse = SseClient(a, "/realtime/sse", post_port=b)
+            await sse.call("connect", token=token("carol"))
+            await sse.call("subscribe", channel="feed:1")  # posted to b, run on a
+            ws = await HubClient.open(b, path="/realtime/ws", token=token("alice"))
+            await ws.call("subscribe", channel="feed:1")
+            await ws.call("publish", channel="feed:1", data="across nodes")
+            assert (await sse.publications(1))[0]["data"] == "across nodes"
+            # Long polling: opened on a, polled on b.
+            async with httpx.AsyncClient() as http:
+                opened = await http.post(
+                    f"http://127.0.0.1:{a}/realtime/lp",
+                    content=json.dumps(
+                        {"id": 1, "method": "connect", "params": {"token": token("dave")}}
+                    ),
+                )
+                sid = opened.json()["sid"]
+                batch = await http.get(
+                    f"http://127.0.0.1:{b}/realtime/lp", params={"sid": sid, "ack": 0}
+                )
+                reply = json.loads(batch.text.splitlines()[1])
+                assert reply["result"]["user"] == "dave"
+                await http.delete(f"http://127.0.0.1:{b}/realtime/lp", params={"sid": sid})
+            await sse.close()
+            await ws.close()
