@@ -3,8 +3,8 @@
 
 export type ClientState = "disconnected" | "connecting" | "connected" | "closed";
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
-/** A registered transport: "websocket" and "longpoll" are built in (registerTransport). */
-export type TransportName = "websocket" | "longpoll" | (string & {});
+/** A registered transport: "websocket", "sse" and "longpoll" are built in (registerTransport). */
+export type TransportName = "websocket" | "sse" | "longpoll" | (string & {});
 
 /** A connection, as the hub describes it. */
 export interface ClientInfo {
@@ -47,21 +47,28 @@ export interface ClientOptions {
    * closes the client (unauthorized, 101).
    */
   getToken?: () => Promise<string>;
-  /** Allowed transports; WebSocket is tried first. Default ["websocket", "longpoll"]. */
+  /**
+   * Transports tried in this order: when one does not get through (fails before its
+   * first message, or brings none within fallbackTimeout), the next; the one that
+   * works is remembered for the page and its reloads, the first tried again now and
+   * then. Default ["websocket", "sse", "longpoll"] (SSE where EventSource exists).
+   */
   transports?: TransportName[];
   /** Default: the url's host, with http(s) and path /lp. */
   longPollUrl?: string;
+  /** Default: the url's host, with http(s) and path /sse. */
+  sseUrl?: string;
   /** ms, default 500. */
   minReconnectDelay?: number;
   /** ms, default 20000. */
   maxReconnectDelay?: number;
-  /** ms a WebSocket has to bring its first message before falling back; default 3000. */
+  /** ms a transport has to bring its first message before the next is tried; default 3000. */
   fallbackTimeout?: number;
   /** A name the client gives itself (connect's `name`). */
   name?: string;
   /** ms a command waits for its reply (and for a connection); default 10000. */
   timeout?: number;
-  /** ms between ping commands over WebSocket; default 25000 (or the connect result's `ping`). */
+  /** ms between ping commands over WebSocket and SSE; default 25000 (or the connect result's `ping`). */
   pingInterval?: number;
   /** ms a ping may stay unanswered; default pingInterval + 10000. */
   pingTimeout?: number;
@@ -69,6 +76,8 @@ export interface ClientOptions {
   pollTimeout?: number;
   /** The WebSocket class; default globalThis.WebSocket. */
   WebSocket?: unknown;
+  /** The EventSource class; default globalThis.EventSource. */
+  EventSource?: unknown;
   /** The fetch function; default globalThis.fetch. */
   fetch?: (input: string, init?: Record<string, any>) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
   setTimeout?: (fn: () => void, ms: number) => unknown;
@@ -178,9 +187,13 @@ export interface TokenRefusal {
 export interface TransportContext {
   url: string;
   longPollUrl: string | null;
+  sseUrl: string | null;
   WebSocket: any;
+  EventSource: any;
   fetch: any;
   timers: { setTimeout: (fn: () => void, ms: number) => any; clearTimeout: (id: any) => void };
+  /** Where the page's "pagehide" is heard (null: nowhere). */
+  lifecycleTarget: EventTarget | null;
 }
 
 export interface TransportHandlers {
@@ -354,8 +367,12 @@ export function decodeLine(line: string): Reply | Push | null;
 export function decodeFrame(text: string): Array<Reply | Push>;
 /** The long-polling URL for a WebSocket URL: same host, http(s), path /lp. */
 export function defaultLongPollUrl(url: string): string | null;
-/** Forgets that this page fell back to long polling (for tests). */
+/** The Server-Sent Events URL for a WebSocket URL: same host, http(s), path /sse. */
+export function defaultSseUrl(url: string): string | null;
+/** Forgets which transport this page fell back to (for tests). */
 export function resetTransportMemory(): void;
+/** The transport this page's clients start with since their first did not get through, or null. */
+export function fallbackTransport(): TransportName | null;
 /** Whether clients of this page currently start with long polling. */
 export function usingLongPollFallback(): boolean;
 /** Registers (or replaces) a transport that options.transports may name. */

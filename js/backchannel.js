@@ -1,10 +1,10 @@
 // The browser client of backchannel's hub: wire format v1 (docs/protocol.md) over
-// WebSocket, with long polling as a fallback. Plain ES modules, no build step, no
-// dependencies: this file gathers the public API of the modules in lib/.
+// WebSocket, with Server-Sent Events and long polling as fallbacks. Plain ES modules,
+// no build step, no dependencies: this file gathers the public API of the modules in lib/.
 //
 //   lib/codes.js         error and disconnect codes, BackchannelError
 //   lib/wire.js          encoding commands, decoding replies and pushes (pure)
-//   lib/transports.js    WebSocket, long polling, and the registry of transports
+//   lib/transports.js    WebSocket, SSE, long polling, and the registry of transports
 //   lib/client.js        the connection that stays up
 //   lib/subscription.js  a channel's subscription, in order, gaps filled (Sequencer)
 //   lib/presence.js      presence kept up to date from joins and leaves (pure)
@@ -15,6 +15,8 @@ export { BackchannelError, DisconnectCode, ErrorCode, MAX_BATCH, MAX_DEPTH, PROT
 export { decodeFrame, decodeLine, encodeCommand, encodeFrame } from "./lib/wire.js";
 export {
   defaultLongPollUrl,
+  defaultSseUrl,
+  fallbackTransport,
   registerTransport,
   resetTransportMemory,
   transportKind,

@@ -395,15 +395,19 @@ HTTPX_IMPORTERS = [
     "cli/api.py",  # the cli extra
     "cli/bench.py",  # the cli extra
     "client/longpoll.py",  # the client extra
+    "client/sse.py",  # the client extra (with httpx-sse)
 ]
 
 
 def httpx_importers(root: Path) -> list[str]:
-    """Modules under ``root`` that import httpx (anywhere in them), as paths."""
+    """Modules under ``root`` that import httpx or httpx-sse (anywhere in them), as paths."""
     return sorted(
         str(path.relative_to(root))
         for path in root.rglob("*.py")
-        if any(name.split(".")[0] == "httpx" for name in _imports(path, _module_name(path, root)))
+        if any(
+            name.split(".")[0] in ("httpx", "httpx_sse")
+            for name in _imports(path, _module_name(path, root))
+        )
     )
 
 

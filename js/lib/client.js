@@ -6,7 +6,14 @@ import { BackchannelError, DisconnectCode, ErrorCode, MAX_BATCH, PROTOCOL_VERSIO
 import { Outbox, newKey } from "./outbox.js";
 import { TAB_TRANSPORT, TabGroup, canShareTabs } from "./tabs.js";
 import { MAX_GAP_READS, MAX_HELD, Subscription } from "./subscription.js";
-import { defaultLongPollUrl, resetTransportMemory, transportKind, transportMemory } from "./transports.js";
+import {
+  defaultLongPollUrl,
+  defaultSseUrl,
+  loadTransportMemory,
+  rememberTransport,
+  resetTransportMemory,
+  transportKind,
+} from "./transports.js";
 import { decodeLine, encodeCommand, encodeFrame, errorMessage, noop, prepareCommand, withId } from "./wire.js";
 
 /** @typedef {import("./wire.js").Reply} Reply */
@@ -22,6 +29,8 @@ const MAX_TIMER = 2 ** 31 - 1;
 const WS_RETRY_EVERY = 5;
 /** Or try the first transport again after this long on the fallback (ms). */
 const WS_RETRY_AFTER = 5 * 60 * 1000;
+/** The transports tried, in this order, when options.transports is not given. */
+const DEFAULT_TRANSPORTS = ["websocket", "sse", "longpoll"];
 
 /**
  * @typedef {object} ClientOptions
@@ -31,21 +40,24 @@ const WS_RETRY_AFTER = 5 * 60 * 1000;
  *   (refresh at 90% of its remaining lifetime). A rejection is reported as an `error`
  *   and tried again later; an empty result closes the client (unauthorized).
  * @property {TransportName[]} [transports] transports by registered name (registerTransport),
- *   in order: the first is tried first, the second is the fallback; default
- *   ["websocket", "longpoll"]
+ *   tried in this order: when one does not get through, the next; default
+ *   ["websocket", "sse", "longpoll"] (those that can work here: SSE needs EventSource)
  * @property {string} [longPollUrl] default: the url's host, http(s), path /lp
+ * @property {string} [sseUrl] default: the url's host, http(s), path /sse
  * @property {number} [minReconnectDelay] ms, default 500
  * @property {number} [maxReconnectDelay] ms, default 20000
- * @property {number} [fallbackTimeout] ms a WebSocket has to bring its first message
- *   before the client falls back to long polling; default 3000
+ * @property {number} [fallbackTimeout] ms a transport has to bring its first message
+ *   before the client tries the next one (a refused upgrade, a stream a proxy holds
+ *   back); default 3000
  * @property {string} [name] a name the client gives itself (connect's `name`)
  * @property {number} [timeout] ms a command waits for its reply (and for a connection); default 10000
- * @property {number} [pingInterval] ms between ping commands over WebSocket; default 25000
+ * @property {number} [pingInterval] ms between ping commands over WebSocket and SSE; default 25000
  *   (or the connect result's `ping`, in seconds, when the hub sends one)
  * @property {number} [pingTimeout] ms a ping may stay unanswered; default pingInterval + 10000
  * @property {number} [pollTimeout] the server's long-poll hold time in ms; default 25000.
  *   Long polling counts as dead after 2 * pollTimeout + 10000 without an answer.
  * @property {any} [WebSocket] the WebSocket class; default globalThis.WebSocket
+ * @property {any} [EventSource] the EventSource class; default globalThis.EventSource
  * @property {any} [fetch] the fetch function; default globalThis.fetch
  * @property {(fn: () => void, ms: number) => any} [setTimeout]
  * @property {(id: any) => void} [clearTimeout]
@@ -134,8 +146,8 @@ const WS_RETRY_AFTER = 5 * 60 * 1000;
 
 /**
  * A connection to the hub that stays up: it reconnects with backoff, resubscribes and
- * recovers missed publications, refreshes its token, and falls back to long polling
- * when WebSocket does not get through.
+ * recovers missed publications, refreshes its token, and falls back to the next
+ * transport (SSE, then long polling) when WebSocket does not get through.
  *
  * Events (client.on): `state` (state, previous), `error` (BackchannelError),
  * `disconnect` ({code, reason, reconnect}), `transport` (name, on each connection).
@@ -169,8 +181,16 @@ export class Client {
     this._token = o.token ?? null;
     this._getToken = o.getToken ?? null;
     this._longPollUrl = o.longPollUrl ?? defaultLongPollUrl(url);
+    this._sseUrl = o.sseUrl ?? defaultSseUrl(url);
+    this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
+    this._EventSource = o.EventSource ?? /** @type {any} */ (globalThis).EventSource;
+    this._fetch = o.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : undefined);
+    const g = /** @type {any} */ (globalThis);
+    /** @type {EventTarget | null} */
+    this._lifecycleTarget =
+      o.lifecycleTarget !== undefined ? o.lifecycleTarget : typeof g.addEventListener === "function" ? g : null;
     /** @type {TransportName[]} */
-    this._transports = (o.transports ?? ["websocket", "longpoll"]).filter((t) => {
+    this._transports = (o.transports ?? DEFAULT_TRANSPORTS).filter((t) => {
       const kind = transportKind(t);
       return kind !== undefined && (kind.available === undefined || kind.available(this._transportContext()));
     });
@@ -184,8 +204,6 @@ export class Client {
     this._pingInterval = this._pingIntervalOption;
     this._pingTimeoutOption = o.pingTimeout ?? null;
     this._pollTimeout = o.pollTimeout ?? 25000;
-    this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
-    this._fetch = o.fetch ?? (typeof globalThis.fetch === "function" ? globalThis.fetch.bind(globalThis) : undefined);
     const st = o.setTimeout ?? ((/** @type {() => void} */ fn, /** @type {number} */ ms) => globalThis.setTimeout(fn, ms));
     const ct = o.clearTimeout ?? ((/** @type {any} */ id) => globalThis.clearTimeout(id));
     this._setTimeout = (/** @type {() => void} */ fn, /** @type {number} */ ms) =>
@@ -217,10 +235,6 @@ export class Client {
     /** Whether the token was asked for again after a refusal since the last connect. */
     this._tokenRetried = false;
     this._now = o.now ?? Date.now;
-    const g = /** @type {any} */ (globalThis);
-    /** @type {EventTarget | null} */
-    this._lifecycleTarget =
-      o.lifecycleTarget !== undefined ? o.lifecycleTarget : typeof g.addEventListener === "function" ? g : null;
     this._lifecycleOn = false;
     this._onWake = (/** @type {Event} */ event) => this._wake(event.type);
 
@@ -469,14 +483,30 @@ export class Client {
     this._fail(new BackchannelError(ErrorCode.UNAUTHORIZED, "getToken gave no token", false, "getToken"));
   }
 
-  /** @returns {TransportName} */
+  /**
+   * The first transport, unless the page remembers that it did not get through: then
+   * the one that did, with the first tried again every WS_RETRY_EVERY attempts or
+   * after WS_RETRY_AFTER (the network may have changed).
+   * @returns {TransportName}
+   */
   _chooseTransport() {
-    const [first, fallback] = this._transports;
-    if (fallback === undefined || transportMemory.longPollSince === null) return first;
-    transportMemory.attempts++;
-    const since = this._now() - transportMemory.longPollSince;
-    if (transportMemory.attempts % WS_RETRY_EVERY === 0 || since >= WS_RETRY_AFTER) return first;
+    const first = this._transports[0];
+    const memory = loadTransportMemory();
+    const fallback = this._rememberedFallback();
+    if (fallback === null) return first;
+    memory.attempts++;
+    const since = this._now() - /** @type {number} */ (memory.since);
+    if (memory.attempts % WS_RETRY_EVERY === 0 || since >= WS_RETRY_AFTER) return first;
     return fallback;
+  }
+
+  /**
+   * The transport the page remembers, if this client has it after its first.
+   * @returns {TransportName | null}
+   */
+  _rememberedFallback() {
+    const name = loadTransportMemory().fallback;
+    return name !== null && this._transports.indexOf(name) > 0 ? name : null;
   }
 
   /** @returns {import("./transports.js").TransportContext} */
@@ -484,9 +514,12 @@ export class Client {
     return {
       url: this.url,
       longPollUrl: this._longPollUrl,
+      sseUrl: this._sseUrl,
       WebSocket: this._WebSocket,
+      EventSource: this._EventSource,
       fetch: this._fetch,
       timers: { setTimeout: this._setTimeout, clearTimeout: this._clearTimeout },
+      lifecycleTarget: this._lifecycleTarget,
     };
   }
 
@@ -526,7 +559,7 @@ export class Client {
     const id = this._nextId();
     this._connectId = id;
     const frame = encodeCommand(id, "connect", this._connectParams());
-    if (name === this._transports[0] && this._transports.length > 1) {
+    if (this._nextTransport(name) !== null) {
       this._fallbackTimer = this._setTimeout(() => {
         this._fallbackTimer = null;
         if (gen === this._gen && !this._gotMessage) this._fallBack();
@@ -547,12 +580,26 @@ export class Client {
     }, this._timeout);
   }
 
-  /** The first transport did not get through: the fallback (long polling), for this page. */
+  /**
+   * The transport to try when this one does not get through: the next in the list; or,
+   * when the first was tried again and still fails, the one the page remembers.
+   * @param {TransportName} name
+   * @returns {TransportName | null}
+   */
+  _nextTransport(name) {
+    if (this._tabs !== null) return null;
+    const i = this._transports.indexOf(name);
+    if (i < 0 || i === this._transports.length - 1) return null;
+    const remembered = this._rememberedFallback();
+    return i === 0 && remembered !== null ? remembered : this._transports[i + 1];
+  }
+
+  /** A transport did not get through: the next one, remembered for this page. */
   _fallBack() {
-    transportMemory.longPollSince = this._now();
-    transportMemory.attempts = 0;
-    this._teardown(new BackchannelError(ErrorCode.CONNECTION_LOST, "falling back to long polling", true));
-    this._openTransport(this._transports[1]);
+    const next = /** @type {TransportName} */ (this._nextTransport(/** @type {TransportName} */ (this._openedName)));
+    rememberTransport(next, this._now());
+    this._teardown(new BackchannelError(ErrorCode.CONNECTION_LOST, `falling back to ${next}`, true));
+    this._openTransport(next);
   }
 
   _nextId() {
@@ -563,12 +610,7 @@ export class Client {
   /** @param {{code: number, reason: string, reconnect?: boolean}} info */
   _onTransportClose(info) {
     this._transportObj = null;
-    if (
-      this.state === "connecting" &&
-      !this._gotMessage &&
-      this._openedName === this._transports[0] &&
-      this._transports.length > 1
-    ) {
+    if (this.state === "connecting" && !this._gotMessage && this._openedName !== null && this._nextTransport(this._openedName) !== null) {
       this._fallBack();
       return;
     }
@@ -661,7 +703,13 @@ export class Client {
       Number.isFinite(result.ping) && result.ping > 0 ? result.ping * 1000 : this._pingIntervalOption;
     this._attempt = 0;
     const name = /** @type {TransportName} */ (this._openedName);
-    if (name === this._transports[0]) resetTransportMemory(); // the first gets through again
+    if (name === this._transports[0]) {
+      // The first gets through again; a client whose list does not have the page's
+      // fallback after its first (transports: ["longpoll"]) proves nothing about it.
+      if (this._rememberedFallback() !== null) resetTransportMemory();
+    } else if (this._tabs === null && loadTransportMemory().fallback !== name) {
+      rememberTransport(name, this._now());
+    }
     this._tokenRetried = false;
     this.transport = name;
     this._setState("connected");
@@ -995,8 +1043,17 @@ export class Client {
     this._armHeartbeat();
   }
 
+  /**
+   * Whether liveness is checked with ping commands: on WebSocket and SSE, whose
+   * server heartbeats (WebSocket pings, SSE comments) a page cannot see. Long polling's
+   * answers come at least every pollTimeout.
+   */
+  _pings() {
+    return this.transport === "websocket" || this.transport === "sse";
+  }
+
   _heartbeatInterval() {
-    return this.transport === "websocket" ? this._pingInterval : this._pollTimeout;
+    return this._pings() ? this._pingInterval : this._pollTimeout;
   }
 
   _armHeartbeat() {
@@ -1020,7 +1077,7 @@ export class Client {
     const late = now - this._hbDue > Math.min(5000, this._heartbeatInterval() / 2);
     let overdue;
     const probing = this._pingSentAt !== null && this._lastRecv < this._pingSentAt;
-    if (this.transport === "websocket") {
+    if (this._pings()) {
       overdue = probing && now - /** @type {number} */ (this._pingSentAt) >= this._pingTimeout();
     } else {
       // A probe (after a wake) gives long polling pingTimeout from then to answer.
@@ -1043,7 +1100,7 @@ export class Client {
         this._lose({ code: DisconnectCode.CONNECTION_LOST, reason: "no heartbeat from the server", reconnect: true });
         return;
       }
-    } else if (this.transport === "websocket" && (this._pingSentAt === null || this._lastRecv >= this._pingSentAt)) {
+    } else if (this._pings() && (this._pingSentAt === null || this._lastRecv >= this._pingSentAt)) {
       this._pingSentAt = now;
       this._call("ping", {}, { timeout: null }).catch(noop);
     }

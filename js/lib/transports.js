@@ -1,6 +1,6 @@
 // Transports: how frames travel to the hub and back. A registry by name, so that the
-// client asks for "websocket" or "longpoll" (or a transport the page registers) rather
-// than knowing each class.
+// client asks for "websocket", "sse" or "longpoll" (or a transport the page registers)
+// rather than knowing each class.
 
 import { DisconnectCode, MAX_BATCH } from "./codes.js";
 import { errorMessage, isObject, noop, parseJson } from "./wire.js";
@@ -8,17 +8,18 @@ import { errorMessage, isObject, noop, parseJson } from "./wire.js";
 /** @typedef {import("./wire.js").TransportName} TransportName */
 
 /**
- * The long-polling URL for a WebSocket URL: same host, http(s), path /lp.
+ * An HTTP URL on the host of a WebSocket URL: http(s), this path.
  * @param {string} url
+ * @param {string} path
  * @returns {string | null}
  */
-export function defaultLongPollUrl(url) {
+function httpUrl(url, path) {
   try {
     const base = typeof location === "object" && location ? location.href : undefined;
     const u = new URL(url, base);
     if (u.protocol === "wss:") u.protocol = "https:";
     else if (u.protocol === "ws:") u.protocol = "http:";
-    u.pathname = "/lp";
+    u.pathname = path;
     u.search = "";
     u.hash = "";
     return u.toString();
@@ -27,23 +28,115 @@ export function defaultLongPollUrl(url) {
   }
 }
 
-// ---------------------------------------------------------------------------------------
-// Remembering, for the page, that WebSocket does not get through.
-
-export const transportMemory = {
-  /** @type {number | null} when the page fell back to long polling (Date.now()) */
-  longPollSince: null,
-  /** connection attempts since then */
-  attempts: 0,
-};
+/**
+ * The long-polling URL for a WebSocket URL: same host, http(s), path /lp.
+ * @param {string} url
+ * @returns {string | null}
+ */
+export function defaultLongPollUrl(url) {
+  return httpUrl(url, "/lp");
+}
 
 /**
- * Forgets that this page fell back to long polling (all clients start with WebSocket
- * again). Meant for tests.
+ * The Server-Sent Events URL for a WebSocket URL: same host, http(s), path /sse.
+ * @param {string} url
+ * @returns {string | null}
+ */
+export function defaultSseUrl(url) {
+  return httpUrl(url, "/sse");
+}
+
+// ---------------------------------------------------------------------------------------
+// Remembering, for the page, which transport gets through when the first does not.
+
+/** Where the memory outlives a reload of the tab (sessionStorage). */
+const MEMORY_KEY = "backchannel:transport";
+
+export const transportMemory = {
+  /** @type {TransportName | null} the transport clients of this page start with (null: their first) */
+  fallback: null,
+  /** @type {number | null} since when (Date.now()) */
+  since: null,
+  /** connection attempts since then */
+  attempts: 0,
+  /** whether the memory was read from sessionStorage (once per page) */
+  loaded: false,
+};
+
+/** @returns {Storage | null} */
+function pageStorage() {
+  try {
+    // Throws where storage is denied (sandboxed frames, some privacy settings).
+    const storage = /** @type {any} */ (globalThis).sessionStorage;
+    return storage && typeof storage.getItem === "function" ? storage : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The page's memory, read from sessionStorage the first time: a reload keeps using the
+ * transport that got through rather than waiting out the first one's failure again.
+ * @returns {typeof transportMemory}
+ */
+export function loadTransportMemory() {
+  if (transportMemory.loaded) return transportMemory;
+  transportMemory.loaded = true;
+  try {
+    const kept = parseJson(pageStorage()?.getItem(MEMORY_KEY) ?? "");
+    if (isObject(kept) && typeof kept.fallback === "string" && Number.isFinite(kept.since)) {
+      transportMemory.fallback = kept.fallback;
+      transportMemory.since = kept.since;
+      transportMemory.attempts = 0;
+    }
+  } catch {
+    // unreadable: start with the first transport
+  }
+  return transportMemory;
+}
+
+function storeTransportMemory() {
+  try {
+    const storage = pageStorage();
+    if (transportMemory.fallback === null) storage?.removeItem(MEMORY_KEY);
+    else storage?.setItem(MEMORY_KEY, JSON.stringify({ fallback: transportMemory.fallback, since: transportMemory.since }));
+  } catch {
+    // full or denied: the memory lasts for this page only
+  }
+}
+
+/**
+ * Remembers for the page (and the tab's reloads) that clients start with this transport.
+ * @param {TransportName} name
+ * @param {number} now Date.now()
+ */
+export function rememberTransport(name, now) {
+  loadTransportMemory();
+  transportMemory.fallback = name;
+  transportMemory.since = now;
+  transportMemory.attempts = 0;
+  storeTransportMemory();
+}
+
+/**
+ * Forgets which transport this page fell back to (all clients start with their first
+ * transport again). Meant for tests.
  */
 export function resetTransportMemory() {
-  transportMemory.longPollSince = null;
+  transportMemory.fallback = null;
+  transportMemory.since = null;
   transportMemory.attempts = 0;
+  transportMemory.loaded = true;
+  storeTransportMemory();
+}
+
+/**
+ * The transport clients of this page start with because their first did not get
+ * through, or null.
+ * @returns {TransportName | null}
+ */
+export function fallbackTransport() {
+  return loadTransportMemory().fallback;
 }
 
 /**
@@ -51,7 +144,7 @@ export function resetTransportMemory() {
  * @returns {boolean}
  */
 export function usingLongPollFallback() {
-  return transportMemory.longPollSince !== null;
+  return fallbackTransport() === "longpoll";
 }
 
 // ---------------------------------------------------------------------------------------
@@ -366,6 +459,172 @@ export class LongPollTransport {
   }
 }
 
+/**
+ * Server-Sent Events: pushes and replies come on an EventSource (`GET /sse?frame=`, the
+ * connect frame in the query, since EventSource can neither POST nor set headers);
+ * commands go by `POST /sse?sid=`, one at a time, in order; `DELETE /sse?sid=` leaves.
+ * The stream's first events are `retry`, then `session` (the sid for the POSTs).
+ *
+ * EventSource reconnects by itself after a dropped stream; this transport closes it
+ * instead and reports the loss, so that the client reconnects as on any transport:
+ * with its backoff, a new session, and each subscription resubscribed with recovery.
+ */
+export class SseTransport {
+  /**
+   * @param {string} url
+   * @param {any} EventSourceImpl
+   * @param {any} fetchImpl
+   * @param {TransportHandlers} handlers
+   * @param {EventTarget | null} [pageTarget] where "pagehide" is heard: the session is left then
+   */
+  constructor(url, EventSourceImpl, fetchImpl, handlers, pageTarget = null) {
+    /** @type {TransportName} */
+    this.name = "sse";
+    this._url = url;
+    this._EventSource = EventSourceImpl;
+    this._fetch = fetchImpl;
+    this._handlers = handlers;
+    this._page = pageTarget;
+    /** @type {any} */
+    this._es = null;
+    /** @type {string | null} */
+    this._sid = null;
+    /** @type {string[]} */
+    this._outbox = [];
+    this._sending = false;
+    this._done = false;
+    /** The server said the session is gone (no DELETE needed). */
+    this._gone = false;
+    this._onPageHide = () => this._end(DisconnectCode.CONNECTION_LOST, "the page was hidden", true);
+  }
+
+  /** @param {string} query */
+  _with(query) {
+    return this._url + (this._url.includes("?") ? "&" : "?") + query;
+  }
+
+  /** @param {string} firstFrame a frame whose first command is connect */
+  open(firstFrame) {
+    if (typeof this._EventSource !== "function" || typeof this._fetch !== "function") {
+      queueMicrotask(() => this._end(DisconnectCode.CONNECTION_LOST, "EventSource or fetch is not available"));
+      return;
+    }
+    let es;
+    try {
+      es = new this._EventSource(this._with(`frame=${encodeURIComponent(firstFrame)}`));
+    } catch (err) {
+      const reason = `cannot open an EventSource: ${errorMessage(err)}`;
+      queueMicrotask(() => this._end(DisconnectCode.CONNECTION_LOST, reason));
+      return;
+    }
+    this._es = es;
+    es.addEventListener("session", (/** @type {{data: unknown}} */ event) => {
+      if (this._done) return;
+      const body = parseJson(typeof event.data === "string" ? event.data : "");
+      if (!isObject(body) || typeof body.sid !== "string" || !body.sid) {
+        this._end(DisconnectCode.CONNECTION_LOST, "bad session event on the event stream");
+        return;
+      }
+      this._sid = body.sid;
+      this._handlers.onActivity();
+      this._flush();
+    });
+    es.onmessage = (/** @type {{data: unknown}} */ event) => {
+      if (!this._done && typeof event.data === "string") this._handlers.onFrame(event.data);
+    };
+    // A failed open, a refused answer, a dropped or ended stream: EventSource would try
+    // again on its own, with a session the client does not know about. It is closed.
+    es.onerror = () => this._end(DisconnectCode.CONNECTION_LOST, this._sid === null ? "event stream failed" : "event stream lost");
+    this._page?.addEventListener("pagehide", this._onPageHide);
+  }
+
+  /** @param {string} frame */
+  send(frame) {
+    if (this._done) return;
+    this._outbox.push(frame);
+    this._flush();
+  }
+
+  /** One POST at a time, so that the hub runs commands in the order they were sent. */
+  _flush() {
+    if (this._done || this._sending || this._sid === null || this._outbox.length === 0) return;
+    /** @type {string[]} */
+    const parts = [];
+    let lines = 0;
+    while (this._outbox.length > 0) {
+      const n = this._outbox[0].split("\n").length;
+      if (parts.length > 0 && lines + n > MAX_BATCH) break;
+      parts.push(/** @type {string} */ (this._outbox.shift()));
+      lines += n;
+    }
+    this._sending = true;
+    const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
+    Promise.resolve()
+      .then(() => this._fetch(url, { method: "POST", body: parts.join("\n"), cache: "no-store" }))
+      .then(async (/** @type {any} */ response) => ({ ok: response.ok, status: response.status, text: await response.text() }))
+      .then(
+        (answer) => {
+          this._sending = false;
+          if (this._done) return;
+          if (!answer.ok) return this._refused(answer);
+          this._flush();
+        },
+        (err) => {
+          this._sending = false;
+          this._end(DisconnectCode.CONNECTION_LOST, `SSE send failed: ${errorMessage(err)}`);
+        },
+      );
+  }
+
+  /** @param {{status: number, text: string}} answer */
+  _refused(answer) {
+    const body = parseJson(answer.text);
+    this._gone = answer.status === 404 || answer.status === 410;
+    const why = isObject(body) && typeof body.error === "string" ? body.error : "refused";
+    const reconnect = isObject(body) && typeof body.reconnect === "boolean" ? body.reconnect : undefined;
+    this._end(DisconnectCode.CONNECTION_LOST, `SSE ${answer.status}: ${why}`, reconnect);
+  }
+
+  close() {
+    if (this._done) return;
+    this._done = true;
+    this._stop();
+  }
+
+  /** @param {number} code @param {string} reason @param {boolean} [reconnect] */
+  _end(code, reason, reconnect) {
+    if (this._done) return;
+    this._done = true;
+    this._stop();
+    /** @type {{code: number, reason: string, reconnect?: boolean}} */
+    const info = { code, reason };
+    if (reconnect !== undefined) info.reconnect = reconnect;
+    this._handlers.onClose(info);
+  }
+
+  _stop() {
+    this._page?.removeEventListener("pagehide", this._onPageHide);
+    const es = this._es;
+    if (es) {
+      es.onmessage = es.onerror = null;
+      try {
+        es.close();
+      } catch {
+        // closed already
+      }
+    }
+    this._outbox = [];
+    if (this._sid !== null && !this._gone) {
+      // Free the session now rather than at the server's idle timeout; keepalive lets
+      // the request outlive a page that is closing (pagehide).
+      const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
+      Promise.resolve()
+        .then(() => this._fetch(url, { method: "DELETE", keepalive: true }))
+        .catch(noop);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // The registry.
 
@@ -374,15 +633,18 @@ export class LongPollTransport {
  * @typedef {object} TransportContext
  * @property {string} url the hub's WebSocket URL
  * @property {string | null} longPollUrl
+ * @property {string | null} sseUrl
  * @property {any} WebSocket
+ * @property {any} EventSource
  * @property {any} fetch
+ * @property {EventTarget | null} lifecycleTarget where the page's "pagehide" is heard
  * @property {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (id: any) => void}} timers
  */
 
 /**
  * A kind of transport: `create` makes one connection's transport (with `open(firstFrame)`,
  * `send(frame)`, `close()` and a `name`); `available` says whether it can work with
- * these options (long polling needs a URL and fetch).
+ * these options (long polling needs a URL and fetch, SSE an EventSource too).
  * @typedef {object} TransportKind
  * @property {(ctx: TransportContext, handlers: TransportHandlers) => any} create
  * @property {(ctx: TransportContext) => boolean} [available]
@@ -392,8 +654,8 @@ export class LongPollTransport {
 const registry = new Map();
 
 /**
- * Registers a transport under a name that `options.transports` may then list. The two
- * built in are "websocket" and "longpoll"; registering one of their names replaces it
+ * Registers a transport under a name that `options.transports` may then list. The three
+ * built in are "websocket", "sse" and "longpoll"; registering one of their names replaces it
  * (a test's fake, a page's own transport).
  * @param {string} name
  * @param {TransportKind} kind
@@ -420,4 +682,9 @@ registerTransport("longpoll", {
   create: (ctx, handlers) =>
     new LongPollTransport(/** @type {string} */ (ctx.longPollUrl), ctx.fetch, ctx.timers, handlers),
   available: (ctx) => ctx.longPollUrl !== null,
+});
+registerTransport("sse", {
+  create: (ctx, handlers) =>
+    new SseTransport(/** @type {string} */ (ctx.sseUrl), ctx.EventSource, ctx.fetch, handlers, ctx.lifecycleTarget),
+  available: (ctx) => ctx.sseUrl !== null && typeof ctx.EventSource === "function" && typeof ctx.fetch === "function",
 });

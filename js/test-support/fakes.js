@@ -1,4 +1,5 @@
-// Fakes for the tests: a clock with timers, a WebSocket class, a fetch function.
+// Fakes for the tests: a clock with timers, a WebSocket class, an EventSource class, a
+// fetch function, a storage.
 // Nothing here touches the network or waits for real time.
 
 /** Lets promise chains and queued microtasks run (no real waiting: setImmediate turns). */
@@ -144,6 +145,98 @@ export function makeWebSocket() {
     }
   }
   return FakeWebSocket;
+}
+
+/** An EventSource class whose instances the test drives (a Server-Sent Events stream). */
+export function makeEventSource() {
+  class FakeEventSource {
+    static CONNECTING = 0;
+    static OPEN = 1;
+    static CLOSED = 2;
+    /** @type {FakeEventSource[]} */
+    static instances = [];
+    /** Set to make the constructor throw. */
+    static throwOnCreate = null;
+
+    constructor(url) {
+      if (FakeEventSource.throwOnCreate) throw FakeEventSource.throwOnCreate;
+      this.url = String(url);
+      this.readyState = 0;
+      this.closed = false;
+      this.onopen = this.onmessage = this.onerror = null;
+      /** @type {Map<string, Set<Function>>} */
+      this._listeners = new Map();
+      FakeEventSource.instances.push(this);
+    }
+
+    static last() {
+      return FakeEventSource.instances[FakeEventSource.instances.length - 1];
+    }
+
+    addEventListener(type, fn) {
+      if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+      this._listeners.get(type).add(fn);
+    }
+
+    removeEventListener(type, fn) {
+      this._listeners.get(type)?.delete(fn);
+    }
+
+    close() {
+      this.closed = true;
+      this.readyState = 2;
+    }
+
+    _dispatch(type, event) {
+      if (this.closed) return;
+      const handler = this[`on${type}`];
+      if (typeof handler === "function") handler.call(this, event);
+      for (const fn of [...(this._listeners.get(type) ?? [])]) fn.call(this, event);
+    }
+
+    // The test's side.
+
+    /** The connect frame the URL carries (?frame=), parsed, command by command. */
+    frame() {
+      return new URL(this.url).searchParams.get("frame").split("\n").map((line) => JSON.parse(line));
+    }
+
+    /** The stream is open and brings its session event. */
+    session(sid) {
+      this.readyState = 1;
+      this._dispatch("open", { type: "open" });
+      this._dispatch("session", { type: "session", data: JSON.stringify({ sid }) });
+    }
+
+    /** A `data:` event (a wire line), with its `id:` if given. */
+    receive(text, lastEventId = "") {
+      this._dispatch("message", { type: "message", data: text, lastEventId });
+    }
+
+    /** The stream failed or dropped: EventSource would reconnect (CONNECTING) unless closed. */
+    fail() {
+      this.readyState = 0;
+      this._dispatch("error", { type: "error" });
+    }
+  }
+  return FakeEventSource;
+}
+
+/** Storage as sessionStorage has it (getItem, setItem, removeItem), in memory. */
+export class FakeStorage {
+  constructor() {
+    /** @type {Map<string, string>} */
+    this.items = new Map();
+  }
+  getItem(key) {
+    return this.items.has(key) ? this.items.get(key) : null;
+  }
+  setItem(key, value) {
+    this.items.set(key, String(value));
+  }
+  removeItem(key) {
+    this.items.delete(key);
+  }
 }
 
 /** A fetch function whose requests the test answers. */

@@ -1,21 +1,27 @@
 // A client wired to fakes, and shortcuts the tests share.
 import { Client, resetTransportMemory } from "../backchannel.js";
-import { FakeClock, flush, makeFetch, makeWebSocket, reply } from "./fakes.js";
+import { FakeClock, flush, makeEventSource, makeFetch, makeWebSocket, reply } from "./fakes.js";
 
 export const URL_WS = "ws://hub.test/ws";
 export const URL_LP = "http://hub.test/lp";
+export const URL_SSE = "http://hub.test/sse";
 
 /**
  * A client with a fake clock, WebSocket class and fetch; random() is 0.5 unless given.
- * `events` records every event the client emits, `of(name)` the arguments of one kind.
+ * With `sse`, a fake EventSource class too (`ctx.ES`; without it SSE is not available,
+ * as in node). `events` records every event the client emits, `of(name)` the arguments
+ * of one kind.
  */
-export function setup(options = {}) {
+export function setup(options = {}, { sse = false } = {}) {
   resetTransportMemory();
   const clock = new FakeClock();
   const WS = makeWebSocket();
+  const ES = makeEventSource();
   const net = makeFetch();
   const client = new Client(URL_WS, {
     WebSocket: WS,
+    ...(sse ? { EventSource: ES } : {}),
+    lifecycleTarget: null,
     fetch: net.fetch,
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
@@ -28,7 +34,7 @@ export function setup(options = {}) {
     client.on(name, (...args) => events.push([name, ...args]));
   }
   const of = (name) => events.filter((e) => e[0] === name).map((e) => (e.length === 2 ? e[1] : e.slice(1)));
-  return { client, clock, WS, net, events, of };
+  return { client, clock, WS, ES, net, events, of };
 }
 
 /** Opens the last fake WebSocket and answers its connect command; returns the socket. */
@@ -85,4 +91,26 @@ export function pendingPoll(ctx, sid, ack) {
     throw new Error(`poll with sid=${q.get("sid")} ack=${q.get("ack")}, expected ${sid} ${ack}`);
   }
   return poll;
+}
+
+/**
+ * Answers the last EventSource's connect: its session event, then the connect reply as
+ * the stream's first message. Returns the EventSource.
+ */
+export async function acceptSse(ctx, sid = "S1", result = { client: "c-sse", user: "alice", v: 1 }) {
+  await flush();
+  const es = ctx.ES.last();
+  if (!es.url.startsWith(`${URL_SSE}?frame=`)) throw new Error(`event stream from ${es.url}`);
+  const [connect] = es.frame();
+  es.session(sid);
+  es.receive(reply(connect.id, result));
+  await flush();
+  return es;
+}
+
+/** The commands POSTed to an SSE session so far, parsed, in order. */
+export function ssePosts(ctx, sid) {
+  return ctx.net.requests
+    .filter((r) => r.method === "POST" && r.url === `${URL_SSE}?sid=${sid}`)
+    .flatMap((r) => r.body.split("\n").map((line) => JSON.parse(line)));
 }

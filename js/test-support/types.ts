@@ -5,6 +5,7 @@ import {
   BackchannelError,
   Client,
   ErrorCode,
+  fallbackTransport,
   Outbox,
   presenceUsers,
   registerTransport,
@@ -17,7 +18,8 @@ import {
 const client = new Client("wss://example.com/ws", {
   getToken: async () => "token",
   outbox: { max: 50, policy: "drop-oldest", storage: globalThis.localStorage ?? null },
-  transports: ["websocket", "longpoll"],
+  transports: ["websocket", "sse", "longpoll"],
+  sseUrl: "https://example.com/realtime/sse",
   shareTabs: { name: "app" },
 });
 const leads: boolean | null = client.leader;
@@ -48,6 +50,8 @@ const outbox = new Outbox({ max: 3 });
 outbox.add({ key: "k", channel: "c", data: 1, created: 0 });
 const order = new Sequencer("E", 0);
 console.log(order.push({ channel: "c", data: 1, offset: 1, epoch: "E" }).length, order.gap?.to);
+const through: "websocket" | "sse" | "longpoll" | string | null = fallbackTransport();
+console.log(through);
 registerTransport("custom", { create: (ctx, handlers) => ({ name: "custom", open: () => handlers.onActivity(), send: () => undefined, close: () => undefined }) });
 
 // @ts-expect-error: a policy that does not exist

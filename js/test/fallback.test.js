@@ -1,11 +1,12 @@
-// Choosing the transport: WebSocket first, long polling when it does not get through,
-// remembered for the page, WebSocket tried again later.
+// Choosing the transport: WebSocket first, then SSE, then long polling when one does not
+// get through, remembered for the page (and its reloads), the first tried again later.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Client, usingLongPollFallback } from "../backchannel.js";
-import { flush, reply } from "../test-support/fakes.js";
-import { URL_LP, acceptLongPoll, acceptWebSocket, pendingPoll, setup } from "../test-support/setup.js";
+import { fallbackTransport, transportMemory } from "../lib/transports.js";
+import { FakeStorage, flush, reply } from "../test-support/fakes.js";
+import { URL_LP, URL_SSE, acceptLongPoll, acceptSse, acceptWebSocket, pendingPoll, setup } from "../test-support/setup.js";
 
 test("a WebSocket that fails before its first message: long polling at once, remembered", async () => {
   const ctx = setup();
@@ -140,5 +141,158 @@ test("on long polling, WebSocket is tried again after 5 minutes", async () => {
   await flush();
   assert.equal(ctx.client.transport, "longpoll");
   assert.equal(usingLongPollFallback(), true);
+  ctx.client.close();
+});
+
+/** Another client of the same page, with the same fakes. */
+function sibling(ctx, options = {}) {
+  return new Client("ws://hub.test/ws", {
+    WebSocket: ctx.WS,
+    EventSource: ctx.ES,
+    fetch: ctx.net.fetch,
+    setTimeout: ctx.clock.setTimeout,
+    clearTimeout: ctx.clock.clearTimeout,
+    now: ctx.clock.dateNow,
+    lifecycleTarget: null,
+    ...options,
+  });
+}
+
+test("websocket, sse, longpoll by default: an upgrade refused goes to SSE, remembered for the page", async () => {
+  const ctx = setup({}, { sse: true });
+  const connecting = ctx.client.connect();
+  ctx.WS.last().fail(); // a proxy that refuses upgrades
+  await flush();
+  assert.equal(ctx.ES.instances.length, 1, "SSE is tried next");
+  assert.equal(ctx.net.requests.length, 0, "not long polling");
+  await acceptSse(ctx, "S1");
+  await connecting;
+  assert.equal(ctx.client.transport, "sse");
+  assert.deepEqual(ctx.of("transport"), ["sse"]);
+  assert.deepEqual(ctx.of("disconnect"), [], "falling back is not a disconnect");
+  assert.equal(fallbackTransport(), "sse");
+  assert.equal(usingLongPollFallback(), false);
+
+  const other = sibling(ctx);
+  const sockets = ctx.WS.instances.length;
+  other.connect();
+  await flush();
+  assert.equal(ctx.WS.instances.length, sockets, "no WebSocket tried");
+  assert.equal(ctx.ES.instances.length, 2, "the other client starts with SSE");
+  other.close();
+  ctx.client.close();
+});
+
+test("a stream held back by a buffering proxy (no session within fallbackTimeout): long polling", async () => {
+  const ctx = setup({ fallbackTimeout: 3000 }, { sse: true });
+  const connecting = ctx.client.connect();
+  ctx.WS.last().fail();
+  await flush();
+  const es = ctx.ES.last();
+  await ctx.clock.advance(2999);
+  assert.equal(ctx.net.requests.length, 0);
+  await ctx.clock.advance(1);
+  assert.equal(es.closed, true, "the held stream is closed");
+  await acceptLongPoll(ctx, "L1");
+  await connecting;
+  assert.equal(ctx.client.transport, "longpoll");
+  assert.equal(fallbackTransport(), "longpoll");
+  assert.equal(usingLongPollFallback(), true);
+  ctx.client.close();
+});
+
+test("on SSE, every 5th reconnect tries WebSocket again; failing, it goes straight back to SSE; working, it is forgotten", async () => {
+  const ctx = setup({ random: () => 0 }, { sse: true });
+  ctx.client.connect();
+  ctx.WS.last().fail();
+  let es = await acceptSse(ctx, "S0");
+  const used = [];
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    es.fail(); // the stream drops: reconnect
+    await flush();
+    const sockets = ctx.WS.instances.length;
+    const streams = ctx.ES.instances.length;
+    await ctx.clock.next(); // backoff (0 with random 0)
+    if (ctx.WS.instances.length > sockets) {
+      used.push("websocket");
+      ctx.WS.last().fail(); // refused again
+      await flush();
+      assert.equal(ctx.ES.instances.length, streams + 1, "straight back to SSE");
+      es = await acceptSse(ctx, `S${attempt}`);
+      continue;
+    }
+    used.push("sse");
+    es = await acceptSse(ctx, `S${attempt}`);
+  }
+  assert.deepEqual(used, ["sse", "sse", "sse", "sse", "websocket"]);
+  assert.equal(ctx.client.transport, "sse");
+  assert.equal(fallbackTransport(), "sse");
+  // Five more: the WebSocket retry works now, and the page forgets the fallback.
+  for (let attempt = 0; attempt < 5 && ctx.client.transport !== "websocket"; attempt++) {
+    es.fail();
+    await flush();
+    const sockets = ctx.WS.instances.length;
+    await ctx.clock.next();
+    if (ctx.WS.instances.length > sockets) await acceptWebSocket(ctx);
+    else es = await acceptSse(ctx, `T${attempt}`);
+  }
+  assert.equal(ctx.client.transport, "websocket");
+  assert.equal(fallbackTransport(), null);
+  ctx.client.close();
+});
+
+test("the memory outlives a reload of the tab (sessionStorage)", async () => {
+  const storage = new FakeStorage();
+  globalThis.sessionStorage = storage;
+  try {
+    const ctx = setup({}, { sse: true });
+    ctx.client.connect();
+    ctx.WS.last().fail();
+    await acceptSse(ctx, "S1");
+    assert.equal(JSON.parse(storage.getItem("backchannel:transport")).fallback, "sse");
+    ctx.client.close();
+    // The page reloads: its modules start afresh, the tab's storage stays.
+    transportMemory.fallback = null;
+    transportMemory.since = null;
+    transportMemory.loaded = false;
+    const after = sibling(ctx);
+    const sockets = ctx.WS.instances.length;
+    after.connect();
+    await flush();
+    assert.equal(ctx.WS.instances.length, sockets, "no WebSocket tried after the reload");
+    assert.equal(ctx.ES.last().url.startsWith(URL_SSE), true);
+    after.close();
+  } finally {
+    delete globalThis.sessionStorage;
+  }
+});
+
+test("the order is the page's: transports ['sse', 'websocket'] starts with SSE and falls to WebSocket", async () => {
+  const ctx = setup({ transports: ["sse", "websocket"] }, { sse: true });
+  const connecting = ctx.client.connect();
+  await flush();
+  assert.equal(ctx.WS.instances.length, 0);
+  ctx.ES.last().fail(); // SSE refused (a 404 from a server without it)
+  await flush();
+  assert.equal(ctx.ES.last().closed, true);
+  await acceptWebSocket(ctx);
+  await connecting;
+  assert.equal(ctx.client.transport, "websocket");
+  assert.equal(fallbackTransport(), "websocket");
+  ctx.client.close();
+});
+
+test("a client forced to long polling does not make the page forget that WebSocket fails", async () => {
+  const ctx = setup({}, { sse: true });
+  ctx.client.connect();
+  ctx.WS.last().fail();
+  await acceptSse(ctx, "S1");
+  assert.equal(fallbackTransport(), "sse");
+  const polling = sibling(ctx, { transports: ["longpoll"] });
+  polling.connect();
+  await acceptLongPoll(ctx, "L1");
+  assert.equal(polling.transport, "longpoll");
+  assert.equal(fallbackTransport(), "sse", "still remembered");
+  polling.close();
   ctx.client.close();
 });

@@ -207,12 +207,14 @@ async def check_screenshot(page: Page, artifacts: Path) -> None:
     assert found["empty"] == 0, found
 
 
-async def test_a_page_whose_upgrade_is_refused_falls_back_and_chats_with_a_websocket_page(
+async def test_behind_a_proxy_refusing_upgrades_and_buffering_streams_a_page_long_polls(
     browser: Browser, server: tuple[App, int]
 ) -> None:
     _, port = server
-    async with Gateway(port, refuse_upgrades=True) as gateway:
-        # No transport forced: the client tries WebSocket, gets 403, falls back.
+    async with Gateway(port, refuse_upgrades=True, buffer_streams=True) as gateway:
+        # No transport forced: the client tries WebSocket, gets 403; then SSE, whose
+        # stream the proxy holds back; then long polling, and chats with a WebSocket
+        # page. (Falling back to SSE itself: test_browser_sse.py.)
         behind_proxy = await open_chat(browser, gateway.port, "carol")
         assert await behind_proxy.get_attribute("#status", "data-transport") == "longpoll"
         assert gateway.refused_upgrades >= 1 and gateway.upgrades == 0

@@ -31,7 +31,7 @@ from helpers.cluster import (
     token,
 )
 from helpers.http import Http, Reply
-from helpers.hub_client import HubClient
+from helpers.hub_client import HubClient, SseClient
 from helpers.redis_server import RedisServer, require_redis
 
 #: For the load tests: a history that holds every message of a run, no join and leave
@@ -628,3 +628,44 @@ async def test_a_poll_relayed_to_a_node_that_dies_gets_404_long_before_the_poll_
         if how == "frozen":
             owner.process.send_signal(signal.SIGCONT)
         await relayed_http.close()
+
+
+# SSE on two nodes without sticky sessions.
+
+
+async def test_sse_across_nodes_stream_on_one_commands_through_the_other(
+    cluster: Cluster,
+) -> None:
+    # A load balancer without sticky sessions: the stream is held by node A, and every
+    # command is POSTed to node B, which relays it to A (as long polling's are).
+    node_a, node_b = await cluster.start(2)
+    alice = cluster.track(SseClient(node_a.port, post_port=node_b.port))
+    alice.info = await alice.call("connect", token=token("alice"))
+    assert alice.info["user"] == "alice"
+    bob = cluster.track(await HubClient.open(node_b.port, path="/ws", token=token("bob")))
+    assert (await alice.call("subscribe", channel="chat:sse"))["offset"] == 0
+    await bob.call("subscribe", channel="chat:sse")
+    for n, sender in enumerate([alice, bob, alice]):
+        await sender.call("publish", channel="chat:sse", data=n)
+    for client in (alice, bob):
+        publications = await client.publications(3)
+        assert [p["data"] for p in publications] == [0, 1, 2]
+    present = (await alice.call("presence", channel="chat:sse"))["clients"]
+    assert sorted(who["user"] for who in present.values()) == ["alice", "bob"]
+    # The API of node B ends alice's session, held by node A: the stream's last event.
+    reply = await api(node_b.port, "disconnect", {"user": "alice", "code": 4003, "reason": "x"})
+    assert reply.status == 200, reply.text
+    assert await alice.closed() == (4003, "x")
+
+    # A session whose node was killed: a command sent through B hears 404, at once.
+    carol = cluster.track(SseClient(node_a.port, post_port=node_b.port))
+    await carol.call("connect", token=token("carol"))
+    assert carol.transport is not None
+    sid = carol.transport.sid
+    await node_a.kill()
+    send = await Http.open(node_b.port)
+    ping = json.dumps({"id": 9, "method": "ping", "params": {}})
+    async with asyncio.timeout(20):
+        answer = await send.exchange("POST", f"/sse?sid={sid}", ping)
+    assert answer.status == 404 and answer.json()["reconnect"] is True
+    await send.close()

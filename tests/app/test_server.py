@@ -315,6 +315,11 @@ async def test_sse_is_served_at_sse_counted_by_the_open_rate_and_can_be_turned_o
             # long-poll opens and WebSocket upgrades are.
             refused = await http.get(url, params={"frame": frame}, timeout=10)
             assert refused.status_code == 429 and refused.json()["error"]["code"] == 111
+    # Stopping the server ends a stream with the disconnect push: come back later.
+    async with running(make_config()) as (_, port):
+        client = await SseClient.open(port, token=token)
+    assert await client.closed() == (3000, "server shutting down")
+    await client.close()
     config = make_config()
     config.sse.enabled = False
     async with running(config) as (_, port):

@@ -337,3 +337,32 @@ async def test_a_client_that_never_reads_holds_back_the_producer() -> None:
     # chunks, and never more than one chunk past the high water mark in user space.
     assert len(produced) < 200
     assert max(produced) <= 64 * 1024 + len(chunk) + 100
+
+
+async def test_requests_sent_behind_a_stream_are_dropped_and_the_connection_closes() -> None:
+    calls = 0
+    release = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first"
+        await release.wait()
+        yield b"last"
+
+    async def stream(ws: ServerConnection, request: Request) -> Stream:
+        nonlocal calls
+        calls += 1
+        return Stream(200, Headers(), chunks())
+
+    async with serve(echo, "127.0.0.1", 0, process_request=stream) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert (await reader.readuntil(b"5\r\nfirst\r\n")).startswith(b"HTTP/1.1 200 ")
+            # Pipelined behind the stream: never answered, never queued.
+            writer.write(b"GET /more HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
+            await writer.drain()
+            release.set()
+            rest = await reader.read()
+        assert rest == b"4\r\nlast\r\n0\r\n\r\n" and calls == 1
+        writer.close()
+        await writer.wait_closed()

@@ -1,5 +1,6 @@
 """The Python client end to end, against a real hub over real sockets (no mocks):
-WebSocket and long polling, reconnection with recovery, token refresh, fallback."""
+WebSocket, long polling and SSE, reconnection with recovery, token refresh, fallback.
+(What is SSE's own: test_sse.py.)"""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.session import Session
 from backchannel.hub.token import TokenVerifier
+from backchannel.hub.transports.http import HttpSessions
 from backchannel.hub.transports.longpoll import LongPoll
+from backchannel.hub.transports.sse import ServerSentEvents
 from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.protocol.http11 import Request, Response
 
@@ -57,7 +60,7 @@ OPTIONS = HubOptions(
     },
 )
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["websocket", "longpoll"])
+TRANSPORTS = pytest.mark.parametrize("transport", ["websocket", "longpoll", "sse"])
 
 
 def token(user: str, *, ttl: float = 3600) -> str:
@@ -79,16 +82,22 @@ RPC = {"add": add, "refuse": refuse}
 async def hub_server(
     *, refuse_websocket: bool = False, **hub_options: Any
 ) -> AsyncIterator[tuple[Hub, str]]:
-    """A hub on a free port; its WebSocket URL. With ``refuse_websocket``, upgrades are
-    answered 403 (as a proxy that blocks WebSocket would) and only long polling works."""
+    """A hub on a free port, long polling at /lp and SSE at /sse beside WebSocket; its
+    WebSocket URL. With ``refuse_websocket``, upgrades are answered 403 (as a proxy that
+    blocks WebSocket would) and only the HTTP transports work."""
     hub_options.setdefault("rpc", RPC)
     async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET), **hub_options) as hub:
-        longpoll = LongPoll(hub)
+        sessions = HttpSessions(hub)
+        endpoints = (LongPoll(hub, sessions=sessions), ServerSentEvents(hub, sessions=sessions))
 
         async def process_request(connection: ServerConnection, request: Request) -> Any:
             if refuse_websocket and request.headers.get("Upgrade", "").lower() == "websocket":
                 return Response.text(403, "WebSocket is blocked here")
-            return await longpoll(connection, request)
+            for endpoint in endpoints:
+                answer = await endpoint.handle(request)
+                if answer is not None:
+                    return answer
+            return None
 
         async with serve(
             websocket_handler(hub), "127.0.0.1", 0, process_request=process_request

@@ -32,7 +32,9 @@ from backchannel.hub import codes
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
+from backchannel.hub.transports.http import HttpSessions
 from backchannel.hub.transports.longpoll import LongPoll
+from backchannel.hub.transports.sse import ServerSentEvents
 from backchannel.hub.transports.websocket import websocket_handler
 from backchannel.protocol.http11 import Request
 
@@ -47,7 +49,7 @@ OPTIONS = HubOptions(
     },
 )
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["websocket", "longpoll"])
+TRANSPORTS = pytest.mark.parametrize("transport", ["websocket", "longpoll", "sse"])
 
 
 def token(user: str) -> str:
@@ -65,10 +67,18 @@ class Restartable:
         self._server: Server | None = None
 
     async def start(self) -> None:
-        longpoll = LongPoll(self.hub)
+        sessions = HttpSessions(self.hub)
+        endpoints = (
+            LongPoll(self.hub, sessions=sessions),
+            ServerSentEvents(self.hub, sessions=sessions),
+        )
 
         async def process_request(connection: ServerConnection, request: Request) -> Any:
-            return await longpoll(connection, request)
+            for endpoint in endpoints:
+                answer = await endpoint.handle(request)
+                if answer is not None:
+                    return answer
+            return None
 
         self._server = await serve(
             websocket_handler(self.hub), "127.0.0.1", self.port, process_request=process_request

@@ -4,9 +4,14 @@
         ...  # point a browser at http://127.0.0.1:{gateway.port}/
 
 It forwards HTTP/1.1 requests one at a time per connection (bodies framed by
-Content-Length, as the hub's are) and tunnels a WebSocket after a 101. It can:
+Content-Length, as the hub's are; responses by Content-Length or chunked, a chunked one
+passed on chunk by chunk as it comes, as an event stream needs) and tunnels a WebSocket
+after a 101. It can:
 
 * answer every WebSocket upgrade with 403 (a proxy that strips upgrades);
+* ``buffer_streams``: hold a chunked response until it ends, then send it whole, as
+  proxies that buffer responses do (an event stream then brings nothing while its
+  session lives);
 * drop the response to chosen long polls (``drop_poll``: called with the count of
   polls so far, true to drop): the client's connection is closed instead, as when a
   proxy loses an answer on the way;
@@ -34,10 +39,12 @@ class Gateway:
         upstream_port: int,
         *,
         refuse_upgrades: bool = False,
+        buffer_streams: bool = False,
         drop_poll: Callable[[int], bool] | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.refuse_upgrades = refuse_upgrades
+        self.buffer_streams = buffer_streams
         self.drop_poll = drop_poll
         self.blocked = False
         self.port = 0
@@ -46,6 +53,8 @@ class Gateway:
         self.dropped = 0
         self.refused_upgrades = 0
         self.upgrades = 0
+        #: Chunked responses begun (passed on, or held when buffering).
+        self.streams = 0
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -115,6 +124,15 @@ class Gateway:
                 response_head, response_body = await _read_message(up_reader)
                 if response_head is None:
                     return
+                if _chunked(response_head):
+                    self.streams += 1
+                    if self.buffer_streams:
+                        writer.write(response_head + await _read_chunks(up_reader))
+                    else:
+                        writer.write(response_head)
+                        await _pass_chunks(up_reader, writer)
+                    await writer.drain()
+                    continue
                 is_poll = first.startswith(b"GET /lp?")
                 if is_poll:
                     self.polls += 1
@@ -135,6 +153,42 @@ class Gateway:
                 if w is not None:
                     self._writers.discard(w)
                     w.transport.abort()
+
+
+def _chunked(head: bytes) -> bool:
+    return b"\r\ntransfer-encoding: chunked" in head.lower()
+
+
+async def _next_chunk(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """The next chunk of a chunked body as sent (RFC 9112 section 7.1), and whether it
+    was the last (with the trailer section after it)."""
+    size_line = await reader.readuntil(b"\r\n")
+    size = int(size_line.split(b";", 1)[0].strip(), 16)
+    if size == 0:
+        trailers = b""
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            trailers += line
+        return size_line + trailers + b"\r\n", True
+    return size_line + await reader.readexactly(size + 2), False
+
+
+async def _pass_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Pass a chunked body on chunk by chunk, as it comes."""
+    last = False
+    while not last:
+        chunk, last = await _next_chunk(reader)
+        writer.write(chunk)
+        await writer.drain()
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> bytes:
+    """A whole chunked body, as sent: read until its last chunk."""
+    body = b""
+    last = False
+    while not last:
+        chunk, last = await _next_chunk(reader)
+        body += chunk
+    return body
 
 
 async def _read_message(reader: asyncio.StreamReader) -> tuple[bytes | None, bytes]:

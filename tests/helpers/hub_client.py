@@ -3,10 +3,11 @@ layer (:mod:`backchannel.client`): every frame goes through
 :class:`~backchannel.client.connection.Connection` (numbered commands, matched replies,
 pushes in arrival order) over :class:`~backchannel.client.websocket.WebSocketTransport`
 or :class:`~backchannel.client.longpoll.LongPollTransport`, so the hub's end-to-end suite
-tests the client on both transports too. Over Server-Sent Events it uses
-:class:`SseTransport`, a raw transport written here on httpx: it GETs the stream and
-POSTs commands, and keeps what the stream carried besides the wire lines (event ids,
-heartbeats) for the tests of the SSE transport.
+tests the client on both transports too, and over Server-Sent Events with
+:class:`backchannel.client.sse.SseTransport`. :class:`SseTransport` here is a raw SSE
+transport written on httpx: it GETs the stream and POSTs commands (to another node if
+asked), and keeps what the stream carried besides the wire lines (event ids, heartbeats)
+for the tests of the SSE transport itself.
 
 It stays raw where the suite needs it: commands are sent without the client's parameter
 checks (the hub's own answers are under test), frames of any text can be sent, several
@@ -25,6 +26,7 @@ import httpx
 from backchannel.asyncio import ClientConnection
 from backchannel.client.connection import Connection
 from backchannel.client.longpoll import LongPollTransport
+from backchannel.client.sse import SseTransport as ClientSseTransport
 from backchannel.client.transport import CONNECTION_LOST, NORMAL_CLOSURE, Ending
 from backchannel.client.websocket import WebSocketTransport
 from backchannel.exceptions import CommandError, InvalidResponse
@@ -50,7 +52,9 @@ class HubClient:
         #: The connect command's result.
         self.info: dict[str, Any] = {}
         self.conn = Connection(self.pushes.put_nowait, self._ended)
-        self.transport: WebSocketTransport | LongPollTransport | SseTransport | None = None
+        self.transport: (
+            WebSocketTransport | LongPollTransport | SseTransport | ClientSseTransport | None
+        ) = None
         self._opening = asyncio.Lock()
         if ws is not None:  # already open (a test that connects with options of its own)
             self._start(WebSocketTransport(ws))
@@ -68,10 +72,13 @@ class HubClient:
 
     async def _open_transport(
         self, first_frame: str
-    ) -> WebSocketTransport | LongPollTransport | SseTransport:
+    ) -> WebSocketTransport | LongPollTransport | SseTransport | ClientSseTransport:
         return await WebSocketTransport.open(self.url, first_frame, open_timeout=TIMEOUT)
 
-    def _start(self, transport: WebSocketTransport | LongPollTransport | SseTransport) -> None:
+    def _start(
+        self,
+        transport: WebSocketTransport | LongPollTransport | SseTransport | ClientSseTransport,
+    ) -> None:
         self.transport = transport
         self.conn.start(transport)
 
@@ -343,11 +350,13 @@ class SseTransport:
 
 
 class SseClient(LongPollClient):
-    """The same client over Server-Sent Events: the stream by GET, commands by POST."""
+    """The same client over Server-Sent Events: the stream by GET, commands by POST, on
+    the Python client's SSE transport; with ``post_port``, on the raw one here, which
+    POSTs to that port (another node) while the stream stays on ``port``."""
 
     def __init__(self, port: int, path: str = "/sse", *, post_port: int | None = None) -> None:
         super().__init__(port, path)
-        self.post_url = f"http://127.0.0.1:{post_port or port}{path}"
+        self.post_url = None if post_port is None else f"http://127.0.0.1:{post_port}{path}"
 
     @classmethod
     async def open(cls, port: int, **connect_params: Any) -> SseClient:  # type: ignore[override]
@@ -359,5 +368,9 @@ class SseClient(LongPollClient):
     async def raw(cls, port: int) -> SseClient:  # type: ignore[override]
         return cls(port)
 
-    async def _open_transport(self, first_frame: str) -> SseTransport:  # type: ignore[override]
+    async def _open_transport(  # type: ignore[override]
+        self, first_frame: str
+    ) -> SseTransport | ClientSseTransport:
+        if self.post_url is None:
+            return await ClientSseTransport.open(self.url, first_frame, open_timeout=TIMEOUT)
         return await SseTransport.open(self.url, first_frame, post_url=self.post_url)

@@ -63,6 +63,7 @@ class ServerConnection(Connection):
         "_open_timer",
         "_parser",
         "_pending_requests",
+        "_streaming",
         "handler_task",
         "server",
     )
@@ -82,6 +83,9 @@ class ServerConnection(Connection):
         self._pending_requests: list[Request] = []
         self._http_task: asyncio.Task[None] | None = None
         self._early_data = b""
+        #: Sending a stream: what the client sends meanwhile is dropped (nothing can be
+        #: answered before the stream ends, and the connection closes after it).
+        self._streaming = False
         self.handler_task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,6 +118,8 @@ class ServerConnection(Connection):
             self.transport.abort()
 
     def _handshake_data(self, data: bytes) -> None:
+        if self._streaming:
+            return
         parser = self._parser
         assert parser is not None
         if parser.upgraded:
@@ -166,6 +172,7 @@ class ServerConnection(Connection):
                 if isinstance(result, Stream):
                     # The stream ends the connection: what is pipelined behind it is
                     # never answered.
+                    self._streaming = True
                     self._pending_requests.clear()
                     await self._stream(request, result)
                     return
@@ -212,10 +219,11 @@ class ServerConnection(Connection):
                 aclose = getattr(body, "aclose", None)
                 if aclose is not None:
                     await aclose()
-            if transport is not None:
-                # Closing flushes what is buffered first; Server.aclose drops it after
-                # close_timeout if the client never reads it.
-                transport.close()
+            if transport is not None and not transport.is_closing():
+                # After what is buffered, a FIN; what the client still sends is read and
+                # dropped until it closes too (closing with unread input would reset the
+                # connection over the stream's end), for at most close_timeout.
+                self._close_lingering()
 
     async def _drain_stream(self, transport: asyncio.Transport) -> bool:
         """Wait until the write buffer is below its low water mark; False when the

@@ -2,14 +2,15 @@
 
 A layer above :mod:`backchannel.hub`'s wire format, beside :mod:`backchannel.app`: it
 speaks docs/protocol.md over WebSocket (:mod:`backchannel.asyncio`) or, when WebSocket
-does not get through, HTTP long polling (httpx: ``pip install -e '.[client]'`` in a checkout).
+does not get through, Server-Sent Events or HTTP long polling (httpx and httpx-sse:
+``pip install -e '.[client]'`` in a checkout).
 """
 
 from __future__ import annotations
 
 from ..hub.wire import ClientInfo, Position, Publication
 from .backoff import Backoff
-from .client import Client, ClientState, TokenSource, default_longpoll_url
+from .client import Client, ClientState, TokenSource, default_longpoll_url, default_sse_url
 from .event import (
     ConnectedEvent,
     DisconnectedEvent,
@@ -45,4 +46,5 @@ __all__ = [
     "TransportName",
     "UnsubscribedEvent",
     "default_longpoll_url",
+    "default_sse_url",
 ]

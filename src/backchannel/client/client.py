@@ -1,7 +1,7 @@
 """The hub's Python client: a connection that stays up.
 
-``Client`` connects over WebSocket (or long polling when WebSocket does not get
-through), reconnects with backoff after a disconnect that allows it, renews every
+``Client`` connects over WebSocket (or Server-Sent Events or long polling when WebSocket
+does not get through), reconnects with backoff after a disconnect that allows it, renews every
 subscription with recovery of the publications missed meanwhile, and refreshes its
 token before it expires. It mirrors the browser client (js/backchannel.js).
 """
@@ -62,11 +62,12 @@ from .result import (
     parse_client_info,
     parse_publication,
 )
+from .sse import SseTransport
 from .subscription import MAX_QUEUE, Subscription
-from .transport import NORMAL_CLOSURE, Ending, Transport, TransportName
+from .transport import NORMAL_CLOSURE, TRANSPORTS, Ending, Transport, TransportName
 from .websocket import WebSocketTransport
 
-__all__ = ["Client", "ClientState", "TokenSource", "default_longpoll_url"]
+__all__ = ["Client", "ClientState", "TokenSource", "default_longpoll_url", "default_sse_url"]
 
 logger = logging.getLogger("backchannel.client")
 
@@ -77,24 +78,33 @@ TokenSource = str | Callable[[], Awaitable[str]] | None
 #: Seconds a command waits for its reply, and for a connection when there is none: a
 #: hub answers in milliseconds, so this only bounds a network that has gone silent.
 TIMEOUT = 10.0
-#: Seconds a WebSocket attempt has to bring the connect reply before the client tries
-#: long polling: a proxy that accepts the upgrade and then holds every frame is caught
-#: without making a user wait much.
+#: Seconds a transport that has another after it in ``transports`` has to bring the
+#: connect reply before the client tries the next: a proxy that accepts the upgrade and
+#: then holds every frame, or buffers a stream, is caught without making a user wait much.
 FALLBACK_TIMEOUT = 3.0
 #: Refresh the token when this share of its remaining lifetime has passed: early enough
 #: for a slow token source, late enough not to refresh all the time.
 REFRESH_AT = 0.9
-#: On long polling, try WebSocket again every this many connection attempts, or after
-#: this many seconds: the network that refused it may have changed.
+#: On a fallback transport, try the first again every this many connection attempts, or
+#: after this many seconds: the network that refused it may have changed.
 WS_RETRY_EVERY = 5
 WS_RETRY_AFTER = 300.0
 
 
-def default_longpoll_url(url: str) -> str:
-    """The long-polling URL for a WebSocket URL: same host, http(s), path ``/lp``."""
+def _http_url(url: str, path: str) -> str:
     parts = urllib.parse.urlsplit(url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urllib.parse.urlunsplit((scheme, parts.netloc, "/lp", "", ""))
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def default_longpoll_url(url: str) -> str:
+    """The long-polling URL for a WebSocket URL: same host, http(s), path ``/lp``."""
+    return _http_url(url, "/lp")
+
+
+def default_sse_url(url: str) -> str:
+    """The Server-Sent Events URL for a WebSocket URL: same host, http(s), path ``/sse``."""
+    return _http_url(url, "/sse")
 
 
 class _Retry(Exception):
@@ -116,9 +126,12 @@ class Client:
     ``data`` goes with every connect, for the application's ``authorize_connect`` hook
     (a session id, for example, instead of a token).
 
-    ``transports`` lists what may be used, in order of preference; WebSocket falls back
-    to long polling (``longpoll_url``, by default the url with http(s) and path ``/lp``)
-    when its upgrade is refused or brings nothing within ``fallback_timeout``.
+    ``transports`` lists what may be used, in order of preference: "websocket", "sse"
+    (``sse_url``, by default the url with http(s) and path ``/sse``) and "longpoll"
+    (``longpoll_url``, path ``/lp``). When one does not get through (its upgrade or
+    stream is refused, or it brings nothing within ``fallback_timeout``) the next is
+    tried, and the client keeps starting with the one that worked, trying the first
+    again every few reconnects.
 
     Reconnection waits are full-jitter exponential backoff between ``min_delay`` and
     ``max_delay`` seconds. A disconnect whose code forbids reconnecting stops the client:
@@ -148,6 +161,7 @@ class Client:
         token: TokenSource = None,
         data: Any = None,
         longpoll_url: str | None = None,
+        sse_url: str | None = None,
         transports: Sequence[TransportName] = ("websocket", "longpoll"),
         name: str | None = None,
         version: str | None = None,
@@ -166,8 +180,10 @@ class Client:
         on_publish: Callable[[PublishEvent], Any] | None = None,
         on_token_refused: Callable[[TokenRefusedEvent], Any] | None = None,
     ) -> None:
-        if not transports or any(t not in ("websocket", "longpoll") for t in transports):
-            raise InvalidArgument("transports are 'websocket' and/or 'longpoll'")
+        if not transports or any(t not in TRANSPORTS for t in transports):
+            raise InvalidArgument(f"transports: some of {', '.join(map(repr, TRANSPORTS))}")
+        if len(set(transports)) != len(transports):
+            raise InvalidArgument("transports: each at most once")
         if isinstance(token, str) or token is None:
             self._token: str | None = token
             self._token_source: Callable[[], Awaitable[str]] | None = None
@@ -188,6 +204,8 @@ class Client:
         self.url = self.urls[0]
         self._longpoll_given = longpoll_url
         self.longpoll_url = longpoll_url or default_longpoll_url(self.url)
+        self._sse_given = sse_url
+        self.sse_url = sse_url or default_sse_url(self.url)
         self.transports: tuple[TransportName, ...] = tuple(transports)
         #: The name sent with connect, for the server's logs.
         self.name = f"{name or 'backchannel-python'}/{version or __version__}"
@@ -231,8 +249,11 @@ class Client:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed: asyncio.Event | None = None
         self._events: Dispatcher | None = None
-        self._longpoll_since: float | None = None
-        self._longpoll_attempts = 0
+        #: The transport this client starts with since its first did not get through
+        #: (None: the first), since when (loop time), and attempts since then.
+        self._fallback: TransportName | None = None
+        self._fallback_since = 0.0
+        self._fallback_attempts = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.url} {self.state}>"
@@ -348,6 +369,7 @@ class Client:
         i = self.urls.index(self.url) if self.url in self.urls else -1
         self.url = self.urls[(i + 1) % len(self.urls)]
         self.longpoll_url = self._longpoll_given or default_longpoll_url(self.url)
+        self.sse_url = self._sse_given or default_sse_url(self.url)
 
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, CommandError):
@@ -360,38 +382,53 @@ class Client:
         return isinstance(exc, OSError | TimeoutError | HandshakeTimeout | ConnectionClosed)
 
     def _choose_transport(self) -> TransportName:
-        if "websocket" not in self.transports:
-            return "longpoll"
-        if "longpoll" not in self.transports or self._longpoll_since is None:
-            return "websocket"
-        self._longpoll_attempts += 1
-        elapsed = asyncio.get_running_loop().time() - self._longpoll_since
-        if self._longpoll_attempts % WS_RETRY_EVERY == 0 or elapsed >= WS_RETRY_AFTER:
-            return "websocket"
-        return "longpoll"
+        """The first transport, or the one that got through when it did not (with the
+        first tried again every WS_RETRY_EVERY attempts or after WS_RETRY_AFTER)."""
+        if self._fallback is None:
+            return self.transports[0]
+        self._fallback_attempts += 1
+        elapsed = asyncio.get_running_loop().time() - self._fallback_since
+        if self._fallback_attempts % WS_RETRY_EVERY == 0 or elapsed >= WS_RETRY_AFTER:
+            return self.transports[0]
+        return self._fallback
+
+    def _next_transport(self, name: TransportName) -> TransportName | None:
+        """The transport to try when this one does not get through: the next; or, when
+        the first was tried again and still fails, the one that worked before."""
+        i = self.transports.index(name)
+        if i == len(self.transports) - 1:
+            return None
+        if i == 0 and self._fallback is not None:
+            return self._fallback
+        return self.transports[i + 1]
 
     async def _attempt(self) -> tuple[Connection, dict[str, Any]]:
         if self._needs_token():
             await self._fetch_token()
         name = self._choose_transport()
-        if name == "longpoll":
-            return await self._open("longpoll")
-        try:
-            return await self._open("websocket")
-        except Exception as exc:
-            if "longpoll" not in self.transports or not _websocket_blocked(exc):
-                raise
-            logger.info("WebSocket did not get through (%r): trying long polling", exc)
-            self._longpoll_since = asyncio.get_running_loop().time()
-            self._longpoll_attempts = 0
-            return await self._open("longpoll")
+        while True:
+            try:
+                opened = await self._open(name)
+            except Exception as exc:
+                after = self._next_transport(name)
+                if after is None or not _transport_blocked(exc):
+                    raise
+                logger.info("%s did not get through (%r): trying %s", name, exc, after)
+                self._fallback = after
+                self._fallback_since = asyncio.get_running_loop().time()
+                self._fallback_attempts = 0
+                name = after
+                continue
+            if name == self.transports[0]:
+                self._fallback = None  # the first gets through (again)
+            return opened
 
     async def _open(self, name: TransportName) -> tuple[Connection, dict[str, Any]]:
         """Open a transport and connect on it; the connection and the connect result."""
         conn = Connection(self._on_push, lambda _: self.notify())
         frame, reply = conn.prepare("connect", self._connect_params())
         first_timeout = self.timeout
-        if name == "websocket" and "longpoll" in self.transports:
+        if name != self.transports[-1]:
             first_timeout = min(self.timeout, self.fallback_timeout)
         try:
             transport: Transport
@@ -399,6 +436,10 @@ class Client:
                 if name == "websocket":
                     transport = await WebSocketTransport.open(
                         self.url, frame, open_timeout=first_timeout
+                    )
+                elif name == "sse":
+                    transport = await SseTransport.open(
+                        self.sse_url, frame, open_timeout=first_timeout
                     )
                 else:
                     transport = await LongPollTransport.open(
@@ -431,8 +472,6 @@ class Client:
         except BaseException:
             await conn.close()
             raise
-        if name == "websocket":
-            self._longpoll_since = None  # WebSocket gets through (again)
         return conn, result
 
     def _connect_params(self) -> dict[str, Any]:
@@ -983,9 +1022,10 @@ def _token_refusal(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
-def _websocket_blocked(exc: BaseException) -> bool:
-    """Whether a failed WebSocket attempt suggests that WebSocket does not get through
-    (so long polling may), rather than a refusal by the hub itself."""
+def _transport_blocked(exc: BaseException) -> bool:
+    """Whether a failed attempt suggests that its transport does not get through (so
+    the next may: a refused upgrade, a server or proxy without SSE, a stream held back),
+    rather than a refusal by the hub itself."""
     if isinstance(exc, DisconnectRequest | CommandError | TokenError | _Retry):
         return False
     return isinstance(

@@ -1,7 +1,7 @@
-"""The small interface behind which the client's two transports sit.
+"""The small interface behind which the client's transports sit.
 
 A transport carries wire frames (docs/protocol.md, "Transport framing") both ways, and
-says once how it ended. :mod:`.websocket` and :mod:`.longpoll` implement it.
+says once how it ended. :mod:`.websocket`, :mod:`.sse` and :mod:`.longpoll` implement it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["CONNECTION_LOST", "NORMAL_CLOSURE", "Ending", "Transport", "TransportName"]
+__all__ = [
+    "CONNECTION_LOST",
+    "NORMAL_CLOSURE",
+    "TRANSPORTS",
+    "Ending",
+    "Transport",
+    "TransportName",
+]
 
-TransportName = Literal["websocket", "longpoll"]
+TransportName = Literal["websocket", "sse", "longpoll"]
+#: Every transport's name.
+TRANSPORTS: tuple[TransportName, ...] = ("websocket", "sse", "longpoll")
 
 #: The code of an ending that is not the hub's: the network failed, a long-poll session
 #: was lost. It is WebSocket's "abnormal closure"; the client reconnects.

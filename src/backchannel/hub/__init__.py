@@ -2,8 +2,10 @@
 
 :class:`Hub` is the application's door (publish, presence, history, users, statistics)
 and the sessions' door; :class:`Hooks` is the application's say in it. The hub is served
-over WebSocket by ``websocket_handler(hub)`` (for ``backchannel.asyncio.serve``) and over
-HTTP long polling by ``LongPoll(hub)`` (as ``process_request``); the wire format is in
+over WebSocket by ``websocket_handler(hub)`` (for ``backchannel.asyncio.serve``), over
+HTTP long polling by ``LongPoll(hub)`` and over Server-Sent Events by
+``ServerSentEvents(hub)`` (as ``process_request``, sharing an ``HttpSessions`` table);
+the wire format is in
 :mod:`.wire` and docs/protocol.md. docs/design.md draws which module owns what.
 """
 
@@ -18,7 +20,9 @@ from .options import ChannelOptions, HubOptions
 from .session import Session
 from .token import TokenVerifier
 from .transports.base import Transport
+from .transports.http import HttpSessions
 from .transports.longpoll import LongPoll, LongPollTransport
+from .transports.sse import ServerSentEvents, SseTransport
 from .transports.websocket import WebSocketTransport, websocket_handler
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "Error",
     "HistoryOptions",
     "Hooks",
+    "HttpSessions",
     "Hub",
     "HubOptions",
     "LongPoll",
@@ -40,7 +45,9 @@ __all__ = [
     "NodeInfo",
     "PresenceStats",
     "PublishResult",
+    "ServerSentEvents",
     "Session",
+    "SseTransport",
     "Statistics",
     "SubscribeResult",
     "TokenVerifier",

@@ -61,7 +61,7 @@ async function login(name) {
   // Messages sent while offline wait in the outbox and go once the connection is back,
   // across a reload too (sessionStorage: this tab's own, so two tabs never share one).
   const options = { getToken, outbox: { storage: sessionStorage, storageKey: `backchannel.outbox.${me}` } };
-  if (transport === "websocket" || transport === "longpoll") options.transports = [transport];
+  if (transport === "websocket" || transport === "sse" || transport === "longpoll") options.transports = [transport];
   const wsUrl = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
   client = new Client(wsUrl, options);
   client.on("state", (state) => { if (state === "connected") lastDrop = null; showStatus(); });
