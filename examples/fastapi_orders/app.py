@@ -143,6 +143,7 @@ PAGE = """<!doctype html>
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   // The hub is under /realtime: its long-polling fallback too.
   const client = new Client(`${{scheme}}//${{location.host}}/realtime/ws`, {{
+    sseUrl: "/realtime/sse",
     longPollUrl: "/realtime/lp",
   }});
   window.order = {{ client }};  // for the console (and the tests)

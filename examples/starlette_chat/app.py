@@ -35,6 +35,7 @@ PAGE = """<!doctype html>
 
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const client = new Client(`${scheme}//${location.host}/realtime/ws`, {
+    sseUrl: "/realtime/sse",
     longPollUrl: "/realtime/lp",
   });
   // History and live messages may overlap: each offset once, in offset order.

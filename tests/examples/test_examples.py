@@ -157,6 +157,7 @@ async def refused_subscription(page: Page, channel: str) -> int:
             const { Client } = await import("/realtime/js/backchannel.js");
             const scheme = location.protocol === "https:" ? "wss:" : "ws:";
             const client = new Client(`${scheme}//${location.host}/realtime/ws`, {
+                sseUrl: "/realtime/sse",
                 longPollUrl: "/realtime/lp",
             });
             try {
@@ -190,22 +191,31 @@ async def test_fastapi_orders_page_shows_the_status_a_post_publishes(browser: Br
             # The hook lets alice follow her own orders only: bob's is refused (103).
             assert await refused_subscription(page, "orders:43") == 103
             # Behind a proxy that refuses upgrades, the page falls back to the mounted
-            # long polling (its longPollUrl), logged in by the same cookie.
-            async with Gateway(int(base.rpartition(":")[2]), refuse_upgrades=True) as gateway:
-                proxied = await log_in_and_follow_an_order(
-                    browser, f"http://127.0.0.1:{gateway.port}", "alice", upgrades_refused=True
-                )
-                # No WebSocket got through: the page is live over long polling.
-                assert gateway.upgrades == 0 and gateway.refused_upgrades >= 1
-                reply = await client.post("/orders/42/status", json={"status": "delivered"})
-                assert reply.status_code == 200, reply.text
-                for each in (page, proxied):
-                    await each.wait_for_selector('#status:text-is("delivered")', timeout=WAIT_MS)
-                # Closed, the client ends its long-poll session (DELETE): the poll the
-                # server holds is answered, so the server's shutdown has none to wait for.
-                async with proxied.expect_response(lambda r: r.request.method == "DELETE"):
-                    await proxied.evaluate("window.order.client.close()")
-                await proxied.context.close()
+            # HTTP transports (its sseUrl, longPollUrl), logged in by the same cookie: SSE,
+            # or long polling when the proxy also holds streams back whole.
+            for buffer_streams, transport in ((False, "sse"), (True, "longpoll")):
+                async with Gateway(
+                    int(base.rpartition(":")[2]),
+                    refuse_upgrades=True,
+                    buffer_streams=buffer_streams,
+                ) as gateway:
+                    proxied = await log_in_and_follow_an_order(
+                        browser, f"http://127.0.0.1:{gateway.port}", "alice", upgrades_refused=True
+                    )
+                    assert gateway.upgrades == 0 and gateway.refused_upgrades >= 1
+                    assert await proxied.evaluate("window.order.client.transport") == transport
+                    status = f"delivered ({transport})"
+                    reply = await client.post("/orders/42/status", json={"status": status})
+                    assert reply.status_code == 200, reply.text
+                    for each in (page, proxied):
+                        await each.wait_for_selector(
+                            f'#status:text-is("{status}")', timeout=WAIT_MS
+                        )
+                    # Closed, the client ends its HTTP session (DELETE): nothing the server
+                    # holds for it (a stream, a long poll) is left for its shutdown to wait for.
+                    async with proxied.expect_response(lambda r: r.request.method == "DELETE"):
+                        await proxied.evaluate("window.order.client.close()")
+                    await proxied.context.close()
             await page.context.close()
 
 

@@ -42,6 +42,7 @@ PAGE = """<!doctype html>
   const order = {order_json};
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const client = new Client(`${{scheme}}//${{location.host}}/realtime/ws`, {{
+    sseUrl: "/realtime/sse",
     longPollUrl: "/realtime/lp",
   }});
   window.order = {{ client }};  // for the console (and the tests)
