@@ -267,3 +267,41 @@ async def test_a_client_that_never_reads_is_bounded_by_its_outbox() -> None:
         assert not sse.sessions and transport.outbox is not None and not transport.outbox
         sock.close()
         await server.aclose()
+
+
+async def test_last_event_id_resumes_the_frames_subscribes_that_name_no_position() -> None:
+    async with endpoint() as (hub, _, url):
+        client = await SseTransport.open(
+            url, "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:a")])
+        )
+        await wire(client, 2)
+        # Subscribed by POST: in the ids, but not in the URL's frame.
+        await client.send(command(3, "subscribe", channel="feed:c"))
+        await wire(client, 1)
+        for channel in ("feed:a", "feed:b", "feed:c"):
+            await hub.publish(channel, "seen")
+        await wire(client, 2)
+        positions = json.loads(client.last_id or "")
+        assert set(positions) == {"feed:a", "feed:c"}
+        await client.close()
+        for channel in ("feed:a", "feed:b", "feed:c"):
+            await hub.publish(channel, "missed")
+        # The id names feed:b too (forged, or from an older stream); the frame asks for
+        # feed:b with a position of its own, which is kept; feed:c, not in the frame, is
+        # not resumed (the client resubscribes it itself).
+        epoch = positions["feed:a"][0]
+        last_id = json.dumps({**positions, "feed:b": [epoch, 2]})
+        frame = "\n".join(
+            [
+                command(1, "connect"),
+                command(2, "subscribe", channel="feed:a"),
+                command(3, "subscribe", channel="feed:b", recover=True, epoch="x", offset=0),
+            ]
+        )
+        again = await SseTransport.open(url, frame, last_event_id=last_id)
+        _, a, b = await wire(again, 3)
+        assert a["result"]["recovered"] is True
+        assert [p["data"] for p in a["result"]["publications"]] == ["missed"]
+        assert b["result"]["recovered"] is False  # its own position (another epoch)
+        assert set(json.loads(again.last_id or "")) == {"feed:a", "feed:b"}
+        await again.close()
