@@ -84,6 +84,7 @@ async def test_metrics_count_a_scripted_session() -> None:
 
         assert value("backchannel_connections", transport="websocket") == 1
         assert value("backchannel_connections", transport="longpoll") == 1
+        assert value("backchannel_connections", transport="sse") == 0  # listed, unused
         assert value("backchannel_sessions") == 2
         assert value("backchannel_users") == 2
         assert value("backchannel_subscriptions") == 2

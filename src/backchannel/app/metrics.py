@@ -136,7 +136,7 @@ class _HubCollector(Collector):
             labels=["node", "transport"],
         )
         # Every transport is listed, with 0 when unused, so a query never sees a gap.
-        counts = {"websocket": 0, "longpoll": 0, **stats.sessions_by_transport}
+        counts = {"websocket": 0, "longpoll": 0, "sse": 0, **stats.sessions_by_transport}
         for transport, count in sorted(counts.items()):
             by_transport.add_metric([node, transport], count)
         yield by_transport

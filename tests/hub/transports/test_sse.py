@@ -20,12 +20,13 @@ import pytest
 from helpers.http import Http
 from helpers.hub_client import SseTransport
 
-from backchannel.asyncio import serve
+from backchannel.asyncio import ServerConnection, Stream, serve
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.transports.http import HttpSessions, HttpTransport
-from backchannel.hub.transports.sse import ServerSentEvents
+from backchannel.hub.transports.sse import MAX_CHUNK, ServerSentEvents
 from backchannel.hub.transports.websocket import websocket_handler
+from backchannel.protocol.http11 import Request, Response
 
 OPTIONS = HubOptions(anonymous=True, namespaces={"feed": ChannelOptions(history_size=100)})
 
@@ -210,9 +211,10 @@ async def test_requests_that_are_not_the_wire_get_their_answer() -> None:
 
 
 async def test_a_client_that_never_reads_is_bounded_by_its_outbox() -> None:
-    # Publications to a stream whose client reads nothing: the server asks the session
-    # for nothing more once its socket is full, so the outbox fills and the session ends
-    # with 3002 (the hub never waits); the server then drops the stream.
+    # Publications to a stream whose client reads nothing, the stream given its turn
+    # after each: it takes the outbox while the socket drains, then the server asks for
+    # nothing more, so the server's buffer stays bounded, the outbox fills and the
+    # session ends with 3002 (the hub never waits); the server then drops the stream.
     options = HubOptions(
         anonymous=True,
         namespaces={"feed": ChannelOptions(history_size=10)},
@@ -223,8 +225,16 @@ async def test_a_client_that_never_reads_is_bounded_by_its_outbox() -> None:
     async with Hub(options) as hub:
         table = WatchedSessions(hub)
         sse = ServerSentEvents(hub, sessions=table)
+        connections: list[ServerConnection] = []
+
+        async def endpoint(
+            connection: ServerConnection, request: Request
+        ) -> Response | Stream | None:
+            connections.append(connection)
+            return await sse.handle(request)
+
         server = await serve(
-            websocket_handler(hub), "127.0.0.1", 0, process_request=sse, ping_timeout=0.5
+            websocket_handler(hub), "127.0.0.1", 0, process_request=endpoint, ping_timeout=0.5
         )
         frame = quote("\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:a")]))
         sock = socket.create_connection(("127.0.0.1", server.port))
@@ -233,14 +243,23 @@ async def test_a_client_that_never_reads_is_bounded_by_its_outbox() -> None:
         async with asyncio.timeout(10):
             await table.registered.wait()
         (transport,) = sse.sessions.values()
+        (connection,) = connections
         session = transport.session
         assert session is not None
         big = "x" * 16_000
+        streamed = 0
         for n in range(10_000):
             await hub.publish("feed:a", [n, big])
+            # The stream's turn (a yield to the event loop, not a wait for time).
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if not transport.outbox and not session.closed:
+                streamed += 1  # taken into the stream: the socket had room
             assert transport.outbox is not None and transport.outbox.size <= 256 * 1024
+            assert connection.buffered_amount <= 64 * 1024 + MAX_CHUNK + 1024
             if session.closed:
                 break
+        assert streamed > 0
         assert session.ended is not None and session.ended.code == 3002
         # The stream is dropped once its client has read nothing for ping_timeout.
         async with asyncio.timeout(10):
@@ -248,3 +267,41 @@ async def test_a_client_that_never_reads_is_bounded_by_its_outbox() -> None:
         assert not sse.sessions and transport.outbox is not None and not transport.outbox
         sock.close()
         await server.aclose()
+
+
+async def test_last_event_id_resumes_the_frames_subscribes_that_name_no_position() -> None:
+    async with endpoint() as (hub, _, url):
+        client = await SseTransport.open(
+            url, "\n".join([command(1, "connect"), command(2, "subscribe", channel="feed:a")])
+        )
+        await wire(client, 2)
+        # Subscribed by POST: in the ids, but not in the URL's frame.
+        await client.send(command(3, "subscribe", channel="feed:c"))
+        await wire(client, 1)
+        for channel in ("feed:a", "feed:b", "feed:c"):
+            await hub.publish(channel, "seen")
+        await wire(client, 2)
+        positions = json.loads(client.last_id or "")
+        assert set(positions) == {"feed:a", "feed:c"}
+        await client.close()
+        for channel in ("feed:a", "feed:b", "feed:c"):
+            await hub.publish(channel, "missed")
+        # The id names feed:b too (forged, or from an older stream); the frame asks for
+        # feed:b with a position of its own, which is kept; feed:c, not in the frame, is
+        # not resumed (the client resubscribes it itself).
+        epoch = positions["feed:a"][0]
+        last_id = json.dumps({**positions, "feed:b": [epoch, 2]})
+        frame = "\n".join(
+            [
+                command(1, "connect"),
+                command(2, "subscribe", channel="feed:a"),
+                command(3, "subscribe", channel="feed:b", recover=True, epoch="x", offset=0),
+            ]
+        )
+        again = await SseTransport.open(url, frame, last_event_id=last_id)
+        _, a, b = await wire(again, 3)
+        assert a["result"]["recovered"] is True
+        assert [p["data"] for p in a["result"]["publications"]] == ["missed"]
+        assert b["result"]["recovered"] is False  # its own position (another epoch)
+        assert set(json.loads(again.last_id or "")) == {"feed:a", "feed:b"}
+        await again.close()

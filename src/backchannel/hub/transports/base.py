@@ -16,7 +16,7 @@ T = TypeVar("T", bound="Transport")
 class Transport(Protocol):
     """Carries one session's replies and pushes to its client. Nothing here waits."""
 
-    #: The transport's kind ("websocket", "longpoll"): sessions are counted by it.
+    #: The transport's kind ("websocket", "longpoll", "sse"): sessions are counted by it.
     name: ClassVar[str]
 
     def attach(self, outbox: Outbox) -> None:

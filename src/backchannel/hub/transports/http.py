@@ -10,7 +10,7 @@ load balancer. One :class:`HttpSessions` per node holds the sessions of all of t
   token, and refresh keeps to its user). An id is only ever answered by the endpoint
   (path) that opened it.
 * **idle expiry**: a session that nothing keeps alive for its endpoint's
-  ``idle_timeout`` seconds (no poll; no stream attached) is closed with 3008 and freed.
+  ``idle_timeout`` seconds (no poll; no stream attached) is closed with 3003 and freed.
 * **CORS**: pages of the origins listed may use the endpoints from another site.
 * **the relay** (:class:`SessionRelay`, the Redis broker is one): this node claims the
   sessions it holds, forwards a request for a session it does not hold to the node that
