@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 
 from backchannel.asgi import HubApp, Scope, route
 from backchannel.asyncio import Stream, connect
+from backchannel.client import Client
 from backchannel.exceptions import InvalidStatus
 from backchannel.hub import Connected, Disconnect, Hooks, Hub, Session
 from backchannel.hub.brokers import MemoryBroker
@@ -466,6 +467,22 @@ async def test_a_held_poll_whose_client_goes_away_frees_the_server() -> None:
             pushes = [json.loads(line) for line in batch[1:]]
             assert [push["data"] for push in pushes] == ["after the client left"]
             assert (await http.delete(url, params={"sid": sid})).status_code == 200
+
+
+async def test_the_python_client_finds_the_mounted_http_transports_beside_the_websocket() -> None:
+    async with mounted() as (_, port):
+        url = f"ws://127.0.0.1:{port}/realtime/ws"
+        for transport in ("sse", "longpoll"):
+            # Given only the WebSocket URL: /realtime/ws gives /realtime/sse and /lp.
+            client = Client(url, token=token("alice"), transports=(transport,))  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(10):
+                    await client.connect()
+                    assert client.transport == transport
+                    await client.subscribe("feed:beside")
+                    assert (await client.publish("feed:beside", transport)).offset >= 1
+            finally:
+                await client.close()
 
 
 async def test_route_sends_the_prefix_to_the_hub_and_the_rest_to_the_app() -> None:
