@@ -427,7 +427,8 @@ class Watched:
         self.ended.append("returned")
 
 
-async def test_a_held_poll_whose_client_goes_away_frees_the_server() -> None:
+@pytest.mark.parametrize("server", [uvicorn_server, hypercorn_server], ids=["uvicorn", "hypercorn"])
+async def test_a_held_poll_whose_client_goes_away_frees_the_server(server: Any) -> None:
     async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET)) as hub:
         # A poll is held for an hour, unless its client going away ends it.
         realtime = HubApp(hub, longpoll=LongPoll(hub, poll_timeout=3600))
@@ -436,7 +437,7 @@ async def test_a_held_poll_whose_client_goes_away_frees_the_server() -> None:
             {"id": 1, "method": "connect", "params": {"token": token("alice")}},
             {"id": 2, "method": "subscribe", "params": {"channel": "feed:gone"}},
         ]
-        async with uvicorn_server(app) as port, httpx.AsyncClient() as http:
+        async with server(app) as port, httpx.AsyncClient() as http:
             url = f"http://127.0.0.1:{port}/realtime/lp"
             opened = await http.post(url, content="\n".join(map(json.dumps, commands)))
             sid = opened.json()["sid"]
@@ -455,12 +456,12 @@ async def test_a_held_poll_whose_client_goes_away_frees_the_server() -> None:
             writer.close()
             await writer.wait_closed()
         # The server's shutdown (which waits for pending answers) found the poll ended by
-        # its client's going: uvicorn did not have to cancel it past its graceful timeout.
+        # its client's going: the server did not have to cancel it past its graceful timeout.
         assert app.ended == ["returned"] * 3
         assert realtime.longpoll.held() == 0
         # What is published meanwhile waits for the session's next poll.
         await hub.publish("feed:gone", "after the client left")
-        async with uvicorn_server(app) as port, httpx.AsyncClient() as http:
+        async with server(app) as port, httpx.AsyncClient() as http:
             url = f"http://127.0.0.1:{port}/realtime/lp"
             batch = (await http.get(url, params={"sid": sid, "ack": ack})).text.splitlines()
             assert json.loads(batch[0])["batch"] == ack + 1
