@@ -54,9 +54,9 @@ export interface ClientOptions {
    * then. Default ["websocket", "sse", "longpoll"] (SSE where EventSource exists).
    */
   transports?: TransportName[];
-  /** Default: the url's host, with http(s) and path /lp. */
+  /** Default: the url's host, with http(s), and its path's last segment /ws replaced by /lp (any other path: /lp). */
   longPollUrl?: string;
-  /** Default: the url's host, with http(s) and path /sse. */
+  /** Default: the url's host, with http(s), and its path's last segment /ws replaced by /sse (any other path: /sse). */
   sseUrl?: string;
   /** ms, default 500. */
   minReconnectDelay?: number;
@@ -365,9 +365,9 @@ export function encodeFrame(lines: string[]): string;
 export function decodeLine(line: string): Reply | Push | null;
 /** A whole server frame. */
 export function decodeFrame(text: string): Array<Reply | Push>;
-/** The long-polling URL for a WebSocket URL: same host, http(s), path /lp. */
+/** The long-polling URL for a WebSocket URL: same host, http(s), the path's last segment /ws replaced by /lp (`ws://h/realtime/ws` gives `http://h/realtime/lp`); any other path gives /lp. */
 export function defaultLongPollUrl(url: string): string | null;
-/** The Server-Sent Events URL for a WebSocket URL: same host, http(s), path /sse. */
+/** The Server-Sent Events URL for a WebSocket URL: as defaultLongPollUrl, with /sse. */
 export function defaultSseUrl(url: string): string | null;
 /** Forgets which transport this page fell back to (for tests). */
 export function resetTransportMemory(): void;

@@ -24,13 +24,14 @@ from starlette.routing import Mount, Route
 
 from backchannel.asgi import HubApp, Scope, route
 from backchannel.asyncio import Stream, connect
+from backchannel.client import Client
 from backchannel.exceptions import InvalidStatus
 from backchannel.hub import Connected, Disconnect, Hooks, Hub, Session
 from backchannel.hub.brokers import MemoryBroker
 from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
-from backchannel.hub.transports.longpoll import Authenticate
+from backchannel.hub.transports.longpoll import Authenticate, LongPoll
 from backchannel.protocol.http11 import Headers, Request, Response
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -395,6 +396,94 @@ async def test_a_stream_is_sent_as_it_comes_and_closed_when_the_client_leaves() 
         # A plain answer of the same endpoint is sent as a response.
         refused = await http.post(url)
         assert refused.status_code == 405 and refused.headers["cache-control"] == "no-store"
+
+
+class Watched:
+    """An ASGI middleware that records how each HTTP call of the application ended
+    ("returned", or "cancelled" by the server), and sets ``read`` once the application
+    has read a request whole."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.ended: list[str] = []
+        self.read = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def reading() -> Any:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                self.read.set()
+            return message
+
+        try:
+            await self.app(scope, reading, send)
+        except asyncio.CancelledError:
+            self.ended.append("cancelled")
+            raise
+        self.ended.append("returned")
+
+
+@pytest.mark.parametrize("server", [uvicorn_server, hypercorn_server], ids=["uvicorn", "hypercorn"])
+async def test_a_held_poll_whose_client_goes_away_frees_the_server(server: Any) -> None:
+    async with Hub(OPTIONS, tokens=TokenVerifier(secret=SECRET)) as hub:
+        # A poll is held for an hour, unless its client going away ends it.
+        realtime = HubApp(hub, longpoll=LongPoll(hub, poll_timeout=3600))
+        app = Watched(starlette(realtime))
+        commands = [
+            {"id": 1, "method": "connect", "params": {"token": token("alice")}},
+            {"id": 2, "method": "subscribe", "params": {"channel": "feed:gone"}},
+        ]
+        async with server(app) as port, httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{port}/realtime/lp"
+            opened = await http.post(url, content="\n".join(map(json.dumps, commands)))
+            sid = opened.json()["sid"]
+            replies = (await http.get(url, params={"sid": sid, "ack": 0})).text.splitlines()
+            ack = json.loads(replies[0])["batch"]
+            assert [json.loads(line)["id"] for line in replies[1:]] == [1, 2]
+            # A poll with nothing to deliver is held; its client goes away.
+            app.read.clear()
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /realtime/lp?sid={sid}&ack={ack} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            await writer.drain()
+            async with asyncio.timeout(10):
+                await app.read.wait()
+            writer.close()
+            await writer.wait_closed()
+        # The server's shutdown (which waits for pending answers) found the poll ended by
+        # its client's going: the server did not have to cancel it past its graceful timeout.
+        assert app.ended == ["returned"] * 3
+        assert realtime.longpoll.held() == 0
+        # What is published meanwhile waits for the session's next poll.
+        await hub.publish("feed:gone", "after the client left")
+        async with server(app) as port, httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{port}/realtime/lp"
+            batch = (await http.get(url, params={"sid": sid, "ack": ack})).text.splitlines()
+            assert json.loads(batch[0])["batch"] == ack + 1
+            pushes = [json.loads(line) for line in batch[1:]]
+            assert [push["data"] for push in pushes] == ["after the client left"]
+            assert (await http.delete(url, params={"sid": sid})).status_code == 200
+
+
+async def test_the_python_client_finds_the_mounted_http_transports_beside_the_websocket() -> None:
+    async with mounted() as (_, port):
+        url = f"ws://127.0.0.1:{port}/realtime/ws"
+        for transport in ("sse", "longpoll"):
+            # Given only the WebSocket URL: /realtime/ws gives /realtime/sse and /lp.
+            client = Client(url, token=token("alice"), transports=(transport,))  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(10):
+                    await client.connect()
+                    assert client.transport == transport
+                    await client.subscribe("feed:beside")
+                    assert (await client.publish("feed:beside", transport)).offset >= 1
+            finally:
+                await client.close()
 
 
 async def test_route_sends_the_prefix_to_the_hub_and_the_rest_to_the_app() -> None:

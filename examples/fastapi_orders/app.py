@@ -141,11 +141,9 @@ PAGE = """<!doctype html>
 
   const order = {order_json};
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  // The hub is under /realtime: its long-polling fallback too.
-  const client = new Client(`${{scheme}}//${{location.host}}/realtime/ws`, {{
-    sseUrl: "/realtime/sse",
-    longPollUrl: "/realtime/lp",
-  }});
+  // The hub is under /realtime: its fallbacks, /realtime/sse and /realtime/lp, are found
+  // beside /realtime/ws.
+  const client = new Client(`${{scheme}}//${{location.host}}/realtime/ws`);
   window.order = {{ client }};  // for the console (and the tests)
   let shown = -1;  // the offset of the status on the page
   const show = (pub) => {{

@@ -34,10 +34,7 @@ PAGE = """<!doctype html>
   import { Client } from "/realtime/js/backchannel.js";
 
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const client = new Client(`${scheme}//${location.host}/realtime/ws`, {
-    sseUrl: "/realtime/sse",
-    longPollUrl: "/realtime/lp",
-  });
+  const client = new Client(`${scheme}//${location.host}/realtime/ws`);
   // History and live messages may overlap: each offset once, in offset order.
   const show = (pub) => {
     const list = document.querySelector("#messages");

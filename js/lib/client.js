@@ -42,8 +42,8 @@ const DEFAULT_TRANSPORTS = ["websocket", "sse", "longpoll"];
  * @property {TransportName[]} [transports] transports by registered name (registerTransport),
  *   tried in this order: when one does not get through, the next; default
  *   ["websocket", "sse", "longpoll"] (those that can work here: SSE needs EventSource)
- * @property {string} [longPollUrl] default: the url's host, http(s), path /lp
- * @property {string} [sseUrl] default: the url's host, http(s), path /sse
+ * @property {string} [longPollUrl] default: the url's host, http(s), its last path segment /ws replaced by /lp (any other path: /lp)
+ * @property {string} [sseUrl] default: the url's host, http(s), its last path segment /ws replaced by /sse (any other path: /sse)
  * @property {number} [minReconnectDelay] ms, default 500
  * @property {number} [maxReconnectDelay] ms, default 20000
  * @property {number} [fallbackTimeout] ms a transport has to bring its first message

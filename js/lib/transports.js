@@ -8,18 +8,21 @@ import { errorMessage, isObject, noop, parseJson } from "./wire.js";
 /** @typedef {import("./wire.js").TransportName} TransportName */
 
 /**
- * An HTTP URL on the host of a WebSocket URL: http(s), this path.
+ * The URL of an HTTP transport's endpoint ("lp", "sse") beside a WebSocket URL: http(s),
+ * same host; a path ending in the segment /ws has it replaced (under a mount,
+ * /realtime/ws gives /realtime/lp), any other path is replaced whole (/lp).
  * @param {string} url
- * @param {string} path
+ * @param {string} endpoint
  * @returns {string | null}
  */
-function httpUrl(url, path) {
+function httpUrl(url, endpoint) {
   try {
     const base = typeof location === "object" && location ? location.href : undefined;
     const u = new URL(url, base);
     if (u.protocol === "wss:") u.protocol = "https:";
     else if (u.protocol === "ws:") u.protocol = "http:";
-    u.pathname = path;
+    const prefix = u.pathname.endsWith("/ws") ? u.pathname.slice(0, -"/ws".length) : "";
+    u.pathname = `${prefix}/${endpoint}`;
     u.search = "";
     u.hash = "";
     return u.toString();
@@ -29,21 +32,24 @@ function httpUrl(url, path) {
 }
 
 /**
- * The long-polling URL for a WebSocket URL: same host, http(s), path /lp.
+ * The long-polling URL for a WebSocket URL: same host, http(s), the path's last segment
+ * /ws replaced by /lp (`ws://h/realtime/ws` gives `http://h/realtime/lp`); a path that
+ * does not end in /ws gives /lp.
  * @param {string} url
  * @returns {string | null}
  */
 export function defaultLongPollUrl(url) {
-  return httpUrl(url, "/lp");
+  return httpUrl(url, "lp");
 }
 
 /**
- * The Server-Sent Events URL for a WebSocket URL: same host, http(s), path /sse.
+ * The Server-Sent Events URL for a WebSocket URL: as defaultLongPollUrl, with /sse
+ * (`ws://h/realtime/ws` gives `http://h/realtime/sse`).
  * @param {string} url
  * @returns {string | null}
  */
 export function defaultSseUrl(url) {
-  return httpUrl(url, "/sse");
+  return httpUrl(url, "sse");
 }
 
 // ---------------------------------------------------------------------------------------

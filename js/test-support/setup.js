@@ -9,16 +9,16 @@ export const URL_SSE = "http://hub.test/sse";
 /**
  * A client with a fake clock, WebSocket class and fetch; random() is 0.5 unless given.
  * With `sse`, a fake EventSource class too (`ctx.ES`; without it SSE is not available,
- * as in node). `events` records every event the client emits, `of(name)` the arguments
+ * as in node); `url`, the hub's WebSocket URL. `events` records every event the client emits, `of(name)` the arguments
  * of one kind.
  */
-export function setup(options = {}, { sse = false } = {}) {
+export function setup(options = {}, { sse = false, url = URL_WS } = {}) {
   resetTransportMemory();
   const clock = new FakeClock();
   const WS = makeWebSocket();
   const ES = makeEventSource();
   const net = makeFetch();
-  const client = new Client(URL_WS, {
+  const client = new Client(url, {
     WebSocket: WS,
     ...(sse ? { EventSource: ES } : {}),
     lifecycleTarget: null,

@@ -303,6 +303,9 @@ test("the long-polling URL defaults to the WebSocket URL's host, http(s), path /
   assert.equal(defaultLongPollUrl("wss://example.com:8443/ws?x=1#h"), "https://example.com:8443/lp");
   assert.equal(defaultLongPollUrl("ws://localhost/"), "http://localhost/lp");
   assert.equal(defaultLongPollUrl("not a url"), null);
+  // Any path that does not end in the segment /ws is replaced whole.
+  assert.equal(defaultLongPollUrl("ws://localhost/socket"), "http://localhost/lp");
+  assert.equal(defaultLongPollUrl("ws://localhost/news"), "http://localhost/lp");
   const ctx = setup({ transports: ["longpoll"], longPollUrl: "https://other.test/poll?app=1" });
   ctx.client.connect();
   await flush();
@@ -311,5 +314,20 @@ test("the long-polling URL defaults to the WebSocket URL's host, http(s), path /
   open.respond(200, { sid: "a b", ack: 0 });
   await flush();
   assert.equal(ctx.net.one("GET").url, "https://other.test/poll?app=1&sid=a%20b&ack=0");
+  ctx.client.close();
+});
+
+test("under a mount, the long-polling and SSE URLs replace the WebSocket path's last segment /ws", async () => {
+  const { defaultLongPollUrl, defaultSseUrl } = await import("../backchannel.js");
+  assert.equal(defaultLongPollUrl("wss://example.com/realtime/ws"), "https://example.com/realtime/lp");
+  assert.equal(defaultSseUrl("wss://example.com/realtime/ws?x=1"), "https://example.com/realtime/sse");
+  assert.equal(defaultSseUrl("ws://localhost:8000/a/b/ws"), "http://localhost:8000/a/b/sse");
+  assert.equal(defaultSseUrl("ws://localhost:8000/ws"), "http://localhost:8000/sse");
+  assert.equal(defaultSseUrl("ws://localhost:8000/realtime/socket"), "http://localhost:8000/sse");
+  // A client given only the mounted WebSocket URL falls back to the mounted endpoints.
+  const ctx = setup({ transports: ["longpoll"] }, { url: "ws://hub.test/realtime/ws" });
+  ctx.client.connect();
+  await flush();
+  assert.equal(ctx.net.one("POST").url, "http://hub.test/realtime/lp");
   ctx.client.close();
 });

@@ -368,11 +368,50 @@ class HubApp:
             await _send_response(_secured(refused), send, scope["method"])
             return
         request = Request(scope["method"], f"{path}?{query}" if query else path, headers, body)
-        answer = await self._answer(scope, request, path)
+        # While the answer is pending (a long poll is held up to its poll timeout), the
+        # client may go away: a server's graceful shutdown waits for every pending answer,
+        # so one that no one will read must not hold it.
+        answering = asyncio.ensure_future(self._answer(scope, request, path))
+        watching = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({answering, watching}, return_when=asyncio.FIRST_COMPLETED)
+            if not answering.done():
+                await self._abandon(request, answering)
+                return
+            answer = answering.result()
+        except BaseException:
+            # This request's own task was cancelled, or the answer failed.
+            for task in (answering, watching):
+                task.cancel()
+            raise
         if isinstance(answer, Stream):
-            await _send_stream(answer, receive, send)
+            await _send_stream(answer, watching, send)
         else:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             await _send_response(answer, send, request.method)
+
+    async def _abandon(
+        self, request: Request, answering: asyncio.Future[Response | Stream]
+    ) -> None:
+        """The client of a pending answer went away. A safe request (RFC 9110 section
+        9.2.1: GET, HEAD) changes nothing, so its answer is cancelled: a held poll ends at
+        once, and the batch it may have taken stays unacknowledged, sent again on the
+        session's next poll. Any other request, and one that opens a session (an SSE
+        stream's GET), runs to its end, so that no command is applied halfway and no
+        session is left half open; a stream it returns is closed unsent."""
+        if request.method in ("GET", "HEAD") and not any(
+            endpoint.opens_session(request) for endpoint in self.endpoints
+        ):
+            answering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answering
+            return
+        answer = await answering
+        aclose = getattr(answer.body, "aclose", None) if isinstance(answer, Stream) else None
+        if aclose is not None:
+            await aclose()
 
     async def _answer(self, scope: Scope, request: Request, path: str) -> Response | Stream:
         response = self.files.handle(request, path)
@@ -523,10 +562,16 @@ async def _send_response(response: Response, send: Send, method: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_stream(stream: Stream, receive: Receive, send: Send) -> None:
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away (``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_stream(stream: Stream, gone: asyncio.Future[None], send: Send) -> None:
     """Send the head, then each chunk as it comes, each ``send`` awaited (a client that
-    does not read holds the producer back). When the client goes away
-    (``http.disconnect``), the body is closed: its ``finally`` blocks run."""
+    does not read holds the producer back). When the client goes away (``gone``, which
+    watches for ``http.disconnect``), the body is closed: its ``finally`` blocks run."""
     body = stream.body
 
     async def pump() -> None:
@@ -537,18 +582,13 @@ async def _send_stream(stream: Stream, receive: Receive, send: Send) -> None:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def gone() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
     pumping = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(gone())
     try:
-        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({pumping, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (pumping, watching):
+        for task in (pumping, gone):
             task.cancel()
-        for task in (pumping, watching):
+        for task in (pumping, gone):
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
         aclose = getattr(body, "aclose", None)

@@ -27,6 +27,8 @@ from backchannel.client import (
     SubscribedEvent,
     TokenRefusedEvent,
     UnsubscribedEvent,
+    default_longpoll_url,
+    default_sse_url,
 )
 from backchannel.exceptions import (
     CommandError,
@@ -528,6 +530,17 @@ def test_the_long_poll_url_is_derived_from_the_websocket_url() -> None:
     assert Client("ws://example.com:8080/ws").longpoll_url == "http://example.com:8080/lp"
     assert Client("wss://example.com/ws").longpoll_url == "https://example.com/lp"
     assert Client("wss://a/ws", longpoll_url="https://b/poll").longpoll_url == "https://b/poll"
+    # Any path that does not end in the segment /ws is replaced whole.
+    assert Client("ws://example.com/socket").longpoll_url == "http://example.com/lp"
+    assert Client("ws://example.com/news").sse_url == "http://example.com/sse"
+
+
+def test_under_a_mount_the_http_urls_replace_the_last_segment_ws() -> None:
+    mounted = Client("wss://example.com/realtime/ws?x=1")
+    assert mounted.longpoll_url == "https://example.com/realtime/lp"
+    assert mounted.sse_url == "https://example.com/realtime/sse"
+    assert default_longpoll_url("ws://h:8000/a/b/ws") == "http://h:8000/a/b/lp"
+    assert default_sse_url("ws://h:8000/ws") == "http://h:8000/sse"
 
 
 @TRANSPORTS

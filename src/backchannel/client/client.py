@@ -91,20 +91,28 @@ WS_RETRY_EVERY = 5
 WS_RETRY_AFTER = 300.0
 
 
-def _http_url(url: str, path: str) -> str:
+def _http_url(url: str, endpoint: str) -> str:
+    """The URL of an HTTP transport's ``endpoint`` ("lp", "sse") beside a WebSocket URL:
+    http(s), same host; a path ending in the segment ``/ws`` has it replaced (under a
+    mount, ``/realtime/ws`` gives ``/realtime/lp``, as ``backchannel.asgi`` serves them),
+    any other path is replaced whole (``/lp``)."""
     parts = urllib.parse.urlsplit(url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
+    prefix = parts.path.removesuffix("/ws") if parts.path.endswith("/ws") else ""
+    return urllib.parse.urlunsplit((scheme, parts.netloc, f"{prefix}/{endpoint}", "", ""))
 
 
 def default_longpoll_url(url: str) -> str:
-    """The long-polling URL for a WebSocket URL: same host, http(s), path ``/lp``."""
-    return _http_url(url, "/lp")
+    """The long-polling URL for a WebSocket URL: same host, http(s), its path's last
+    segment ``/ws`` replaced by ``/lp`` (``ws://h/realtime/ws`` gives
+    ``http://h/realtime/lp``); a path that does not end in ``/ws`` gives ``/lp``."""
+    return _http_url(url, "lp")
 
 
 def default_sse_url(url: str) -> str:
-    """The Server-Sent Events URL for a WebSocket URL: same host, http(s), path ``/sse``."""
-    return _http_url(url, "/sse")
+    """The Server-Sent Events URL for a WebSocket URL: as :func:`default_longpoll_url`,
+    with ``/sse`` (``ws://h/realtime/ws`` gives ``http://h/realtime/sse``)."""
+    return _http_url(url, "sse")
 
 
 class _Retry(Exception):
@@ -127,8 +135,10 @@ class Client:
     (a session id, for example, instead of a token).
 
     ``transports`` lists what may be used, in order of preference: "websocket", "sse"
-    (``sse_url``, by default the url with http(s) and path ``/sse``) and "longpoll"
-    (``longpoll_url``, path ``/lp``). When one does not get through (its upgrade or
+    (``sse_url``, by default the url with http(s) and its last path segment ``/ws``
+    replaced by ``/sse``: ``ws://h/realtime/ws`` gives ``http://h/realtime/sse``; a path
+    not ending in ``/ws`` gives ``/sse``) and "longpoll" (``longpoll_url``, the same with
+    ``/lp``). When one does not get through (its upgrade or
     stream is refused, or it brings nothing within ``fallback_timeout``) the next is
     tried, and the client keeps starting with the one that worked, trying the first
     again every few reconnects.

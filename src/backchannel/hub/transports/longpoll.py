@@ -261,11 +261,15 @@ class LongPoll:
             batch = transport.next_batch()
             if batch is None and transport.closing is None:
                 waiter = transport._waiter = asyncio.get_running_loop().create_future()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_timeout):
-                        await waiter
-                if transport._waiter is waiter:
-                    transport._waiter = None
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.poll_timeout):
+                            await waiter
+                finally:
+                    # Also when the poll is cancelled (its client went away): the session
+                    # then holds no poll, and what comes waits in the outbox for the next.
+                    if transport._waiter is waiter:
+                        transport._waiter = None
                 batch = transport.next_batch()
         finally:
             if self.table.find(self, transport.sid) is transport:
