@@ -89,7 +89,7 @@ class RedisBroker:
         #: must not publish twice; the caller gets error 116 and retries with its
         #: idempotency key.
         self._writer = self._topology.writer
-        #: The topology found at start, for the banner: "single", "cluster with 3
+        #: The topology found at start, for the banner: "single server", "cluster with 3
         #: masters", "sentinel master 'mymaster' at 10.0.0.5:6379".
         self.topology = self._topology.kind
         self._keys = Keys(prefix)
