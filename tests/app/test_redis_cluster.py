@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app.test_cluster import held_relayed_poll
 from helpers.cluster import AUTH, Balancer, Cluster, Node, Subscriber, api, token
 from helpers.http import Http
 from helpers.hub_client import HubClient
@@ -169,3 +170,41 @@ async def test_a_sentinel_failover_under_300_clients_loses_nothing_accepted(
     folder.mkdir()
     with RedisSentinels(folder) as setup:
         await failover_run(tmp_path, setup.url, setup.kill_master)
+
+
+async def test_long_polls_are_relayed_across_nodes_on_a_redis_cluster(
+    tmp_path: Path, redis_cluster: RedisCluster
+) -> None:
+    cluster = Cluster(tmp_path, redis_cluster.url, config=CONFIG)
+    try:
+        # Polls held a minute: a relayed poll answered only by its timeout could not pass.
+        env = cluster.env(BACKCHANNEL_LONGPOLL_POLL_TIMEOUT="60")
+        owner, other = cluster.spawn(env=env), cluster.spawn(env=env)
+        owner_port, other_port = await owner.ready(), await other.ready()
+        http = await Http.open(owner_port)
+        connect = json.dumps({"id": 1, "method": "connect", "params": {"token": token("lp")}})
+        sid = (await http.exchange("POST", "/lp", connect)).json()["sid"]
+        assert (await http.exchange("GET", f"/lp?sid={sid}&ack=0")).status == 200
+        await http.close()
+        # A send through the other node reaches the session's node (over the owner's
+        # node channel, on whichever shard owns it) and its answer comes back.
+        send = await Http.open(other_port)
+        ping = json.dumps({"id": 2, "method": "ping", "params": {}})
+        async with asyncio.timeout(20):
+            assert (await send.exchange("POST", f"/lp?sid={sid}", ping)).status == 200
+        # The ping's answer comes in a poll, relayed too.
+        async with asyncio.timeout(20):
+            reply = await send.exchange("GET", f"/lp?sid={sid}&ack=1")
+        assert reply.status == 200 and '"id":2' in reply.text, reply.text
+        await send.close()
+        relayed_http, relayed = await held_relayed_poll(sid, owner_port, other_port, ack=2)
+        # The owner dies: the relayed poll learns it from the shard that holds the
+        # owner's channel (its subscription is gone), long before the poll timeout.
+        await owner.kill()
+        async with asyncio.timeout(20):
+            answer = await relayed
+        assert answer.status == 404, answer.text
+        assert answer.json()["reconnect"] is True
+        await relayed_http.close()
+    finally:
+        await cluster.close()
