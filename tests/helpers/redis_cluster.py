@@ -219,6 +219,35 @@ class RedisCluster:
         _wait_until("a replica taking over", self._taken_over(port), FAILOVER_TIMEOUT)
         return port
 
+    def move_slot_of(self, key: str) -> tuple[int, int]:
+        """Move ``key``'s slot, with its keys, to another master, as a resharding does
+        (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE); return once every
+        node names the new owner. Returns (old master, new master) ports."""
+        source = self.master_of(key)
+        port = next(iter(self._servers.processes))
+        slot = _command(port, "CLUSTER", "KEYSLOT", key)
+        target = next(m for _, _, m in _slots(port) if m != source)
+        source_id = _command(source, "CLUSTER", "MYID")
+        target_id = _command(target, "CLUSTER", "MYID")
+        _command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        _command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        for _ in range(1000):  # bounded: a slot holds few keys in a test
+            keys = _command(source, "CLUSTER", "GETKEYSINSLOT", slot, "100").split()
+            if not keys:
+                break
+            _command(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys)
+        for node in (target, source, *self._servers.processes):
+            _command(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+        def moved() -> bool:
+            return all(
+                any(start <= int(slot) <= end and m == target for start, end, m in _slots(p))
+                for p in self._servers.processes
+            )
+
+        _wait_until("the slot moving", moved, FAILOVER_TIMEOUT)
+        return source, target
+
     def _taken_over(self, dead: int) -> object:
         def check() -> bool:
             for port in self._servers.processes:

@@ -175,3 +175,33 @@ async def test_sentinel_follows_a_failover_and_loses_nothing_accepted(tmp_path: 
         assert [e[1].offset for e in events] == list(range(1, PUBLICATIONS + 1))
         await subscriber.close()
         await publisher.close()
+
+
+async def test_a_channel_whose_slot_moves_is_followed_to_its_new_shard(
+    redis_cluster: RedisCluster, prefix: str
+) -> None:
+    seen = Recorder()
+    subscriber = RedisBroker(redis_cluster.url, prefix=prefix)
+    publisher = RedisBroker(redis_cluster.url, prefix=prefix)
+    await subscriber.start(seen)
+    await publisher.start(Recorder())
+    await subscriber.subscribe("moving")
+    await publisher.publish("moving", "before", history=HISTORY)
+    await seen.wait_for(1)
+    source, target = redis_cluster.move_slot_of("{moving}")
+    assert source != target
+    # Redis dropped the subscription on the old shard; the node subscribes on the new
+    # one and reads back what it may have missed. The publisher's client follows MOVED.
+    for i in range(5):
+        await publisher.publish("moving", i, history=HISTORY)
+    events = await seen.wait_for(6)
+    assert seen.data() == ["before", 0, 1, 2, 3, 4]
+    assert [e[1].offset for e in events] == [1, 2, 3, 4, 5, 6]
+    client = redis.Redis(port=target)
+    try:
+        served = {n.decode() for n in await client.pubsub_shardchannels()}
+    finally:
+        await client.aclose()
+    assert f"{prefix}:c:{{moving}}" in served
+    await subscriber.close()
+    await publisher.close()
