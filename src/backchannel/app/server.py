@@ -389,10 +389,13 @@ class App:
         lines = [f"backchannel on {scheme}://{shown}:{server.port}/ ({what})"]
         websocket = "WebSocket at /ws" if server_config.websocket else "WebSocket off"
         sse = f", SSE at {self.sse.path}" if self.sse is not None else ""
-        lines.append(
-            f"transports: {websocket}{sse}, long polling at /lp; "
-            f"broker: {self.config.broker.describe()}"
-        )
+        broker = self.config.broker.describe()
+        # What the Redis broker found when it connected: one server, a cluster's
+        # masters, the master Sentinel named.
+        found = getattr(self.hub.broker, "topology", None)
+        if isinstance(found, str):
+            broker += f" ({found})"
+        lines.append(f"transports: {websocket}{sse}, long polling at /lp; broker: {broker}")
         if server_config.demo:
             lines.append(
                 "demo mode: /demo/token gives anyone a token; never use --demo or "
