@@ -575,13 +575,17 @@ class Hub:
         interval = self.options.presence_ttl / 3
         while True:
             await asyncio.sleep(interval)
+            # All of them at once: one round trip to the broker per period, however
+            # many entries this node has.
+            entries = [
+                (channel, session.who)
+                for channel, local in list(self.registry.channels.items())
+                for session, sub in list(local.items())
+                if sub.options.presence
+            ]
             try:
-                for channel, local in list(self.registry.channels.items()):
-                    for session, sub in list(local.items()):
-                        if sub.options.presence:
-                            await self.broker.add_presence(
-                                channel, session.who, self.options.presence_ttl
-                            )
+                if entries:
+                    await self.broker.refresh_presence(entries, self.options.presence_ttl)
             except BrokerUnavailable as exc:
                 logger.warning("presence not refreshed: %s", exc)
 

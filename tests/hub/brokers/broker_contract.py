@@ -498,6 +498,23 @@ class BrokerContract:
         assert await broker.presence("room") == {}
         assert await broker.presence_count("room") == (0, 0)
 
+    async def test_refresh_presence_extends_every_entry_at_once(
+        self, broker: Broker, clock: Clock
+    ) -> None:
+        await broker.add_presence("room", ALICE, ttl=2.0)
+        await broker.add_presence("hall", BOB, ttl=2.0)
+        clock.advance(1.5)
+        # ALICE_TOO is new: a refresh also records an entry that was not there.
+        await broker.refresh_presence(
+            [("room", ALICE), ("room", ALICE_TOO), ("hall", BOB)], ttl=2.0
+        )
+        clock.advance(1.5)
+        assert await broker.presence("room") == {"c1": ALICE, "c2": ALICE_TOO}
+        assert await broker.presence("hall") == {"c3": BOB}
+        await broker.refresh_presence([], ttl=2.0)
+        clock.advance(1.0)
+        assert await broker.presence("room") == {}
+
     # Occupancy.
 
     async def test_first_occupy_in_the_cluster_occupies_and_last_vacate_vacates(

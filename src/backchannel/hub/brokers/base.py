@@ -171,6 +171,11 @@ class Broker(Protocol):
         """Record (or refresh) ``who`` in the channel; it expires after ``ttl`` seconds
         unless added again."""
 
+    async def refresh_presence(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        """:meth:`add_presence` for every ``(channel, who)`` in ``entries`` (a node's
+        periodic refresh of all its entries): in one round trip to a backing store,
+        not one per entry."""
+
     async def remove_presence(self, channel: str, client: str) -> None:
         """Remove one client from the channel's presence."""
 

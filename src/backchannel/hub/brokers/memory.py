@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..wire import ClientInfo, Position, Publication
@@ -196,6 +196,10 @@ class MemoryBroker:
         now = self._clock()
         self._maybe_sweep(now)
         self._presence.setdefault(channel, {})[who.client] = (now + ttl, who)
+
+    async def refresh_presence(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        for channel, who in entries:
+            await self.add_presence(channel, who, ttl)
 
     async def remove_presence(self, channel: str, client: str) -> None:
         clients = self._presence.get(channel)

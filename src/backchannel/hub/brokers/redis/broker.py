@@ -28,7 +28,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
@@ -275,6 +275,9 @@ class RedisBroker:
 
     async def add_presence(self, channel: str, who: ClientInfo, ttl: float) -> None:
         await self._presence.add(channel, who, ttl)
+
+    async def refresh_presence(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        await self._presence.refresh(entries, ttl)
 
     async def remove_presence(self, channel: str, client: str) -> None:
         await self._presence.remove(channel, client)

@@ -9,7 +9,7 @@ without anyone removing them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis.asyncio as redis
 
@@ -19,7 +19,13 @@ from .codec import client_info, dumps
 from .errors import reachable
 from .keys import GC_SLACK_MS, Keys
 
-__all__ = ["RedisPresence"]
+__all__ = ["REFRESH_BATCH", "RedisPresence"]
+
+#: Entries refreshed per pipeline. A node refreshes all its entries in one round trip
+#: (one pipeline: every command written, then every reply read); past this many
+#: entries it takes one more round trip per batch, so that the replies redis-py holds
+#: at once stay bounded (a batch is a few hundred KB of commands).
+REFRESH_BATCH = 10_000
 
 # KEYS: presence zset, presence hash. ARGV: now (ms). Drops expired entries, returns the
 # live ones' JSON.
@@ -58,6 +64,29 @@ class RedisPresence:
             pipe.pexpire(zset, int(ttl * 1000) + GC_SLACK_MS)
             pipe.pexpire(table, int(ttl * 1000) + GC_SLACK_MS)
             await pipe.execute()
+
+    async def refresh(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        """Record (or refresh) every ``(channel, who)`` in ``entries``, each expiring
+        after ``ttl`` seconds: one pipeline per :data:`REFRESH_BATCH` entries, with one
+        ZADD, one HSET and two PEXPIREs per channel whatever its number of entries.
+
+        Not a transaction: each channel's commands stand alone (what :meth:`add` does
+        for one entry), and a Redis Cluster client splits the pipeline by slot."""
+        ttl_ms = int(ttl * 1000)
+        for start in range(0, len(entries), REFRESH_BATCH):
+            by_channel: dict[str, list[ClientInfo]] = {}
+            for channel, who in entries[start : start + REFRESH_BATCH]:
+                by_channel.setdefault(channel, []).append(who)
+            expires = self._now_ms() + ttl_ms
+            async with reachable(self._calls, "presence_refresh"):
+                pipe = self._redis.pipeline(transaction=False)
+                for channel, present in by_channel.items():
+                    zset, table = self._keys.presence(channel), self._keys.presence_info(channel)
+                    pipe.zadd(zset, dict.fromkeys((who.client for who in present), expires))
+                    pipe.hset(table, mapping={who.client: dumps(who.to_json()) for who in present})
+                    pipe.pexpire(zset, ttl_ms + GC_SLACK_MS)
+                    pipe.pexpire(table, ttl_ms + GC_SLACK_MS)
+                await pipe.execute()
 
     async def remove(self, channel: str, client: str) -> None:
         async with reachable(self._calls, "presence_remove"):

@@ -1,0 +1,71 @@
+"""Presence in Redis: what the contract cannot show, on a real redis-server (what a
+refresh costs in round trips and commands)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+from helpers.redis_server import RedisServer
+from hub.brokers.broker_contract import ManualClock
+
+from backchannel.hub.brokers.calls import BrokerCalls
+from backchannel.hub.brokers.redis.keys import Keys
+from backchannel.hub.brokers.redis.presence import RedisPresence
+from backchannel.hub.wire import ClientInfo
+
+TTL = 60.0
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def calls() -> BrokerCalls:
+    return BrokerCalls()
+
+
+@pytest.fixture
+def presence(
+    client: redis.Redis, prefix: str, clock: ManualClock, calls: BrokerCalls
+) -> RedisPresence:
+    return RedisPresence(client, Keys(prefix), lambda: int(clock() * 1000), calls)
+
+
+async def commands(client: redis.Redis) -> dict[str, int]:
+    """Commands Redis ran so far, by name (INFO commandstats)."""
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+async def test_refreshing_many_entries_is_one_round_trip_and_keeps_them(
+    presence: RedisPresence, client: redis.Redis, clock: ManualClock, calls: BrokerCalls
+) -> None:
+    # 600 entries in 3 channels, as a node's periodic refresh would send them.
+    entries = [(f"room{i % 3}", ClientInfo(f"c{i}", f"u{i % 50}")) for i in range(600)]
+    before = await commands(client)
+    await presence.refresh(entries, TTL)
+    after = await commands(client)
+    assert calls.count["presence_refresh"] == 1
+    # Per channel, not per entry: one ZADD and one HSET for each of the 3 channels.
+    assert after["zadd"] - before.get("zadd", 0) == 3
+    assert after["hset"] - before.get("hset", 0) == 3
+    # Alive past the first TTL only because a second refresh extended them.
+    clock.advance(TTL * 2 / 3)
+    await presence.refresh(entries, TTL)
+    assert calls.count["presence_refresh"] == 2
+    clock.advance(TTL * 2 / 3)
+    for channel in ("room0", "room1", "room2"):
+        assert await presence.count(channel) == (200, 50)
+    clock.advance(TTL)
+    assert await presence.count("room0") == (0, 0)
