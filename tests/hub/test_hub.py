@@ -116,6 +116,33 @@ async def test_presence_and_join_leave(client_type: ClientType) -> None:
         await alice.close()
 
 
+async def test_presence_answers_a_page_at_a_time_or_counts_only() -> None:
+    options = HubOptions(
+        namespaces={"chat": ChannelOptions(presence=True)},
+        presence_page_size=2,
+        presence_page_max=3,
+    )
+    async with hub_server(options) as (_, port):
+        clients = [await HubClient.open(port, token=token(user)) for user in "aab"]
+        for client in clients:
+            await client.call("subscribe", channel="chat:room")
+        ids = sorted(client.info["client"] for client in clients)
+        first = await clients[0].call("presence", channel="chat:room")
+        assert list(first["clients"]) == ids[:2] and first["next_cursor"] == ids[1]
+        rest = await clients[0].call("presence", channel="chat:room", cursor=ids[1])
+        assert list(rest["clients"]) == ids[2:] and "next_cursor" not in rest
+        whole = await clients[0].call("presence", channel="chat:room", limit=3)
+        assert list(whole["clients"]) == ids and "next_cursor" not in whole
+        counts = await clients[0].call("presence", channel="chat:room", count_only=True)
+        assert counts == {"count": 3, "users": 2}
+        for limit in (0, 4):
+            with pytest.raises(ReplyError) as info:
+                await clients[0].call("presence", channel="chat:room", limit=limit)
+            assert (info.value.code, info.value.message) == (107, "limit: 1 to 3")
+        for client in clients:
+            await client.close()
+
+
 @TRANSPORTS
 async def test_a_client_cut_off_recovers_every_missed_publication_once(
     client_type: ClientType,

@@ -39,7 +39,14 @@ from ..exceptions import (
     TokenExpired,
 )
 from . import codes, wire
-from .brokers import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
+from .brokers import (
+    Broker,
+    HistoryOptions,
+    HistoryResult,
+    MemoryBroker,
+    PresencePage,
+    PublishResult,
+)
 from .codes import Disconnect
 from .hooks import ConnectRequest, Hooks, Observers, RpcHandler
 from .latency import Histogram
@@ -713,6 +720,26 @@ class Hub:
         """Who is subscribed to a channel with presence, on every node."""
         self._readable(channel, "presence", session)
         return await self.broker.presence(channel)
+
+    async def presence_page(
+        self,
+        channel: str,
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+        session: Session | None = None,
+    ) -> PresencePage:
+        """A page of who is subscribed to a channel with presence, on every node: at
+        most ``limit`` clients (``presence_page_size`` when None; 1 to
+        ``presence_page_max``) after ``cursor``, in client id order; the page's
+        ``next_cursor`` asks for the next one."""
+        self._readable(channel, "presence", session)
+        most = self.options.presence_page_max
+        if limit is None:
+            limit = max(1, min(self.options.presence_page_size, most))
+        elif not 1 <= limit <= most:
+            raise CommandError(codes.BAD_REQUEST.with_message(f"limit: 1 to {most}"))
+        return await self.broker.presence_page(channel, cursor=cursor, limit=limit)
 
     async def presence_stats(
         self, channel: str, *, session: Session | None = None

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..wire import ClientInfo, Position, Publication
-from .base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
+from .base import (
+    BrokerHandler,
+    HistoryOptions,
+    HistoryResult,
+    PresencePage,
+    PublishResult,
+    select_history,
+    select_presence,
+)
 from .calls import BrokerCalls
 
 __all__ = ["MemoryBroker"]
@@ -210,6 +218,11 @@ class MemoryBroker:
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return {client: who for client, (_, who) in self._live_presence(channel).items()}
+
+    async def presence_page(
+        self, channel: str, *, cursor: str | None = None, limit: int
+    ) -> PresencePage:
+        return select_presence(await self.presence(channel), cursor, limit)
 
     async def presence_count(self, channel: str) -> tuple[int, int]:
         clients = self._live_presence(channel)

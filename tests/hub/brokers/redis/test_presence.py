@@ -57,8 +57,9 @@ async def test_refreshing_many_entries_is_one_round_trip_and_keeps_them(
     await presence.refresh(entries, TTL)
     after = await commands(client)
     assert calls.count["presence_refresh"] == 1
-    # Per channel, not per entry: one ZADD and one HSET for each of the 3 channels.
-    assert after["zadd"] - before.get("zadd", 0) == 3
+    # Per channel, not per entry: two ZADDs (expiry, order) and one HSET for each of
+    # the 3 channels.
+    assert after["zadd"] - before.get("zadd", 0) == 6
     assert after["hset"] - before.get("hset", 0) == 3
     # Alive past the first TTL only because a second refresh extended them.
     clock.advance(TTL * 2 / 3)

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from ....exceptions import BrokerUnavailable
 from ...wire import ClientInfo, Position, Publication
-from ..base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult
+from ..base import BrokerHandler, HistoryOptions, HistoryResult, PresencePage, PublishResult
 from ..calls import BrokerCalls
 from .codec import client_info, dumps, publication, text
 from .errors import DOWN, reachable
@@ -284,6 +284,11 @@ class RedisBroker:
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return await self._presence.members(channel)
+
+    async def presence_page(
+        self, channel: str, *, cursor: str | None = None, limit: int
+    ) -> PresencePage:
+        return await self._presence.page(channel, cursor, limit)
 
     async def presence_count(self, channel: str) -> tuple[int, int]:
         return await self._presence.count(channel)
