@@ -947,6 +947,154 @@ def read_clocks(nodes: Sequence[Node], servers: Sequence[Redis]) -> Clocks:
     )
 
 
+# --- the shard check ----------------------------------------------------------------------
+
+#: The shard check: channels the publications are spread over (round robin), each
+#: publication kept in a history of this size, and publishes in flight at once.
+SHARD_CHANNELS = 300
+SHARD_HISTORY_SIZE = 100
+SHARD_INFLIGHT = 32
+
+
+class Quiet:
+    """A broker handler that drops everything: the shard check publishes only."""
+
+    def on_publication(self, publication: Any) -> None: ...
+
+    def on_join(self, channel: str, who: Any) -> None: ...
+
+    def on_leave(self, channel: str, who: Any) -> None: ...
+
+    def on_lost(self, channel: str) -> None: ...
+
+    def on_control(self, message: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class ShardLoad:
+    """One Redis (one shard) in the shard check."""
+
+    port: int
+    channels: int = 0
+    publications: int = 0
+    commands: int = 0
+    cpu_s: float = 0.0
+
+
+@dataclass
+class ShardCheck:
+    """Publications spread over many channels through the broker itself (history on),
+    on one Redis and then on the cluster: each Redis's commands against the model's
+    (commands per publication on one Redis, times the publications of the channels
+    whose slot it owns)."""
+
+    target: str
+    publications: int
+    wall_s: float = 0.0
+    shards: list[ShardLoad] = field(default_factory=list)
+
+    @property
+    def commands_per_publication(self) -> float:
+        return sum(s.commands for s in self.shards) / self.publications
+
+    @property
+    def cpu_per_publication_us(self) -> float:
+        return 1e6 * sum(s.cpu_s for s in self.shards) / self.publications
+
+
+def slot_owners(nodes_text: str) -> dict[int, int]:
+    """Slot -> port of the master that owns it, from CLUSTER NODES."""
+    owners: dict[int, int] = {}
+    for line in nodes_text.splitlines():
+        fields = line.split()
+        if len(fields) < 9 or "master" not in fields[2]:
+            continue
+        port = int(fields[1].partition("@")[0].rpartition(":")[2])
+        for span in fields[8:]:
+            if span.startswith("["):
+                continue  # a slot being migrated
+            low, _, high = span.partition("-")
+            for slot in range(int(low), int(high or low) + 1):
+                owners[slot] = port
+    return owners
+
+
+async def shard_check(
+    target: str, url: str, servers: Sequence[Redis], publications: int
+) -> ShardCheck:
+    """Publish ``publications`` over SHARD_CHANNELS channels through a RedisBroker on
+    ``url``, and read each server's commands and CPU around it."""
+    from redis.crc import key_slot
+
+    from backchannel.hub.brokers import HistoryOptions
+    from backchannel.hub.brokers.redis import RedisBroker
+    from backchannel.hub.brokers.redis.keys import Keys
+
+    prefix = f"shards-{secrets.token_hex(4)}"
+    channels = [f"bench:{n}" for n in range(SHARD_CHANNELS)]
+    history = HistoryOptions(size=SHARD_HISTORY_SIZE, ttl=300.0)
+    check = ShardCheck(target, publications)
+    owner: dict[str, int] = {}
+    if len(servers) > 1:
+        slots = slot_owners((await servers[0].command("CLUSTER", "NODES")).decode())
+        keys = Keys(prefix)
+        owner = {c: slots[key_slot(keys.stream(c).encode())] for c in channels}
+    else:
+        owner = dict.fromkeys(channels, servers[0].port)
+    by_port = {redis.port: ShardLoad(redis.port) for redis in servers}
+    broker = RedisBroker(url, prefix=prefix)
+    await broker.start(Quiet())
+    try:
+        # Warm-up: every channel once, so that every shard has the scripts loaded and
+        # every stream exists; then only the steady state is counted.
+        for channel in channels:
+            await broker.publish(channel, {"n": -1}, history=history)
+        ops_before = [await redis.commands() for redis in servers]
+        cpu_before = [redis.cpu() for redis in servers]
+        start = time.monotonic()
+        numbers = iter(range(publications))
+
+        async def publisher() -> None:
+            for n in numbers:
+                await broker.publish(channels[n % len(channels)], {"n": n}, history=history)
+
+        await asyncio.gather(*(publisher() for _ in range(SHARD_INFLIGHT)))
+        check.wall_s = time.monotonic() - start
+        for n, redis in enumerate(servers):
+            load = by_port[redis.port]
+            load.commands = sum(ops_delta(ops_before[n], await redis.commands()).values())
+            load.cpu_s = redis.cpu() - cpu_before[n]
+    finally:
+        await broker.close()
+    for n in range(publications):
+        load = by_port[owner[channels[n % len(channels)]]]
+        load.publications += 1
+    for channel in channels:
+        by_port[owner[channel]].channels += 1
+    check.shards = list(by_port.values())
+    return check
+
+
+def shard_table(checks: Sequence[ShardCheck]) -> str:
+    base = checks[0].commands_per_publication if checks else 0.0
+    rows = [
+        "| target | shard | channels | publications | commands: model / measured | "
+        "measured / model | commands/s | Redis CPU per publication, µs |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for check in checks:
+        for n, load in enumerate(check.shards):
+            model = base * load.publications
+            ratio = f"{load.commands / model:.2f}" if model else "-"
+            per_pub = f"{1e6 * load.cpu_s / load.publications:.0f}" if load.publications else "-"
+            rows.append(
+                f"| {check.target} | {n + 1} ({load.port}) | {load.channels} | {load.publications} "
+                f"| {model:,.0f} / {load.commands:,.0f} | {ratio} "
+                f"| {load.commands / check.wall_s:,.0f} | {per_pub} |".replace(",", " ")
+            )
+    return "\n".join(rows)
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -1091,7 +1239,11 @@ def machine_line(loop: str, generator_loop: str) -> str:
 
 
 def report(
-    args: argparse.Namespace, results: list[Result], placement: str, generator_loop: str
+    args: argparse.Namespace,
+    results: list[Result],
+    checks: list[ShardCheck],
+    placement: str,
+    generator_loop: str,
 ) -> None:
     machine = machine_line(args.loop, generator_loop)
     print(machine)
@@ -1120,6 +1272,16 @@ def report(
         print(line)
     print()
     print(LEGEND.format(gap=GAP * 1e3, bound=CLIENT_BOUND * 100, connections=BURST_CONNECTIONS))
+    if checks:
+        print()
+        print(
+            f"Shard check: {args.shard_check} publications (history {SHARD_HISTORY_SIZE}) "
+            f"over {SHARD_CHANNELS} channels, {SHARD_INFLIGHT} in flight, by a RedisBroker in "
+            "this process; model: the commands per publication measured on one Redis, times "
+            "the publications of the channels whose slot each shard owns."
+        )
+        print()
+        print(shard_table(checks))
     if args.json:
         data = {
             "machine": machine,
@@ -1132,6 +1294,10 @@ def report(
                 "gap_s": GAP,
             },
             "results": [r.to_json() for r in results],
+            "shard_checks": [
+                {**asdict(c), "commands_per_publication": c.commands_per_publication}
+                for c in checks
+            ],
         }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -1139,7 +1305,7 @@ def report(
 # --- driver --------------------------------------------------------------------------------
 
 
-async def driver_main(args: argparse.Namespace) -> tuple[list[Result], str]:
+async def driver_main(args: argparse.Namespace) -> tuple[list[Result], list[ShardCheck], str]:
     """Run each scenario in turn; the results, and where the processes ran."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     generator_cpu: int | None = None
@@ -1164,6 +1330,7 @@ async def driver_main(args: argparse.Namespace) -> tuple[list[Result], str]:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     results: list[Result] = []
+    checks: list[ShardCheck] = []
     scenarios = [SCENARIOS[name] for name in args.scenarios]
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         folder = Path(tmp)
@@ -1183,10 +1350,23 @@ async def driver_main(args: argparse.Namespace) -> tuple[list[Result], str]:
                 elif scenario.redis:
                     servers = single
                 results.append(await run_scenario(scenario, args, folder, servers, server_cpus))
+            if args.shard_check:
+                note(f"shard check: {args.shard_check} publications over {SHARD_CHANNELS} channels")
+                if not single:
+                    single.append(await Redis.start(folder, server_cpus, args.timeout))
+                checks.append(
+                    await shard_check("one Redis", single[0].url, single, args.shard_check)
+                )
+                for count, group in sorted(shards.items()):
+                    checks.append(
+                        await shard_check(
+                            f"cluster-{count}", cluster_url(group), group, args.shard_check
+                        )
+                    )
         finally:
             every = single + [redis for group in shards.values() for redis in group]
             await asyncio.gather(*(redis.stop() for redis in every))
-    return results, placement
+    return results, checks, placement
 
 
 def check_open_files(subscribers: int) -> None:
@@ -1211,6 +1391,14 @@ def main(argv: list[str] | None = None) -> None:
         "--quick", action="store_true", help="1000 subscribers, 5 publications, a burst of 30"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--shard-check",
+        type=int,
+        default=None,
+        metavar="K",
+        help="publications of the shard check, on one Redis and on each cluster of the "
+        "scenarios (default 3000; 0: none)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per phase (60)")
     parser.add_argument(
         "--scenarios",
@@ -1230,6 +1418,8 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup = 1 if args.quick else 2
     if args.burst is None:
         args.burst = 30 if args.quick else 100
+    if args.shard_check is None:
+        args.shard_check = 1000 if args.quick else 3000
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown or not args.scenarios:
@@ -1260,8 +1450,8 @@ def main(argv: list[str] | None = None) -> None:
         # Raised here, so that the nodes inherit the limit: each holds its share of sockets.
         check_open_files(args.subscribers)
         with asyncio.Runner(loop_factory=factory) as runner:
-            results, placement = runner.run(driver_main(args))
-        report(args, results, placement, generator_loop)
+            results, checks, placement = runner.run(driver_main(args))
+        report(args, results, checks, placement, generator_loop)
         code = 0
     except (BenchError, OSError) as exc:
         print(f"cluster: {exc}", file=sys.stderr)
