@@ -1020,10 +1020,11 @@ def slot_owners(nodes_text: str) -> dict[int, int]:
 
 
 async def shard_check(
-    target: str, url: str, servers: Sequence[Redis], publications: int
+    target: str, url: str, servers: Sequence[Redis], publications: int, *, kept: bool = True
 ) -> ShardCheck:
     """Publish ``publications`` over SHARD_CHANNELS channels through a RedisBroker on
-    ``url``, and read each server's commands and CPU around it."""
+    ``url`` (with a history of SHARD_HISTORY_SIZE when ``kept``, else none), and read
+    each server's commands and CPU around it."""
     from redis.crc import key_slot
 
     from backchannel.hub.brokers import HistoryOptions
@@ -1032,7 +1033,7 @@ async def shard_check(
 
     prefix = f"shards-{secrets.token_hex(4)}"
     channels = [f"bench:{n}" for n in range(SHARD_CHANNELS)]
-    history = HistoryOptions(size=SHARD_HISTORY_SIZE, ttl=300.0)
+    history = HistoryOptions(size=SHARD_HISTORY_SIZE, ttl=300.0) if kept else None
     check = ShardCheck(target, publications)
     owner: dict[str, int] = {}
     if len(servers) > 1:
@@ -1076,6 +1077,7 @@ async def shard_check(
 
 
 def shard_table(checks: Sequence[ShardCheck]) -> str:
+    """The first check is the model's base (one Redis, history on)."""
     base = checks[0].commands_per_publication if checks else 0.0
     rows = [
         "| target | shard | channels | publications | commands: model / measured | "
@@ -1087,9 +1089,12 @@ def shard_table(checks: Sequence[ShardCheck]) -> str:
             model = base * load.publications
             ratio = f"{load.commands / model:.2f}" if model else "-"
             per_pub = f"{1e6 * load.cpu_s / load.publications:.0f}" if load.publications else "-"
+            expected = f"{model:,.0f}"
+            if check.target.endswith("no history"):
+                expected, ratio = "-", "-"  # another workload: not the model's
             rows.append(
                 f"| {check.target} | {n + 1} ({load.port}) | {load.channels} | {load.publications} "
-                f"| {model:,.0f} / {load.commands:,.0f} | {ratio} "
+                f"| {expected} / {load.commands:,.0f} | {ratio} "
                 f"| {load.commands / check.wall_s:,.0f} | {per_pub} |".replace(",", " ")
             )
     return "\n".join(rows)
@@ -1356,6 +1361,15 @@ async def driver_main(args: argparse.Namespace) -> tuple[list[Result], list[Shar
                     single.append(await Redis.start(folder, server_cpus, args.timeout))
                 checks.append(
                     await shard_check("one Redis", single[0].url, single, args.shard_check)
+                )
+                checks.append(
+                    await shard_check(
+                        "one Redis, no history",
+                        single[0].url,
+                        single,
+                        args.shard_check,
+                        kept=False,
+                    )
                 )
                 for count, group in sorted(shards.items()):
                     checks.append(
