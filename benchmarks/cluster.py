@@ -115,12 +115,17 @@ BANNER = re.compile(rb"^backchannel on http://127\.0\.0\.1:(\d+)/")
 CONFIG_ENV = re.compile(r"^BACKCHANNEL_(SERVER|AUTH|API|LONGPOLL|BROKER|HUB)_")
 
 #: The nodes' file: a namespace without history or presence, no demo, and new
-#: connections from one address not rate-limited (the generator opens N of them).
+#: connections and API requests from one address not rate-limited (the generator opens
+#: N of them, and the burst publishes as fast as the nodes answer).
 NODE_CONFIG = """\
 [server]
 demo = false
 open_rate = 1000000.0
 open_burst = 1000000
+
+[api]
+rate = 1000000.0
+burst = 1000000
 
 [channels.bench]
 """
@@ -1076,6 +1081,87 @@ async def shard_check(
     return check
 
 
+#: The refresh costs: channels a node holds (each with one presence entry: personal
+#: channels, the worst case), and refreshes timed.
+REFRESH_CHANNELS = 10_000
+REFRESH_ROUNDS = 10
+
+
+@dataclass
+class RefreshCost:
+    """What one node's periodic refreshes cost Redis, per channel it holds."""
+
+    what: str
+    items: int
+    rounds: int
+    commands: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def per_item_us(self) -> float:
+        return 1e6 * self.cpu_s / (self.items * self.rounds)
+
+
+async def refresh_costs(redis_server: Redis) -> list[RefreshCost]:
+    """Occupancy and presence refreshes of REFRESH_CHANNELS channels, REFRESH_ROUNDS
+    times each, on one Redis: Redis commands and CPU per channel refreshed."""
+    import redis.asyncio as redis_client
+
+    from backchannel.hub.brokers.calls import BrokerCalls
+    from backchannel.hub.brokers.redis.keys import Keys
+    from backchannel.hub.brokers.redis.occupancy import RedisOccupancy
+    from backchannel.hub.brokers.redis.presence import RedisPresence
+    from backchannel.hub.wire import ClientInfo
+
+    client = redis_client.Redis.from_url(redis_server.url)
+    keys = Keys(f"refresh-{secrets.token_hex(4)}")
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    occupancy = RedisOccupancy(client, keys, "node-a", now_ms, BrokerCalls())
+    presence = RedisPresence(client, keys, now_ms, BrokerCalls())
+    channels = [f"user:{n}" for n in range(REFRESH_CHANNELS)]
+    entries = [(c, ClientInfo(f"client-{n}", f"user-{n}")) for n, c in enumerate(channels)]
+    try:
+        for channel in channels:
+            await occupancy.occupy(channel)
+        await presence.refresh(entries, 60.0)
+        costs = []
+        for what, refresh in (
+            ("occupancy, per channel held", occupancy.refresh),
+            ("presence, per entry (one per channel)", lambda: presence.refresh(entries, 60.0)),
+        ):
+            cost = RefreshCost(what, REFRESH_CHANNELS, REFRESH_ROUNDS)
+            before, cpu = await redis_server.commands(), redis_server.cpu()
+            start = time.monotonic()
+            for _ in range(REFRESH_ROUNDS):
+                await refresh()
+            cost.wall_s = time.monotonic() - start
+            cost.cpu_s = redis_server.cpu() - cpu
+            cost.commands = sum(ops_delta(before, await redis_server.commands()).values())
+            costs.append(cost)
+        return costs
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+def refresh_table(costs: Sequence[RefreshCost]) -> str:
+    rows = [
+        "| refresh | channels | commands per channel | Redis CPU per channel, µs | wall, ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for cost in costs:
+        per = cost.commands / (cost.items * cost.rounds)
+        rows.append(
+            f"| {cost.what} | {cost.items} | {per:.2f} | {cost.per_item_us:.2f} "
+            f"| {1e3 * cost.wall_s / cost.rounds:.0f} |"
+        )
+    return "\n".join(rows)
+
+
 def shard_table(checks: Sequence[ShardCheck]) -> str:
     """The first check is the model's base (one Redis, history on)."""
     base = checks[0].commands_per_publication if checks else 0.0
@@ -1090,7 +1176,7 @@ def shard_table(checks: Sequence[ShardCheck]) -> str:
             ratio = f"{load.commands / model:.2f}" if model else "-"
             per_pub = f"{1e6 * load.cpu_s / load.publications:.0f}" if load.publications else "-"
             expected = f"{model:,.0f}"
-            if check.target.endswith("no history"):
+            if check.target.endswith("(no history)"):
                 expected, ratio = "-", "-"  # another workload: not the model's
             rows.append(
                 f"| {check.target} | {n + 1} ({load.port}) | {load.channels} | {load.publications} "
@@ -1247,6 +1333,7 @@ def report(
     args: argparse.Namespace,
     results: list[Result],
     checks: list[ShardCheck],
+    refreshes: list[RefreshCost],
     placement: str,
     generator_loop: str,
 ) -> None:
@@ -1287,6 +1374,15 @@ def report(
         )
         print()
         print(shard_table(checks))
+    if refreshes:
+        print()
+        print(
+            f"What a node's periodic refreshes cost one Redis: {REFRESH_CHANNELS} channels "
+            f"held, each with one presence entry, refreshed {REFRESH_ROUNDS} times "
+            "(occupancy every 5 s, presence every presence_ttl / 3)."
+        )
+        print()
+        print(refresh_table(refreshes))
     if args.json:
         data = {
             "machine": machine,
@@ -1299,6 +1395,7 @@ def report(
                 "gap_s": GAP,
             },
             "results": [r.to_json() for r in results],
+            "refreshes": [{**asdict(r), "per_item_us": r.per_item_us} for r in refreshes],
             "shard_checks": [
                 {**asdict(c), "commands_per_publication": c.commands_per_publication}
                 for c in checks
@@ -1310,7 +1407,9 @@ def report(
 # --- driver --------------------------------------------------------------------------------
 
 
-async def driver_main(args: argparse.Namespace) -> tuple[list[Result], list[ShardCheck], str]:
+async def driver_main(
+    args: argparse.Namespace,
+) -> tuple[list[Result], list[ShardCheck], list[RefreshCost], str]:
     """Run each scenario in turn; the results, and where the processes ran."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     generator_cpu: int | None = None
@@ -1336,6 +1435,7 @@ async def driver_main(args: argparse.Namespace) -> tuple[list[Result], list[Shar
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     results: list[Result] = []
     checks: list[ShardCheck] = []
+    refreshes: list[RefreshCost] = []
     scenarios = [SCENARIOS[name] for name in args.scenarios]
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         folder = Path(tmp)
@@ -1364,13 +1464,14 @@ async def driver_main(args: argparse.Namespace) -> tuple[list[Result], list[Shar
                 )
                 checks.append(
                     await shard_check(
-                        "one Redis, no history",
+                        "one Redis (no history)",
                         single[0].url,
                         single,
                         args.shard_check,
                         kept=False,
                     )
                 )
+                refreshes.extend(await refresh_costs(single[0]))
                 for count, group in sorted(shards.items()):
                     checks.append(
                         await shard_check(
@@ -1380,7 +1481,7 @@ async def driver_main(args: argparse.Namespace) -> tuple[list[Result], list[Shar
         finally:
             every = single + [redis for group in shards.values() for redis in group]
             await asyncio.gather(*(redis.stop() for redis in every))
-    return results, checks, placement
+    return results, checks, refreshes, placement
 
 
 def check_open_files(subscribers: int) -> None:
@@ -1464,8 +1565,8 @@ def main(argv: list[str] | None = None) -> None:
         # Raised here, so that the nodes inherit the limit: each holds its share of sockets.
         check_open_files(args.subscribers)
         with asyncio.Runner(loop_factory=factory) as runner:
-            results, checks, placement = runner.run(driver_main(args))
-        report(args, results, checks, placement, generator_loop)
+            results, checks, refreshes, placement = runner.run(driver_main(args))
+        report(args, results, checks, refreshes, placement, generator_loop)
         code = 0
     except (BenchError, OSError) as exc:
         print(f"cluster: {exc}", file=sys.stderr)

@@ -57,16 +57,35 @@ async def test_refreshing_many_entries_is_one_round_trip_and_keeps_them(
     await presence.refresh(entries, TTL)
     after = await commands(client)
     assert calls.count["presence_refresh"] == 1
-    # Per channel, not per entry: two ZADDs (expiry, order) and one HSET for each of
-    # the 3 channels.
-    assert after["zadd"] - before.get("zadd", 0) == 6
-    assert after["hset"] - before.get("hset", 0) == 3
+    # Per channel, not per entry: one script for each of the 3 channels (loaded once
+    # before the first refresh).
+    assert after["evalsha"] - before.get("evalsha", 0) == 3
+    assert after["script|load"] - before.get("script|load", 0) == 1
     # Alive past the first TTL only because a second refresh extended them.
     clock.advance(TTL * 2 / 3)
+    before = await commands(client)
     await presence.refresh(entries, TTL)
     assert calls.count["presence_refresh"] == 2
+    # Only the 3 scripts this time: no SCRIPT LOAD or EXISTS round trip.
+    ran = {k: v - before.get(k, 0) for k, v in (await commands(client)).items()}
+    assert {k: v for k, v in ran.items() if v and k != "info"} == {
+        "evalsha": 3,
+        "zadd": 1200,
+        "hset": 600,
+        "pexpire": 9,
+    }
     clock.advance(TTL * 2 / 3)
     for channel in ("room0", "room1", "room2"):
         assert await presence.count(channel) == (200, 50)
     clock.advance(TTL)
     assert await presence.count("room0") == (0, 0)
+
+
+async def test_a_refresh_after_redis_lost_its_scripts_loads_it_again(
+    presence: RedisPresence, client: redis.Redis
+) -> None:
+    who = ClientInfo("c1", "u1")
+    await presence.refresh([("room", who)], TTL)
+    await client.script_flush()  # as a restarted Redis would have none
+    await presence.refresh([("room", who), ("hall", who)], TTL)
+    assert await presence.members("hall") == {"c1": who}

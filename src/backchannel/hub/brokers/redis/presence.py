@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable, Sequence
 
 import redis.asyncio as redis
+from redis.exceptions import NoScriptError
 
 from ...wire import ClientInfo
 from ..base import PresencePage
@@ -85,6 +86,20 @@ return out
 """
 )
 
+# KEYS: presence zset, hash, order. ARGV: expiry (ms, absolute), key TTL (ms), then each
+# entry's client id and JSON. One channel's part of a refresh, as one command: a node
+# holding tens of thousands of personal channels sends one EVALSHA per channel rather
+# than six commands, and reads one small reply.
+_REFRESH = """
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], 0, ARGV[i])
+end
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[2]) end
+return 0
+"""
+
 # {clients, distinct users}: counted in Redis, so only two numbers cross the network.
 _COUNT = (
     _PURGE
@@ -116,6 +131,10 @@ class RedisPresence:
         self._members_script = client.register_script(_MEMBERS)
         self._page_script = client.register_script(_PAGE)
         self._count_script = client.register_script(_COUNT)
+        #: The refresh script's SHA once loaded: it is sent by EVALSHA in a pipeline,
+        #: where redis-py's Script objects would first ask SCRIPT EXISTS (a second round
+        #: trip per refresh).
+        self._refresh_sha: str | None = None
 
     async def add(self, channel: str, who: ClientInfo, ttl: float) -> None:
         """Record (or refresh) ``who``; it expires after ``ttl`` seconds."""
@@ -132,28 +151,36 @@ class RedisPresence:
 
     async def refresh(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
         """Record (or refresh) every ``(channel, who)`` in ``entries``, each expiring
-        after ``ttl`` seconds: one pipeline per :data:`REFRESH_BATCH` entries, with two
-        ZADDs, one HSET and three PEXPIREs per channel whatever its number of entries.
+        after ``ttl`` seconds: one pipeline per :data:`REFRESH_BATCH` entries, holding
+        one EVALSHA per channel whatever its number of entries.
 
-        Not a transaction: each channel's commands stand alone (what :meth:`add` does
-        for one entry), and a Redis Cluster client splits the pipeline by slot."""
+        Not a transaction: each channel's script stands alone (what :meth:`add` does
+        for one entry), and a Redis Cluster client splits the pipeline by slot (a
+        channel's keys share one)."""
         ttl_ms = int(ttl * 1000)
         for start in range(0, len(entries), REFRESH_BATCH):
-            by_channel: dict[str, list[ClientInfo]] = {}
+            by_channel: dict[str, list[str]] = {}
             for channel, who in entries[start : start + REFRESH_BATCH]:
-                by_channel.setdefault(channel, []).append(who)
-            expires = self._now_ms() + ttl_ms
+                by_channel.setdefault(channel, []).extend((who.client, dumps(who.to_json())))
+            head = [self._now_ms() + ttl_ms, ttl_ms + GC_SLACK_MS]
             async with reachable(self._calls, "presence_refresh"):
+                if self._refresh_sha is None:
+                    self._refresh_sha = await self._redis.script_load(_REFRESH)
                 pipe = self._redis.pipeline(transaction=False)
-                for channel, present in by_channel.items():
-                    zset, table, order = self._names(channel)
-                    clients = [who.client for who in present]
-                    pipe.zadd(zset, dict.fromkeys(clients, expires))
-                    pipe.hset(table, mapping={who.client: dumps(who.to_json()) for who in present})
-                    pipe.zadd(order, dict.fromkeys(clients, 0))
-                    for key in (zset, table, order):
-                        pipe.pexpire(key, ttl_ms + GC_SLACK_MS)
-                await pipe.execute()
+                for channel, args in by_channel.items():
+                    pipe.evalsha(self._refresh_sha, 3, *self._names(channel), *head, *args)
+                replies = await pipe.execute(raise_on_error=False)
+                if any(isinstance(r, NoScriptError) for r in replies):
+                    # Redis restarted (or its scripts were flushed) since the script was
+                    # loaded: load it again and send the batch once more (it only sets).
+                    self._refresh_sha = await self._redis.script_load(_REFRESH)
+                    pipe = self._redis.pipeline(transaction=False)
+                    for channel, args in by_channel.items():
+                        pipe.evalsha(self._refresh_sha, 3, *self._names(channel), *head, *args)
+                    replies = await pipe.execute(raise_on_error=False)
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
 
     async def remove(self, channel: str, client: str) -> None:
         async with reachable(self._calls, "presence_remove"):
