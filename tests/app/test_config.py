@@ -122,6 +122,7 @@ def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[hub]\npresence_ttl = -1\n", "[hub] presence_ttl: must be 0 or more"),
         ("[broker]\nurl = '127.0.0.1:6379'\n", "[broker] url: not a Redis URL"),
         ("[broker]\nurl = 'redis://h:port/0'\n", "[broker] url: not a Redis URL"),
+        ("[broker]\nprefix = 'a{b}'\n", "[broker] prefix: must not contain '{' or '}'"),
         ("[auth]\nsecret = 'short'\n", "[auth] secret: too short"),
         ("[api]\nkey = 'fifteen-chars-k'\n", "[api] key: too short"),
     ],

@@ -649,6 +649,9 @@ def _check(setting: str, value: Any, where: str) -> None:
             f"{where}: too short ({len(value)} characters); use at least "
             f"{MIN_API_KEY_LENGTH} random ones, e.g. from: openssl rand -hex 16"
         )
+    elif setting == "broker.prefix" and ("{" in value or "}" in value):
+        # A hash tag in the prefix would put every key in one Redis Cluster slot.
+        raise InvalidArgument(f"{where}: must not contain '{{' or '}}'")
     elif setting == "broker.url" and value:
         parts = urlsplit(value)
         try:
