@@ -670,6 +670,44 @@ async def test_a_publication_during_recovery_is_delivered_once() -> None:
             await client.close()
 
 
+class RefreshRecorder(MemoryBroker):
+    """A MemoryBroker that records each presence refresh the hub asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refreshes: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
+
+    async def refresh_presence(self, entries: Any, ttl: float) -> None:
+        self.refreshes.put_nowait(sorted((c, who.client) for c, who in entries))
+        await super().refresh_presence(entries, ttl)
+
+
+async def test_a_node_refreshes_all_its_presence_entries_in_one_call() -> None:
+    broker = RefreshRecorder()
+    options = HubOptions(
+        namespaces={"chat": ChannelOptions(presence=True), "feed": ChannelOptions()},
+        presence_ttl=0.3,
+    )
+    async with Hub(options, broker=broker, tokens=TokenVerifier(secret=SECRET)) as hub:
+        async with serve(websocket_handler(hub), "127.0.0.1", 0) as server:
+            clients = [await HubClient.open(server.port, token=token(u)) for u in "ab"]
+            for client in clients:
+                for channel in ("chat:1", "chat:2", "feed:1"):
+                    await client.call("subscribe", channel=channel)
+            expected = sorted(
+                (channel, client.info["client"])
+                for client in clients
+                for channel in ("chat:1", "chat:2")
+            )
+            # Refreshes that started before every subscription was made are partial;
+            # within a few periods one has them all, in a single call.
+            async with asyncio.timeout(10):
+                while (entries := await broker.refreshes.get()) != expected:
+                    assert set(entries) <= set(expected)
+            for client in clients:
+                await client.close()
+
+
 class GatedBroker(MemoryBroker):
     """A broker whose node subscriptions wait until the test opens the gate."""
 
