@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import InvalidArgument
 from ..hub import ChannelOptions, HubOptions
+from ..hub.brokers.redis_url import describe_target, parse_redis_url
 
 __all__ = [
     "AdminConfig",
@@ -103,6 +104,12 @@ class BrokerConfig:
         """The broker in a few words, for the server's banner: never the password."""
         if not self.url:
             return "memory (this process only)"
+        try:
+            target = parse_redis_url(self.url)
+        except ValueError:  # refused by load_config; a Config made in code may have it
+            target = None
+        if target is not None and target.kind != "single":
+            return f"{describe_target(target)}, prefix {self.prefix!r}"
         parts = urlsplit(self.url)
         if parts.scheme == "unix":
             return f"redis {parts.path} (unix socket)"
@@ -488,7 +495,6 @@ MIN_API_KEY_LENGTH = 16
 #: everything, or nothing), and those of [hub] zero or more; sections with a ``check``
 #: of their own say what theirs may be.
 _RANGES: dict[str, tuple[int, int]] = {"server.port": (0, 65535)}
-_BROKER_SCHEMES = ("redis", "rediss", "unix")
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -653,14 +659,12 @@ def _check(setting: str, value: Any, where: str) -> None:
         # A hash tag in the prefix would put every key in one Redis Cluster slot.
         raise InvalidArgument(f"{where}: must not contain '{{' or '}}'")
     elif setting == "broker.url" and value:
-        parts = urlsplit(value)
         try:
-            valid = parts.scheme in _BROKER_SCHEMES and (parts.port or 0) >= 0
-        except ValueError:  # a port that is not a number or is out of range
-            valid = False
-        if not valid:
+            parse_redis_url(value)
+        except ValueError as exc:
             # Not the value itself: a Redis URL may carry a password.
             raise InvalidArgument(
-                f"{where}: not a Redis URL; write redis://HOST:6379/0 "
-                "(or rediss:// for TLS, unix:///path/to/redis.sock)"
-            )
+                f"{where}: {exc}; write redis://HOST:6379/0 (or rediss:// for TLS, "
+                "unix:///path/to/redis.sock, redis+cluster://HOST:PORT,HOST:PORT/, "
+                "redis+sentinel://HOST:PORT,HOST:PORT/MASTER)"
+            ) from None

@@ -31,10 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ....exceptions import BrokerUnavailable
@@ -48,6 +44,7 @@ from .keys import Keys
 from .occupancy import RedisOccupancy
 from .presence import RedisPresence
 from .relay import OWNER_CHECK, RedisRelay
+from .topology import Topology
 
 if TYPE_CHECKING:
     from ...transports.longpoll import Answer
@@ -55,10 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisBroker"]
 
 logger = logging.getLogger("backchannel.hub")
-
-#: Connections to Redis per node: the pub/sub one, plus commands in flight at once
-#: (more wait for one).
-MAX_CONNECTIONS = 64
 
 
 class RedisBroker:
@@ -88,27 +81,17 @@ class RedisBroker:
         self._clock = clock
         #: Commands time out after ``socket_timeout`` seconds: a Redis that hangs must give
         #: a clear temporary error, not a publish that never returns.
-        # A blocking pool: a burst of commands (a thousand clients subscribing at once)
-        # waits for a connection instead of failing as if Redis were down.
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            health_check_interval=30,
-        )
+        self._topology = Topology(url, socket_timeout=socket_timeout)
         #: For reads and writes that may be repeated: one quick retry on a broken
         #: connection (after Redis restarts, a pooled connection is dead).
-        self._redis = redis.Redis(
-            connection_pool=pool,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self._redis = self._topology.reader
         #: For publishes: no retry. A connection that breaks after Redis ran the script
         #: must not publish twice; the caller gets error 116 and retries with its
         #: idempotency key.
-        self._writer = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._writer = self._topology.writer
+        #: The topology found at start, for the banner: "single", "cluster with 3
+        #: masters", "sentinel master 'mymaster' at 10.0.0.5:6379".
+        self.topology = self._topology.kind
         self._keys = Keys(prefix)
         #: Each round trip to Redis, by operation (metrics).
         self.calls = BrokerCalls()
@@ -119,6 +102,7 @@ class RedisBroker:
             self._now_ms,
             self.calls,
             empty_stream_ttl=self.EMPTY_STREAM_TTL,
+            sharded=self._topology.sharded,
         )
         self._presence = RedisPresence(self._redis, self._keys, self._now_ms, self.calls)
         #: This node, for long-poll sessions: unique per process.
@@ -126,10 +110,20 @@ class RedisBroker:
         #: ``owner_check``: seconds between checks, while a long-poll request relayed to
         #: another node waits, that the node is still up (see :mod:`.relay`).
         self._relay = RedisRelay(
-            self._redis, self._keys, self.node, self.calls, owner_check=owner_check
+            self._redis,
+            self._keys,
+            self.node,
+            self.calls,
+            owner_check=owner_check,
+            pubsub=self._topology,
         )
         self._occupancy = RedisOccupancy(
-            self._redis, self._keys, self.node, self._now_ms, self.calls
+            self._redis,
+            self._keys,
+            self.node,
+            self._now_ms,
+            self.calls,
+            one_slot_per_script=self._topology.sharded,
         )
         self._handler: BrokerHandler | None = None
         self._pubsub: Any = None
@@ -147,10 +141,12 @@ class RedisBroker:
     async def start(self, handler: BrokerHandler) -> None:
         """Connect and begin delivering; BrokerUnavailable when Redis cannot be reached."""
         self._handler = handler
-        self._pubsub = self._redis.pubsub()
+        self._pubsub = self._topology.pubsub()
         async with reachable(self.calls, "start"):
+            await self._topology.connect()
             await self._pubsub.subscribe(self._relay.channel, self._keys.control)
             await self._relay.mark_alive()
+            self.topology = await self._topology.describe()
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read())
         self._alive = loop.create_task(self._relay.keep_alive())
@@ -177,9 +173,7 @@ class RedisBroker:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
-            await self._writer.aclose()
-            await self._redis.connection_pool.disconnect()
+            await self._topology.close()
 
     # Node subscriptions.
 
@@ -245,15 +239,15 @@ class RedisBroker:
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         async with reachable(self.calls, "publish_control"):
-            await self._redis.publish(self._keys.control, dumps(message))
+            await self._topology.publish(self._keys.control, dumps(message))
 
     async def publish_join(self, channel: str, who: ClientInfo) -> None:
         async with reachable(self.calls, "publish_join"):
-            await self._redis.publish(self._keys.channel(channel), dumps(["j", who.to_json()]))
+            await self._topology.publish(self._keys.channel(channel), dumps(["j", who.to_json()]))
 
     async def publish_leave(self, channel: str, who: ClientInfo) -> None:
         async with reachable(self.calls, "publish_leave"):
-            await self._redis.publish(self._keys.channel(channel), dumps(["l", who.to_json()]))
+            await self._topology.publish(self._keys.channel(channel), dumps(["l", who.to_json()]))
 
     # History.
 
@@ -328,8 +322,14 @@ class RedisBroker:
                 logger.exception("error reading Redis pub/sub")
                 await asyncio.sleep(self.RECONNECT_MIN)
                 continue
-            if message is not None:
-                self._dispatch(message)
+            if message is None:
+                continue
+            if message.get("type") == "resubscribed":
+                # A shard of a cluster failed over or its slots moved: its channels are
+                # subscribed again on their new shard; read what they missed.
+                await self._caught_up(message["channels"])
+                continue
+            self._dispatch(message)
 
     async def _reconnect(self) -> None:
         """Until it works: a fresh pub/sub connection with every channel, then the
@@ -338,7 +338,7 @@ class RedisBroker:
         while True:
             await asyncio.sleep(delay)
             delay = min(self.RECONNECT_MAX, delay * 2)
-            old, self._pubsub = self._pubsub, self._redis.pubsub()
+            old, self._pubsub = self._pubsub, self._topology.pubsub()
             with contextlib.suppress(RedisError, OSError):
                 await old.aclose()
             channels = list(self._channels)
@@ -352,6 +352,23 @@ class RedisBroker:
                 logger.info("Redis still unreachable (%s)", exc)
                 continue
             logger.warning("Redis pub/sub reconnected (%d channels)", len(channels))
+            return
+
+    async def _caught_up(self, names: list[str]) -> None:
+        """Catch up the channels whose pub/sub channels are ``names``, until Redis
+        answers (they are on a shard that just came back)."""
+        channels = [c for c in map(self._keys.channel_of, names) if c is not None]
+        delay = self.RECONNECT_MIN
+        while True:
+            try:
+                for channel in channels:
+                    await self._catch_up(channel)
+                await self._occupancy.refresh()
+            except (*DOWN, BrokerUnavailable) as exc:
+                logger.info("Redis still unreachable (%s)", exc)
+                await asyncio.sleep(delay)
+                delay = min(self.RECONNECT_MAX, delay * 2)
+                continue
             return
 
     async def _catch_up(self, channel: str) -> None:
@@ -370,7 +387,9 @@ class RedisBroker:
             self._deliver(handler, pub)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
+        # Sharded pub/sub (a cluster) names its messages with an "s" in front.
+        kind = str(message.get("type"))
+        kind = _KINDS.get(kind, kind)
         name = text(message.get("channel", b""))
         if name == self._relay.channel:
             if kind == "message":
@@ -428,6 +447,9 @@ class RedisBroker:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+_KINDS = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
 
 
 def _call(method: Callable[..., None], *args: Any) -> None:

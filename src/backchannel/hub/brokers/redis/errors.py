@@ -7,6 +7,7 @@ import contextlib
 import time
 from typing import Any
 
+from redis.exceptions import ClusterDownError, ReadOnlyError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -15,8 +16,19 @@ from ..calls import BrokerCalls
 
 __all__ = ["DOWN", "reachable"]
 
-#: Redis errors that mean "not reachable now" rather than a bug.
-DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Redis errors that mean "not reachable now" rather than a bug: besides a broken or
+#: slow connection, a cluster whose slot has no master yet (failover under way) or
+#: that asks to try again (a slot moving), and a server that is a replica now (a
+#: Sentinel failover the client has not followed yet). None of them ran the command.
+DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+    ReadOnlyError,
+)
 
 
 class reachable(contextlib.AbstractAsyncContextManager[None]):

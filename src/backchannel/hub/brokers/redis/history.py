@@ -5,7 +5,7 @@ Keys (names in :mod:`.keys`):
 * ``{prefix}:s:{channel}``: the channel's stream metadata, a hash of ``epoch``, ``top``
   (the last offset given out) and ``expires`` (ms). Publications are kept in
   ``{prefix}:l:{channel}``, a list trimmed to the history size. A Lua script assigns the
-  offset, appends, trims and PUBLISHes (on the channel's pub/sub channel) in one atomic
+  offset, appends, trims and PUBLISHes (SPUBLISH on a cluster) in one atomic
   step, so the offset a client sees is the same on every node and every node receives
   a channel's publications in offset order.
 * ``{prefix}:i:{channel}:{key}``: an idempotency key and the result it gave, checked
@@ -32,7 +32,8 @@ __all__ = ["RedisHistory"]
 # KEYS: stream meta, list, idempotency key. ARGV: now (ms), payload (JSON data and
 # publisher, comma-separated), history size (-1: no history), history ttl (ms), a fresh
 # epoch for a new stream, idempotency key ("" for none), its window (ms), the pub/sub
-# channel, GC slack (ms).
+# channel, GC slack (ms), the publish command (PUBLISH, or SPUBLISH on a cluster: the
+# pub/sub channel is in the keys' slot, see :mod:`.keys`).
 _PUBLISH = """
 local now = tonumber(ARGV[1])
 local slack = tonumber(ARGV[9])
@@ -75,7 +76,7 @@ if ARGV[6] ~= '' then
   local window = tonumber(ARGV[7])
   redis.call('SET', KEYS[3], (now + window) .. '|' .. message, 'PX', window + slack)
 end
-redis.call('PUBLISH', ARGV[8], message)
+redis.call(ARGV[10], ARGV[8], message)
 return {0, message}
 """
 
@@ -113,12 +114,14 @@ class RedisHistory:
         calls: BrokerCalls,
         *,
         empty_stream_ttl: float,
+        sharded: bool = False,
     ) -> None:
         self._redis = reader
         self._calls = calls
         self._keys = keys
         self._now_ms = now_ms
         self._empty_stream_ttl_ms = int(empty_stream_ttl * 1000)
+        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._publish_script = writer.register_script(_PUBLISH)
         self._history_script = reader.register_script(_HISTORY)
 
@@ -151,6 +154,7 @@ class RedisHistory:
                     int(idempotency_window * 1000),
                     keys.channel(channel),
                     GC_SLACK_MS,
+                    self._publish_command,
                 ],
             )
         return PublishResult(publication(channel, message), duplicate=bool(duplicate))

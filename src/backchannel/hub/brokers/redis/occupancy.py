@@ -27,6 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as redis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from ..calls import BrokerCalls
@@ -115,6 +116,7 @@ class RedisOccupancy:
         calls: BrokerCalls,
         *,
         ttl_ms: int = OCCUPANCY_TTL_MS,
+        one_slot_per_script: bool = False,
     ) -> None:
         self._redis = client
         self._calls = calls
@@ -122,6 +124,8 @@ class RedisOccupancy:
         self._node = node
         self._now_ms = now_ms
         self.ttl_ms = ttl_ms
+        #: On a cluster a script's keys must share a slot: refreshes go slot by slot.
+        self._one_slot = one_slot_per_script
         #: Channels this node holds, as far as it knows.
         self._held: set[str] = set()
         # Putting a lapsed entry back must not interleave with a vacate of the same
@@ -164,12 +168,12 @@ class RedisOccupancy:
         channels = sorted(self._held)
         lapsed: list[str] = []
         for start in range(0, len(channels), REFRESH_BATCH):
-            batch = channels[start : start + REFRESH_BATCH]
-            missing = await self._refresh(
-                keys=[self._keys.occupancy(c) for c in batch],
-                args=[self._now_ms(), self._node, self.ttl_ms, GC_SLACK_MS],
-            )
-            lapsed.extend(batch[int(i) - 1] for i in missing)
+            for batch in self._by_slot(channels[start : start + REFRESH_BATCH]):
+                missing = await self._refresh(
+                    keys=[self._keys.occupancy(c) for c in batch],
+                    args=[self._now_ms(), self._node, self.ttl_ms, GC_SLACK_MS],
+                )
+                lapsed.extend(batch[int(i) - 1] for i in missing)
         if lapsed:
             logger.warning("occupancy of %d channels had lapsed; putting it back", len(lapsed))
         for channel in lapsed:
@@ -199,6 +203,15 @@ class RedisOccupancy:
             for channel in channels:
                 pipe.zrem(self._keys.occupancy(channel), self._node)
             await pipe.execute()
+
+    def _by_slot(self, channels: list[str]) -> list[list[str]]:
+        if not self._one_slot:
+            return [channels] if channels else []
+        slots: dict[int, list[str]] = {}
+        for channel in channels:
+            slot = key_slot(self._keys.occupancy(channel).encode())
+            slots.setdefault(slot, []).append(channel)
+        return list(slots.values())
 
     @contextlib.asynccontextmanager
     async def _turn(self, channel: str) -> AsyncIterator[None]:

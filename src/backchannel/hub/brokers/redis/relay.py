@@ -49,6 +49,7 @@ from .keys import Keys
 
 if TYPE_CHECKING:
     from ...transports.longpoll import Answer
+    from .topology import Topology
 
 __all__ = ["ALIVE_TTL_MS", "OWNER_CHECK", "RedisRelay"]
 
@@ -77,8 +78,11 @@ class RedisRelay:
         calls: BrokerCalls,
         *,
         owner_check: float = OWNER_CHECK,
+        pubsub: Topology,
     ) -> None:
         self._redis = client
+        #: Publishes and counts subscribers, sharded on a cluster.
+        self._pubsub = pubsub
         self._calls = calls
         self._keys = keys
         self.node = node
@@ -142,7 +146,7 @@ class RedisRelay:
                 answer = asyncio.get_running_loop().create_future()
                 self._forwarded[request_id] = answer
                 request = ["q", request_id, self.node, method, target, body.decode("latin-1")]
-                receivers = await self._redis.publish(self._keys.node(owner), dumps(request))
+                receivers = await self._pubsub.publish(self._keys.node(owner), dumps(request))
         except BrokerUnavailable:
             return None
         waiting = self._waiting.setdefault(owner, set())
@@ -185,13 +189,12 @@ class RedisRelay:
         its own channel. When Redis cannot be asked, it is given the benefit of the doubt
         (the request's own time limit still holds)."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.exists(self._keys.alive(owner))
-                pipe.pubsub_numsub(self._keys.node(owner))
-                alive, subscribed = await pipe.execute()
+            # Two keys of two slots (on a cluster, maybe two shards): two commands.
+            alive = await self._redis.exists(self._keys.alive(owner))
+            subscribed = await self._pubsub.subscribers(self._keys.node(owner))
         except (RedisError, OSError):
             return True
-        return bool(alive) and bool(subscribed) and int(subscribed[0][1]) > 0
+        return bool(alive) and subscribed > 0
 
     def on_message(self, data: bytes) -> None:
         """A message on this node's channel: a request to answer, or an answer."""
@@ -222,4 +225,4 @@ class RedisRelay:
             status, kind, answer = await handler(method, target, body.encode("latin-1"))
         reply = ["a", request_id, status, kind, answer.decode("latin-1")]
         with contextlib.suppress(*DOWN):
-            await self._redis.publish(self._keys.node(reply_to), dumps(reply))
+            await self._pubsub.publish(self._keys.node(reply_to), dumps(reply))

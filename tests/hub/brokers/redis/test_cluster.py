@@ -1,0 +1,177 @@
+"""RedisBroker on a real Redis Cluster (three masters, three replicas) and on a real
+Sentinel setup: the broker contract, channels spread over the shards with sharded
+pub/sub, and a master killed under load with nothing accepted lost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as redis
+from helpers.redis_cluster import RedisCluster, RedisSentinels
+from helpers.redis_server import require_redis
+from hub.brokers.broker_contract import HISTORY, BrokerContract, ManualClock, Recorder
+
+from backchannel.exceptions import BrokerUnavailable
+from backchannel.hub.brokers import HistoryOptions
+from backchannel.hub.brokers.redis import RedisBroker
+from backchannel.hub.wire import ClientInfo
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    require_redis()
+    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def broker(
+    redis_cluster: RedisCluster, prefix: str, clock: ManualClock, recorder: Recorder
+) -> AsyncIterator[RedisBroker]:
+    broker = RedisBroker(redis_cluster.url, prefix=prefix, clock=clock)
+    await broker.start(recorder)
+    yield broker
+    await broker.close()
+
+
+class TestClusterBroker(BrokerContract):
+    @pytest.fixture
+    async def cluster(
+        self, broker: RedisBroker, redis_cluster: RedisCluster, prefix: str, clock: ManualClock
+    ) -> AsyncIterator[list[RedisBroker]]:
+        other = RedisBroker(redis_cluster.url, prefix=prefix, clock=clock)
+        await other.start(Recorder())
+        yield [broker, other]
+        await other.close()
+
+
+async def test_channels_spread_over_the_shards_and_each_is_published_on_its_own(
+    redis_cluster: RedisCluster, prefix: str, clock: ManualClock
+) -> None:
+    seen = [Recorder(), Recorder()]
+    nodes = [RedisBroker(redis_cluster.url, prefix=prefix, clock=clock) for _ in seen]
+    for node, recorder in zip(nodes, seen, strict=True):
+        await node.start(recorder)
+    assert nodes[0].topology == "cluster with 3 masters"
+    channels = [f"room{i}" for i in range(12)]
+    for channel in channels:
+        await nodes[1].subscribe(channel)
+    for i in range(48):
+        await nodes[i % 2].publish(channels[i % 12], i, history=HISTORY)
+    events = await seen[1].wait_for(48)
+    for channel in channels:
+        offsets = [e[1].offset for e in events if e[1].channel == channel]
+        assert offsets == [1, 2, 3, 4]
+    # Sharded pub/sub: each channel's subscription is on the master that owns it, and
+    # the channels are on all three masters. Publications went only there: a master
+    # counts shard channels it serves, none of the others'.
+    masters = {redis_cluster.master_of(f"{prefix}:c:{{{c}}}") for c in channels}
+    assert len(masters) == 3
+    for port in masters:
+        client = redis.Redis(port=port)
+        try:
+            served = {n.decode() for n in await client.pubsub_shardchannels()}
+        finally:
+            await client.aclose()
+        expected = {
+            f"{prefix}:c:{{{c}}}"
+            for c in channels
+            if redis_cluster.master_of(f"{prefix}:c:{{{c}}}") == port
+        }
+        assert served >= expected and served & {f"{prefix}:c:{{{c}}}" for c in channels} == expected
+    for node in nodes:
+        await node.close()
+
+
+#: Publications in a failover test, and when in them the master is killed.
+PUBLICATIONS = 120
+KILL_AFTER = 40
+KEPT = HistoryOptions(size=PUBLICATIONS, ttl=600)
+
+
+async def publish_through_a_failover(
+    publisher: RedisBroker, kill: object, channel: str
+) -> tuple[int, int]:
+    """Publish PUBLICATIONS numbers in ``channel``, each retried with its idempotency key
+    until accepted (a publish refused while the master is down is retried, as a client
+    does); ``kill`` (blocking) runs in a thread after KILL_AFTER. Returns (refused
+    publish attempts, duplicates reported)."""
+    import asyncio
+
+    refused = duplicates = 0
+    killing: asyncio.Future[object] | None = None
+    async with asyncio.timeout(60):
+        for i in range(PUBLICATIONS):
+            if i == KILL_AFTER:
+                killing = asyncio.ensure_future(asyncio.to_thread(kill))  # type: ignore[arg-type]
+            while True:
+                try:
+                    result = await publisher.publish(
+                        channel, i, history=KEPT, idempotency_key=f"k{i}"
+                    )
+                except BrokerUnavailable:
+                    refused += 1
+                    await asyncio.sleep(0.02)  # a client's retry pace, not a wait for state
+                    continue
+                duplicates += result.duplicate
+                break
+        assert killing is not None
+        await killing
+    return refused, duplicates
+
+
+async def test_a_master_killed_under_load_loses_nothing_accepted(tmp_path: object) -> None:
+    require_redis()
+    from pathlib import Path
+
+    with RedisCluster(Path(str(tmp_path))) as cluster:
+        seen = Recorder()
+        subscriber = RedisBroker(cluster.url, prefix="f", socket_timeout=2)
+        publisher = RedisBroker(cluster.url, prefix="f", socket_timeout=2)
+        await subscriber.start(seen)
+        await publisher.start(Recorder())
+        await subscriber.subscribe("orders")
+        await subscriber.add_presence("orders", ClientInfo("c1", "alice"), 600)
+        refused, _ = await publish_through_a_failover(
+            publisher, lambda: cluster.kill_master_of("{orders}"), "orders"
+        )
+        assert refused > 0  # the master was down for a while: the test did fail over
+        events = await seen.wait_for(PUBLICATIONS)
+        assert seen.data() == list(range(PUBLICATIONS))
+        assert [e[1].offset for e in events] == list(range(1, PUBLICATIONS + 1))
+        # The channel's other keys moved with it, to the replica that took over.
+        assert (await publisher.presence("orders")).keys() == {"c1"}
+        await subscriber.close()
+        await publisher.close()
+
+
+async def test_sentinel_follows_a_failover_and_loses_nothing_accepted(tmp_path: object) -> None:
+    require_redis()
+    from pathlib import Path
+
+    with RedisSentinels(Path(str(tmp_path))) as setup:
+        seen = Recorder()
+        subscriber = RedisBroker(setup.url, prefix="f", socket_timeout=2)
+        publisher = RedisBroker(setup.url, prefix="f", socket_timeout=2)
+        await subscriber.start(seen)
+        await publisher.start(Recorder())
+        assert subscriber.topology == f"sentinel master 'mymaster' at 127.0.0.1:{setup.master}"
+        await subscriber.subscribe("orders")
+        refused, _ = await publish_through_a_failover(publisher, setup.kill_master, "orders")
+        assert refused > 0
+        events = await seen.wait_for(PUBLICATIONS)
+        assert seen.data() == list(range(PUBLICATIONS))
+        assert [e[1].offset for e in events] == list(range(1, PUBLICATIONS + 1))
+        await subscriber.close()
+        await publisher.close()
