@@ -104,7 +104,9 @@ class RedisBroker:
             empty_stream_ttl=self.EMPTY_STREAM_TTL,
             sharded=self._topology.sharded,
         )
-        self._presence = RedisPresence(self._redis, self._keys, self._now_ms, self.calls)
+        self._presence = RedisPresence(
+            self._redis, self._keys, self._now_ms, self.calls, sharded=self._topology.sharded
+        )
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
         #: ``owner_check``: seconds between checks, while a long-poll request relayed to
