@@ -123,6 +123,8 @@ def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[broker]\nurl = '127.0.0.1:6379'\n", "[broker] url: not a Redis URL"),
         ("[broker]\nurl = 'redis://h:port/0'\n", "[broker] url: not a Redis URL"),
         ("[broker]\nprefix = 'a{b}'\n", "[broker] prefix: must not contain '{' or '}'"),
+        ("[broker]\nurl = 'redis+cluster://h1:7000,h2/'\n", "[broker] url: not a Redis URL"),
+        ("[broker]\nurl = 'redis+sentinel://s1:26379/'\n", "URL needs the master's name"),
         ("[auth]\nsecret = 'short'\n", "[auth] secret: too short"),
         ("[api]\nkey = 'fifteen-chars-k'\n", "[api] key: too short"),
     ],
@@ -244,6 +246,14 @@ def test_a_bad_broker_url_is_refused_without_showing_it() -> None:
         ("redis://:hunter2@10.0.0.5:6380/2", "redis 10.0.0.5:6380/2, prefix 'backchannel'"),
         ("rediss://user:hunter2@[::1]", "rediss [::1]:6379/0, prefix 'backchannel'"),
         ("unix:///run/redis.sock", "redis /run/redis.sock (unix socket)"),
+        (
+            "redis+cluster://:hunter2@10.0.0.5:7000,10.0.0.6:7000/",
+            "redis cluster via 10.0.0.5:7000,10.0.0.6:7000, prefix 'backchannel'",
+        ),
+        (
+            "redis+sentinel://:hunter2@s1:26379/mymaster",
+            "redis sentinel s1:26379, master 'mymaster', db 0, prefix 'backchannel'",
+        ),
     ],
 )
 def test_the_broker_is_described_without_its_password(url: str, shown: str) -> None:

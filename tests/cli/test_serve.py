@@ -136,7 +136,7 @@ async def test_workers_print_one_banner_with_the_demo_warning(tmp_path: Path) ->
     assert lines[0] == f"backchannel on http://127.0.0.1:{port}/ (2 workers)"
     assert lines[1] == (
         "transports: WebSocket at /ws, long polling at /lp; "
-        f"broker: redis 127.0.0.1:{redis.port}/0, prefix 'backchannel'"
+        f"broker: redis 127.0.0.1:{redis.port}/0, prefix 'backchannel' (single server)"
     )
     assert lines[2].startswith("demo mode: ")
     # The demo's secret and key are kept across restarts, one file for every worker.

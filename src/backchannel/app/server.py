@@ -398,9 +398,13 @@ class App:
         what = f"{workers} workers" if workers > 1 else f"hub at {paths}"
         lines = [f"backchannel on {scheme}://{shown}:{server.port}/ ({what})"]
         websocket = "WebSocket at /ws" if server_config.websocket else "WebSocket off"
-        lines.append(
-            f"transports: {websocket}, long polling at /lp; broker: {self.config.broker.describe()}"
-        )
+        broker = self.config.broker.describe()
+        # What the Redis broker found when it connected: one server, a cluster's
+        # masters, the master Sentinel named.
+        found = getattr(self.hub.broker, "topology", None)
+        if isinstance(found, str):
+            broker += f" ({found})"
+        lines.append(f"transports: {websocket}, long polling at /lp; broker: {broker}")
         if server_config.demo:
             lines.append(
                 "demo mode: /demo/token gives anyone a token; never use --demo or "

@@ -1,4 +1,5 @@
-"""The Redis broker: several nodes (processes, machines) act as one hub through one Redis.
+"""The Redis broker: several nodes (processes, machines) act as one hub through one Redis,
+a Redis Cluster or a Redis watched by Sentinel (:mod:`.topology`).
 
 Install with ``pip install -e '.[redis]'`` from a checkout. :class:`RedisBroker` is the facade that
 implements :class:`~backchannel.hub.brokers.base.Broker`; it owns the connections and the
@@ -7,7 +8,7 @@ offsets, idempotency keys), :mod:`.presence`, :mod:`.occupancy` (which nodes hav
 subscribers of a channel) and :mod:`.relay` (long-poll sessions across nodes). Key names
 are in :mod:`.keys`.
 
-This module's keys: ``{prefix}:c:{channel}`` is the pub/sub channel that carries
+This module's keys: ``{prefix}:c:{{channel}}`` is the pub/sub channel that carries
 publications, joins and leaves to the nodes subscribed to it (a node subscribes only
 while it has local subscribers), and ``{prefix}:ctl`` carries commands for every node
 (disconnect a user, end subscriptions).
@@ -17,7 +18,9 @@ temporary error 116; nothing is published). The node reconnects with backoff; fo
 channel it is subscribed to it then reads the publications it missed from history and
 delivers them (the hub skips offsets it already sent), or, when they are gone, tells
 the hub (``on_lost``) so its subscribers resubscribe and recover themselves; it also
-puts back its channel occupancy, which a Redis that restarted has lost.
+puts back its channel occupancy, which a Redis that restarted has lost. On a Redis
+Cluster the same happens per shard: only the channels of a shard that failed over (or
+whose slots moved) are subscribed again and caught up (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class RedisBroker:
         #: must not publish twice; the caller gets error 116 and retries with its
         #: idempotency key.
         self._writer = self._topology.writer
-        #: The topology found at start, for the banner: "single", "cluster with 3
+        #: The topology found at start, for the banner: "single server", "cluster with 3
         #: masters", "sentinel master 'mymaster' at 10.0.0.5:6379".
         self.topology = self._topology.kind
         self._keys = Keys(prefix)

@@ -151,7 +151,7 @@ class Topology:
         return int(reply[0][1]) if reply else 0
 
     async def describe(self) -> str:
-        """What was found, for the banner: ``single``, ``cluster with N masters`` or
+        """What was found, for the banner: ``single server``, ``cluster with N masters`` or
         ``sentinel master NAME at HOST:PORT``."""
         if self.kind == "cluster":
             await self.reader.initialize()
@@ -160,7 +160,7 @@ class Topology:
         if self._sentinel is not None:
             host, port = await self._sentinel.discover_master(self.target.service)
             return f"sentinel master {self.target.service!r} at {host}:{port}"
-        return "single"
+        return "single server"
 
     async def close(self) -> None:
         await self.reader.aclose()
