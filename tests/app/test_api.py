@@ -9,10 +9,14 @@ from typing import Any
 import pytest
 from helpers.http import Http, Reply
 from helpers.hub_client import HubClient
+from helpers.redis_server import RedisServer, require_redis
 
 from backchannel.app import App
+from backchannel.app.config import BrokerConfig
 from backchannel.hub import ChannelOptions
+from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.token import make_token
+from backchannel.hub.wire import ClientInfo
 
 from .conftest import API_KEY, SECRET, make_config, running
 
@@ -103,6 +107,42 @@ async def test_presence_unsubscribe_and_disconnect(server: tuple[App, int]) -> N
     # Bob is still there.
     assert await bob.call("ping") == {}
     await bob.close()
+
+
+async def test_presence_pages_cover_20000_members_once_and_counts_answer_alone(
+    tmp_path: Any,
+) -> None:
+    require_redis()
+    members = 20_000
+    config = make_config()
+    with RedisServer(tmp_path) as redis_server:
+        config.broker = BrokerConfig(url=redis_server.url, prefix="pages")
+        # Written straight to Redis in one pipeline per 10 000 entries, as nodes holding
+        # 20 000 subscribers would have refreshed them: no 20 000 clients needed.
+        writer = RedisBroker(redis_server.url, prefix="pages")
+        entries = [("chat:big", ClientInfo(f"c{i:05}", f"u{i % 1000}")) for i in range(members)]
+        await writer.refresh_presence(entries, ttl=600)
+        await writer.close()
+        async with running(config) as (_, port):
+            counts = await api(port, "presence", {"channel": "chat:big", "count_only": True})
+            assert counts.json() == {"count": members, "users": 1000}
+            # Without a limit: the default page, and where to go on.
+            first = (await api(port, "presence", {"channel": "chat:big"})).json()
+            assert len(first["clients"]) == 1000
+            assert first["next_cursor"] == "c00999"
+            seen: list[str] = []
+            params: dict[str, Any] = {"channel": "chat:big", "limit": 5000}
+            for _ in range(members // 5000 + 2):  # bounded: one more than it needs
+                page = (await api(port, "presence", params)).json()
+                seen.extend(page["clients"])
+                if "next_cursor" not in page:
+                    break
+                params["cursor"] = page["next_cursor"]
+            assert seen == [who.client for _, who in entries] and len(set(seen)) == members
+            assert page["clients"]["c19999"] == {"client": "c19999", "user": "u999"}
+            too_many = await api(port, "presence", {"channel": "chat:big", "limit": 5001})
+            assert too_many.status == 400
+            assert too_many.json()["error"]["message"] == "limit: 1 to 5000"
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,18 @@ async def test_broadcast_and_presence(hub: str) -> None:
     status, answer, _ = api("presence", "chat:one", "--url", hub, "--api-key", API_KEY)
     assert isinstance(answer, dict)
     assert [info["user"] for info in answer["clients"].values()] == ["bea"]
+    other = await HubClient.open(port, path="/ws", token=make_token(SECRET, "bo"))
+    await other.call("subscribe", channel="chat:one")
+    ids = sorted(c.info["client"] for c in (client, other))
+    flags = ("--url", hub, "--api-key", API_KEY)
+    status, answer, _ = api("presence", "chat:one", "--limit", "1", *flags)
+    assert isinstance(answer, dict) and list(answer["clients"]) == [ids[0]]
+    assert answer["next_cursor"] == ids[0]
+    status, answer, _ = api("presence", "chat:one", "--cursor", ids[0], *flags)
+    assert isinstance(answer, dict) and list(answer["clients"]) == [ids[1]]
+    status, answer, _ = api("presence", "chat:one", "--count", *flags)
+    assert answer == {"count": 2, "users": 2}
+    await other.close()
     await client.close()
 
 

@@ -60,6 +60,8 @@ OPTIONS = HubOptions(
         "count": ChannelOptions(presence=True, presence_count_only=True),
         "drop": ChannelOptions(history_size=1000, slow_consumer="drop"),
     },
+    # One client per presence page: Client.presence must follow next_cursor.
+    presence_page_size=1,
 )
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["websocket", "longpoll", "sse"])

@@ -220,6 +220,33 @@ async def test_presence_and_join_leave(client_type: ClientType) -> None:
         await alice.close()
 
 
+async def test_presence_answers_a_page_at_a_time_or_counts_only() -> None:
+    options = HubOptions(
+        namespaces={"chat": ChannelOptions(presence=True)},
+        presence_page_size=2,
+        presence_page_max=3,
+    )
+    async with hub_server(options) as (_, port):
+        clients = [await HubClient.open(port, token=token(user)) for user in "aab"]
+        for client in clients:
+            await client.call("subscribe", channel="chat:room")
+        ids = sorted(client.info["client"] for client in clients)
+        first = await clients[0].call("presence", channel="chat:room")
+        assert list(first["clients"]) == ids[:2] and first["next_cursor"] == ids[1]
+        rest = await clients[0].call("presence", channel="chat:room", cursor=ids[1])
+        assert list(rest["clients"]) == ids[2:] and "next_cursor" not in rest
+        whole = await clients[0].call("presence", channel="chat:room", limit=3)
+        assert list(whole["clients"]) == ids and "next_cursor" not in whole
+        counts = await clients[0].call("presence", channel="chat:room", count_only=True)
+        assert counts == {"count": 3, "users": 2}
+        for limit in (0, 4):
+            with pytest.raises(ReplyError) as info:
+                await clients[0].call("presence", channel="chat:room", limit=limit)
+            assert (info.value.code, info.value.message) == (107, "limit: 1 to 3")
+        for client in clients:
+            await client.close()
+
+
 @TRANSPORTS
 async def test_a_client_cut_off_recovers_every_missed_publication_once(
     client_type: ClientType,
@@ -745,6 +772,44 @@ async def test_a_publication_during_recovery_is_delivered_once() -> None:
             (live,) = await client.publications(1)
             assert live["data"] == "after" and live["offset"] == 3
             await client.close()
+
+
+class RefreshRecorder(MemoryBroker):
+    """A MemoryBroker that records each presence refresh the hub asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refreshes: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
+
+    async def refresh_presence(self, entries: Any, ttl: float) -> None:
+        self.refreshes.put_nowait(sorted((c, who.client) for c, who in entries))
+        await super().refresh_presence(entries, ttl)
+
+
+async def test_a_node_refreshes_all_its_presence_entries_in_one_call() -> None:
+    broker = RefreshRecorder()
+    options = HubOptions(
+        namespaces={"chat": ChannelOptions(presence=True), "feed": ChannelOptions()},
+        presence_ttl=0.3,
+    )
+    async with Hub(options, broker=broker, tokens=TokenVerifier(secret=SECRET)) as hub:
+        async with serve(websocket_handler(hub), "127.0.0.1", 0) as server:
+            clients = [await HubClient.open(server.port, token=token(u)) for u in "ab"]
+            for client in clients:
+                for channel in ("chat:1", "chat:2", "feed:1"):
+                    await client.call("subscribe", channel=channel)
+            expected = sorted(
+                (channel, client.info["client"])
+                for client in clients
+                for channel in ("chat:1", "chat:2")
+            )
+            # Refreshes that started before every subscription was made are partial;
+            # within a few periods one has them all, in a single call.
+            async with asyncio.timeout(10):
+                while (entries := await broker.refreshes.get()) != expected:
+                    assert set(entries) <= set(expected)
+            for client in clients:
+                await client.close()
 
 
 class GatedBroker(MemoryBroker):

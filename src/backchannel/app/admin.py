@@ -368,8 +368,9 @@ class Admin:
                 raise CommandError(codes.BAD_REQUEST.with_message(problem))
             result: dict[str, Any] = {}
             if name == "presence":
-                present = await hub.presence(params["channel"])
-                result = {"clients": {c: who.to_json() for c, who in present.items()}}
+                # One page (hub.presence_page_size clients): a channel with tens of
+                # thousands of clients is not listed whole in the dashboard.
+                result = (await hub.presence_page(params["channel"])).to_json()
             elif name == "history":
                 limit = min(max(params.get("limit", 20), 1), MAX_HISTORY)
                 result = (await hub.history(params["channel"], limit=limit)).to_json()

@@ -49,7 +49,12 @@ Method = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _PARAMS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "publish": {"channel": (str, True), "data": (object, True), "idempotency_key": (str, False)},
     "broadcast": {"channels": (list, True), "data": (object, True)},
-    "presence": {"channel": (str, True)},
+    "presence": {
+        "channel": (str, True),
+        "limit": (int, False),
+        "cursor": (str, False),
+        "count_only": (bool, False),
+    },
     "history": {
         "channel": (str, True),
         "limit": (int, False),
@@ -156,8 +161,14 @@ class HttpApi:
         return {"results": results}
 
     async def _presence(self, params: dict[str, Any]) -> dict[str, Any]:
-        present = await self.hub.presence(params["channel"])
-        return {"clients": {client: who.to_json() for client, who in present.items()}}
+        channel = params["channel"]
+        if params.get("count_only"):
+            stats = await self.hub.presence_stats(channel)
+            return {"count": stats.clients, "users": stats.users}
+        page = await self.hub.presence_page(
+            channel, cursor=params.get("cursor"), limit=params.get("limit")
+        )
+        return page.to_json()
 
     async def _history(self, params: dict[str, Any]) -> dict[str, Any]:
         since = wire.Position.from_params(params)

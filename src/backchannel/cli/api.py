@@ -113,7 +113,14 @@ def broadcast(args: argparse.Namespace) -> int:
 
 
 def presence(args: argparse.Namespace) -> int:
-    return call(args, "presence", {"channel": args.channel})
+    body: dict[str, Any] = {"channel": args.channel}
+    if args.count:
+        body["count_only"] = True
+    if args.limit is not None:
+        body["limit"] = args.limit
+    if args.cursor is not None:
+        body["cursor"] = args.cursor
+    return call(args, "presence", body)
 
 
 def history(args: argparse.Namespace) -> int:
@@ -158,6 +165,15 @@ def add_parsers(commands: Any) -> None:
 
     parser = command("presence", "print who is subscribed to a channel, on every node")
     parser.add_argument("channel")
+    parser.add_argument(
+        "--count", action="store_true", help="print only how many clients and users"
+    )
+    parser.add_argument(
+        "--limit", type=int, help="at most this many clients (default: the server's page size)"
+    )
+    parser.add_argument(
+        "--cursor", help="the page after this one: the next_cursor a previous page printed"
+    )
     add_api_options(parser)
     parser.set_defaults(handler=presence)
 

@@ -972,16 +972,26 @@ class Client:
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         """Who is subscribed to a channel: one entry per connection, by client id.
         Channels in count-only mode have no list: use :meth:`presence_stats` (this raises
-        :class:`CommandError` NOT_AVAILABLE for them)."""
-        result = await self.call("presence", channel=channel)
-        clients = result.get("clients")
-        if not isinstance(clients, dict):
-            raise CommandError(codes.NOT_AVAILABLE.with_message("presence is count-only here"))
-        return {str(cid): parse_client_info(info) for cid, info in clients.items()}
+        :class:`CommandError` NOT_AVAILABLE for them). The server answers a page at a
+        time; this follows ``next_cursor`` to the last page."""
+        present: dict[str, ClientInfo] = {}
+        params: dict[str, Any] = {"channel": channel}
+        while True:
+            result = await self.call("presence", **params)
+            clients = result.get("clients")
+            if not isinstance(clients, dict):
+                raise CommandError(codes.NOT_AVAILABLE.with_message("presence is count-only here"))
+            present.update((str(cid), parse_client_info(info)) for cid, info in clients.items())
+            cursor = result.get("next_cursor")
+            # A cursor that does not move on would loop forever: stop at it.
+            if not isinstance(cursor, str) or cursor == params.get("cursor"):
+                return present
+            params["cursor"] = cursor
 
     async def presence_stats(self, channel: str) -> PresenceStats:
-        """How many connections and distinct users are subscribed to a channel."""
-        result = await self.call("presence", channel=channel)
+        """How many connections and distinct users are subscribed to a channel (counted
+        by the server: no list crosses the network)."""
+        result = await self.call("presence", channel=channel, count_only=True)
         clients = result.get("clients")
         if isinstance(clients, dict):
             users = {parse_client_info(info).user for info in clients.values()}

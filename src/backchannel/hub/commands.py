@@ -158,11 +158,13 @@ class Commands:
     async def _presence(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         channel: str = params["channel"]
         hub = self.hub
-        if hub.counts_only(channel):
+        if params.get("count_only") or hub.counts_only(channel):
             stats = await hub.presence_stats(channel, session=session)
             return {"count": stats.clients, "users": stats.users}
-        present = await hub.presence(channel, session=session)
-        return {"clients": {client: who.to_json() for client, who in present.items()}}
+        page = await hub.presence_page(
+            channel, cursor=params.get("cursor"), limit=params.get("limit"), session=session
+        )
+        return page.to_json()
 
     async def _history(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         history = await self.hub.history(

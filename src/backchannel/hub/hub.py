@@ -39,7 +39,14 @@ from ..exceptions import (
     TokenExpired,
 )
 from . import codes, wire
-from .brokers import Broker, HistoryOptions, HistoryResult, MemoryBroker, PublishResult
+from .brokers import (
+    Broker,
+    HistoryOptions,
+    HistoryResult,
+    MemoryBroker,
+    PresencePage,
+    PublishResult,
+)
 from .codes import Disconnect
 from .hooks import Connected, ConnectRequest, Hooks, Observers, RpcHandler
 from .latency import Histogram
@@ -592,13 +599,17 @@ class Hub:
         interval = self.options.presence_ttl / 3
         while True:
             await asyncio.sleep(interval)
+            # All of them at once: one round trip to the broker per period, however
+            # many entries this node has.
+            entries = [
+                (channel, session.who)
+                for channel, local in list(self.registry.channels.items())
+                for session, sub in list(local.items())
+                if sub.options.presence
+            ]
             try:
-                for channel, local in list(self.registry.channels.items()):
-                    for session, sub in list(local.items()):
-                        if sub.options.presence:
-                            await self.broker.add_presence(
-                                channel, session.who, self.options.presence_ttl
-                            )
+                if entries:
+                    await self.broker.refresh_presence(entries, self.options.presence_ttl)
             except BrokerUnavailable as exc:
                 logger.warning("presence not refreshed: %s", exc)
 
@@ -726,6 +737,26 @@ class Hub:
         """Who is subscribed to a channel with presence, on every node."""
         self._readable(channel, "presence", session)
         return await self.broker.presence(channel)
+
+    async def presence_page(
+        self,
+        channel: str,
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+        session: Session | None = None,
+    ) -> PresencePage:
+        """A page of who is subscribed to a channel with presence, on every node: at
+        most ``limit`` clients (``presence_page_size`` when None; 1 to
+        ``presence_page_max``) after ``cursor``, in client id order; the page's
+        ``next_cursor`` asks for the next one."""
+        self._readable(channel, "presence", session)
+        most = self.options.presence_page_max
+        if limit is None:
+            limit = max(1, min(self.options.presence_page_size, most))
+        elif not 1 <= limit <= most:
+            raise CommandError(codes.BAD_REQUEST.with_message(f"limit: 1 to {most}"))
+        return await self.broker.presence_page(channel, cursor=cursor, limit=limit)
 
     async def presence_stats(
         self, channel: str, *, session: Session | None = None

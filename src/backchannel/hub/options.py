@@ -92,6 +92,11 @@ class HubOptions:
     #: Seconds a presence entry lives unless refreshed; the hub refreshes its own every
     #: third of it, so a dead node's clients disappear after at most this long.
     presence_ttl: float = 60.0
+    #: Clients in a page of presence when the command or API call names no ``limit``,
+    #: and the most it may name: a channel with tens of thousands of clients is read a
+    #: bounded page at a time (the answer's ``next_cursor`` asks for the next).
+    presence_page_size: int = 1000
+    presence_page_max: int = 5000
     #: Seconds an idempotency key is remembered.
     idempotency_window: float = 120.0
     #: Longest channel name: names are keys in every map and in the broker.

@@ -67,7 +67,12 @@ METHODS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     },
     "unsubscribe": {"channel": (str, True)},
     "publish": {"channel": (str, True), "data": (object, True), "idempotency_key": (str, False)},
-    "presence": {"channel": (str, True)},
+    "presence": {
+        "channel": (str, True),
+        "limit": (int, False),
+        "cursor": (str, False),
+        "count_only": (bool, False),
+    },
     "history": {
         "channel": (str, True),
         "epoch": (str, False),

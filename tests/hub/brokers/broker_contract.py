@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backchannel.hub.brokers import Broker, HistoryOptions
+from backchannel.hub.brokers import Broker, HistoryOptions, PresencePage
 from backchannel.hub.wire import ClientInfo, Position, Publication
 
 __all__ = ["BrokerContract", "Clock", "ManualClock", "Recorder"]
@@ -497,6 +497,50 @@ class BrokerContract:
         clock.advance(1.5)
         assert await broker.presence("room") == {}
         assert await broker.presence_count("room") == (0, 0)
+
+    async def test_refresh_presence_extends_every_entry_at_once(
+        self, broker: Broker, clock: Clock
+    ) -> None:
+        await broker.add_presence("room", ALICE, ttl=2.0)
+        await broker.add_presence("hall", BOB, ttl=2.0)
+        clock.advance(1.5)
+        # ALICE_TOO is new: a refresh also records an entry that was not there.
+        await broker.refresh_presence(
+            [("room", ALICE), ("room", ALICE_TOO), ("hall", BOB)], ttl=2.0
+        )
+        clock.advance(1.5)
+        assert await broker.presence("room") == {"c1": ALICE, "c2": ALICE_TOO}
+        assert await broker.presence("hall") == {"c3": BOB}
+        await broker.refresh_presence([], ttl=2.0)
+        clock.advance(1.0)
+        assert await broker.presence("room") == {}
+
+    async def test_presence_pages_cover_every_client_once_in_id_order(
+        self, broker: Broker, clock: Clock
+    ) -> None:
+        clients = [ClientInfo(f"c{i:03}", f"u{i % 7}") for i in range(25)]
+        await broker.refresh_presence([("room", who) for who in clients], ttl=2.0)
+        page = await broker.presence_page("room", limit=10)
+        seen = [page]
+        while page.next_cursor is not None and len(seen) < 10:
+            page = await broker.presence_page("room", cursor=page.next_cursor, limit=10)
+            seen.append(page)
+        assert [len(p.clients) for p in seen] == [10, 10, 5]
+        walked = [client for p in seen for client in p.clients]
+        assert walked == sorted(who.client for who in clients)
+        assert seen[2].clients["c024"] == clients[24]
+        assert await broker.presence_count("room") == (25, 7)
+        # A page ending exactly at the last client says there is no more.
+        exact = await broker.presence_page("room", cursor="c014", limit=10)
+        assert list(exact.clients) == [f"c{i:03}" for i in range(15, 25)]
+        assert exact.next_cursor is None
+        # Removed and expired clients are not in any page.
+        await broker.remove_presence("room", "c000")
+        await broker.add_presence("room", BOB, ttl=10.0)
+        clock.advance(3.0)
+        assert await broker.presence_page("room", limit=10) == PresencePage({"c3": BOB})
+        assert await broker.presence_count("room") == (1, 1)
+        assert await broker.presence_page("elsewhere", cursor="x", limit=5) == PresencePage({})
 
     # Occupancy.
 

@@ -8,7 +8,14 @@ Every broker passes one contract suite (``tests/hub/brokers/broker_contract.py``
 
 from __future__ import annotations
 
-from .base import Broker, BrokerHandler, HistoryOptions, HistoryResult, PublishResult
+from .base import (
+    Broker,
+    BrokerHandler,
+    HistoryOptions,
+    HistoryResult,
+    PresencePage,
+    PublishResult,
+)
 from .memory import MemoryBroker
 
 __all__ = [
@@ -17,5 +24,6 @@ __all__ = [
     "HistoryOptions",
     "HistoryResult",
     "MemoryBroker",
+    "PresencePage",
     "PublishResult",
 ]

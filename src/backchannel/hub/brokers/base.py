@@ -13,6 +13,7 @@ the Redis broker is its own module. Every broker passes one contract suite
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -26,8 +27,10 @@ __all__ = [
     "BrokerHandler",
     "HistoryOptions",
     "HistoryResult",
+    "PresencePage",
     "PublishResult",
     "select_history",
+    "select_presence",
 ]
 
 
@@ -78,6 +81,40 @@ class HistoryResult:
             "offset": self.position.offset,
             "recovered": self.recovered,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PresencePage:
+    """A page of a channel's presence: the clients whose ids come after the cursor it
+    was asked with, in code point order of the client id (the order of their UTF-8
+    bytes, as Redis sorts them), at most the limit. ``next_cursor`` asks for the next
+    page; None when this one ends the channel.
+
+    The cursor is the last client id of the page, so pages cover every client present
+    for the whole walk exactly once, whoever joins or leaves meanwhile (a client that
+    joins behind the cursor is not in this walk)."""
+
+    clients: dict[str, ClientInfo]
+    next_cursor: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The result of a presence command (docs/protocol.md, "presence")."""
+        out: dict[str, Any] = {
+            "clients": {client: who.to_json() for client, who in self.clients.items()}
+        }
+        if self.next_cursor is not None:
+            out["next_cursor"] = self.next_cursor
+        return out
+
+
+def select_presence(present: dict[str, ClientInfo], cursor: str | None, limit: int) -> PresencePage:
+    """What :meth:`Broker.presence_page` answers from a channel's whole presence, for a
+    broker that holds it in memory."""
+    ids = sorted(present)
+    start = 0 if cursor is None else bisect_right(ids, cursor)
+    page = ids[start : start + limit]
+    more = start + limit < len(ids)
+    return PresencePage({c: present[c] for c in page}, page[-1] if more and page else None)
 
 
 class BrokerHandler(Protocol):
@@ -171,11 +208,22 @@ class Broker(Protocol):
         """Record (or refresh) ``who`` in the channel; it expires after ``ttl`` seconds
         unless added again."""
 
+    async def refresh_presence(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        """:meth:`add_presence` for every ``(channel, who)`` in ``entries`` (a node's
+        periodic refresh of all its entries): in one round trip to a backing store,
+        not one per entry."""
+
     async def remove_presence(self, channel: str, client: str) -> None:
         """Remove one client from the channel's presence."""
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         """Who is in the channel, by client id (expired entries left out)."""
+
+    async def presence_page(
+        self, channel: str, *, cursor: str | None = None, limit: int
+    ) -> PresencePage:
+        """At most ``limit`` (1 or more) clients of the channel, those after ``cursor``
+        (None: from the start) in client id order (see :class:`PresencePage`)."""
 
     async def presence_count(self, channel: str) -> tuple[int, int]:
         """How many clients and how many distinct users are in the channel."""

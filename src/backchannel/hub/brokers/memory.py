@@ -10,11 +10,19 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..wire import ClientInfo, Position, Publication
-from .base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult, select_history
+from .base import (
+    BrokerHandler,
+    HistoryOptions,
+    HistoryResult,
+    PresencePage,
+    PublishResult,
+    select_history,
+    select_presence,
+)
 from .calls import BrokerCalls
 
 __all__ = ["MemoryBroker"]
@@ -197,6 +205,10 @@ class MemoryBroker:
         self._maybe_sweep(now)
         self._presence.setdefault(channel, {})[who.client] = (now + ttl, who)
 
+    async def refresh_presence(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        for channel, who in entries:
+            await self.add_presence(channel, who, ttl)
+
     async def remove_presence(self, channel: str, client: str) -> None:
         clients = self._presence.get(channel)
         if clients is not None:
@@ -206,6 +218,11 @@ class MemoryBroker:
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return {client: who for client, (_, who) in self._live_presence(channel).items()}
+
+    async def presence_page(
+        self, channel: str, *, cursor: str | None = None, limit: int
+    ) -> PresencePage:
+        return select_presence(await self.presence(channel), cursor, limit)
 
     async def presence_count(self, channel: str) -> tuple[int, int]:
         clients = self._live_presence(channel)

@@ -20,6 +20,7 @@ def names_of(keys: Keys, channel: str) -> list[str]:
         keys.channel(channel),
         keys.presence(channel),
         keys.presence_info(channel),
+        keys.presence_order(channel),
         keys.occupancy(channel),
     ]
 

@@ -31,14 +31,14 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from ....exceptions import BrokerUnavailable
 from ...wire import ClientInfo, Position, Publication
-from ..base import BrokerHandler, HistoryOptions, HistoryResult, PublishResult
+from ..base import BrokerHandler, HistoryOptions, HistoryResult, PresencePage, PublishResult
 from ..calls import BrokerCalls
 from .codec import client_info, dumps, publication, text
 from .errors import DOWN, reachable
@@ -107,7 +107,9 @@ class RedisBroker:
             empty_stream_ttl=self.EMPTY_STREAM_TTL,
             sharded=self._topology.sharded,
         )
-        self._presence = RedisPresence(self._redis, self._keys, self._now_ms, self.calls)
+        self._presence = RedisPresence(
+            self._redis, self._keys, self._now_ms, self.calls, sharded=self._topology.sharded
+        )
         #: This node, for long-poll sessions: unique per process.
         self.node = secrets.token_hex(8)
         #: ``owner_check``: seconds between checks, while a long-poll request relayed to
@@ -273,11 +275,19 @@ class RedisBroker:
     async def add_presence(self, channel: str, who: ClientInfo, ttl: float) -> None:
         await self._presence.add(channel, who, ttl)
 
+    async def refresh_presence(self, entries: Sequence[tuple[str, ClientInfo]], ttl: float) -> None:
+        await self._presence.refresh(entries, ttl)
+
     async def remove_presence(self, channel: str, client: str) -> None:
         await self._presence.remove(channel, client)
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return await self._presence.members(channel)
+
+    async def presence_page(
+        self, channel: str, *, cursor: str | None = None, limit: int
+    ) -> PresencePage:
+        return await self._presence.page(channel, cursor, limit)
 
     async def presence_count(self, channel: str) -> tuple[int, int]:
         return await self._presence.count(channel)

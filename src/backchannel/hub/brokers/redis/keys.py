@@ -11,6 +11,7 @@ Each module documents the keys it owns; this is the index:
 ``{prefix}:ctl``                       commands for every node (:mod:`.broker`)
 ``{prefix}:p:{{channel}}``             presence expiries (:mod:`.presence`)
 ``{prefix}:q:{{channel}}``             presence details (:mod:`.presence`)
+``{prefix}:m:{{channel}}``             presence page order (:mod:`.presence`)
 ``{prefix}:o:{{channel}}``             nodes holding the channel (:mod:`.occupancy`)
 ``{prefix}:lp:{sid}``                  the node holding a long-poll session (:mod:`.relay`)
 ``{prefix}:alive:{node}``              a node is up (:mod:`.relay`)
@@ -95,6 +96,9 @@ class Keys:
 
     def presence_info(self, channel: str) -> str:
         return self._tagged("q", channel)
+
+    def presence_order(self, channel: str) -> str:
+        return self._tagged("m", channel)
 
     def occupancy(self, channel: str) -> str:
         return self._tagged("o", channel)
