@@ -1129,6 +1129,45 @@ def test_deflate_message_in_many_fragments_decodes_identically(
     assert events == [expected, expected]
 
 
+@pytest.mark.parametrize("size", [0, 125, 16383, 16384, 65535, 65536, 2**20])
+@pytest.mark.parametrize("text", [False, True])
+def test_send_message_parts_joined_equal_the_whole_frame(size: int, text: bool) -> None:
+    server = Connection(SERVER)
+    data: str | bytes = "a" * size if text else bytes(size)
+    whole = server.send_text(data) if isinstance(data, str) else server.send_binary(data)
+    parts = server.send_message_parts(data)
+    assert b"".join(parts) == whole
+    if size >= 16384:
+        # The payload is a piece of its own; a binary one is the caller's object itself.
+        assert len(parts) == 2 and len(parts[1]) == size
+        if not text:
+            assert parts[1] is data
+    else:
+        assert len(parts) == 1
+
+
+def test_send_message_parts_of_a_client_or_a_compressed_message_is_one_frame() -> None:
+    data = bytes(range(256)) * 256
+    client = Connection(CLIENT)
+    (frame,) = client.send_message_parts(data)
+    assert frame[1] == 0x80 | 127  # masked, 64-bit length
+    pair = deflate_pair()
+    (frame,) = pair.server.send_message_parts(data)
+    assert frame[0] & 0x40  # RSV1: compressed
+    assert pair.client.receive_data(frame) == [BinaryMessage(data)]
+
+
+def test_send_message_parts_checks_the_state() -> None:
+    server = Connection(SERVER)
+    server.send_binary(b"first", fin=False)
+    with pytest.raises(InvalidState):
+        server.send_message_parts(bytes(20_000))
+    server = Connection(SERVER)
+    server.send_close()
+    with pytest.raises(InvalidState):
+        server.send_message_parts(bytes(20_000))
+
+
 def test_deflate_invalid_utf8_in_compressed_text_is_1007() -> None:
     payload = PerMessageDeflate(DEFLATE_PARAMS, is_client=True).compress(b"abc\xff" * 100)
     server = Connection(SERVER, deflate=PerMessageDeflate(DEFLATE_PARAMS, is_client=False))
