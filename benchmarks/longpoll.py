@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from backchannel.asyncio import serve
+from backchannel.cli.serve import freeze_startup_objects
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.transports.longpoll import LongPoll
@@ -129,22 +130,34 @@ class GcClock:
     def __init__(self) -> None:
         self.total_ns = 0
         self.full = 0
-        #: The longest pause since the last publish command.
+        #: The longest pause since the last publish command, in wall-clock time and in
+        #: this thread's CPU time (which other processes on a busy machine do not inflate).
         self.longest_ns = 0
+        self.longest_cpu_ns = 0
         self._start = 0
+        self._start_cpu = 0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.perf_counter_ns()
+            self._start_cpu = time.thread_time_ns()
             return
         pause = time.perf_counter_ns() - self._start
         self.total_ns += pause
         self.longest_ns = max(self.longest_ns, pause)
+        self.longest_cpu_ns = max(self.longest_cpu_ns, time.thread_time_ns() - self._start_cpu)
         if info["generation"] == 2:
             self.full += 1
 
     def fields(self) -> dict[str, int]:
-        return {"gc_ns": self.total_ns, "gc_full": self.full, "gc_longest_ns": self.longest_ns}
+        return {
+            "gc_ns": self.total_ns,
+            "gc_full": self.full,
+            "gc_longest_ns": self.longest_ns,
+            "gc_longest_cpu_ns": self.longest_cpu_ns,
+            # What a full collection walks (frozen objects are left out).
+            "gc_tracked": len(gc.get_objects()),
+        }
 
 
 async def server_main(args: argparse.Namespace) -> None:
@@ -176,6 +189,9 @@ async def server_main(args: argparse.Namespace) -> None:
             ping_interval=None,
         ) as server,
     ):
+        if not args.no_freeze:
+            # What `backchannel serve` does once it listens.
+            freeze_startup_objects()
         emit(event="ready", port=server.port, loop=loop_name(), speedups=speedups.ACTIVE)
         while True:
             try:
@@ -201,6 +217,7 @@ async def server_main(args: argparse.Namespace) -> None:
             elif name == "publish":
                 i = command["i"]
                 gc_clock.longest_ns = 0
+                gc_clock.longest_cpu_ns = 0
                 # time.monotonic is CLOCK_MONOTONIC on Linux: one clock for every process,
                 # so the generator can subtract this from its own stamps.
                 start = time.monotonic_ns()
@@ -491,6 +508,9 @@ class Result:
     gc_ms: list[float] = field(default_factory=list)
     gc_full: list[int] = field(default_factory=list)
     gc_longest_ms: list[float] = field(default_factory=list)
+    gc_longest_cpu_ms: list[float] = field(default_factory=list)
+    #: Objects the server's collector tracks after each cycle.
+    gc_tracked: list[int] = field(default_factory=list)
     #: CPU used by other processes, % of one core, over the idle window and over the
     #: publications: the server and the generator must have their CPUs to themselves.
     other_load_idle_pct: float = 0.0
@@ -542,6 +562,8 @@ class ServerProcess(Child):
         ]
         if cpu is not None:
             argv += ["--cpu", str(cpu)]
+        if args.no_freeze:
+            argv.append("--no-freeze")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -744,6 +766,8 @@ async def run_transport(kind: str, args: argparse.Namespace, cpu: int | None) ->
             result.gc_ms.append((status["gc_ns"] - before["gc_ns"]) / 1e6)
             result.gc_full.append(status["gc_full"] - before["gc_full"])
             result.gc_longest_ms.append(status["gc_longest_ns"] / 1e6)
+            result.gc_longest_cpu_ms.append(status["gc_longest_cpu_ns"] / 1e6)
+            result.gc_tracked.append(status["gc_tracked"])
             before = status
         result.other_load_publications_pct = start_publications.others_pct(Clocks.read(server))
         result.rss_end_kib = server.rss()
@@ -821,7 +845,9 @@ def gc_lines(results: Sequence[Result]) -> list[str]:
             where = f" (publications {', '.join(map(str, slow))})" if slow else ""
         out.append(
             f"Server GC, {label(r)}: {sum(r.gc_full)} full collection(s) in {r.publications} "
-            f"cycles{where}, longest pause {max(r.gc_longest_ms):.1f} ms, "
+            f"cycles{where}, longest pause {max(r.gc_longest_ms):.1f} ms "
+            f"({max(r.gc_longest_cpu_ms):.1f} ms of CPU), "
+            f"{max(r.gc_tracked)} objects tracked, "
             f"{sum(r.gc_ms):.0f} ms in all "
             f"({100 * sum(r.gc_ms) / 1e3 / max(r.cycle_server_cpu_s, 1e-9):.0f}% of the "
             "cycles' server CPU)"
@@ -918,6 +944,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per phase (60)")
     parser.add_argument("--no-websocket", action="store_true", help="long polling only")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="leave start-up objects to the collector (backchannel serve freezes them)",
+    )
     # Internal: the server process.
     parser.add_argument("--role", choices=("driver", "server"), default="driver")
     parser.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)

@@ -44,6 +44,21 @@ async def test_messages_both_types_and_fragmented() -> None:
                 await ws.send(42)  # type: ignore[arg-type]
 
 
+async def test_large_messages_written_apart_from_their_header_arrive_whole() -> None:
+    """A server's large uncompressed messages go out as a header and the payload in one
+    vectored write; back to back (the echoes are held and written together), with text
+    and binary mixed and a small message between, each arrives whole and in order."""
+    big = bytes(range(256)) * 4096
+    messages: list[str | bytes] = [big, "é" * 50_000, b"small", bytearray(big[:70_000]), big]
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        async with connect(f"ws://127.0.0.1:{server.port}/", compression=None) as ws:
+            for message in messages:
+                await ws.send(message)
+            for message in messages:
+                expected = bytes(message) if isinstance(message, bytearray) else message
+                assert await ws.recv() == expected
+
+
 async def test_ping_resolves_with_round_trip_time() -> None:
     async with serve(echo, "127.0.0.1", 0) as server:
         async with connect(f"ws://127.0.0.1:{server.port}/") as ws:

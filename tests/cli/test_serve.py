@@ -202,3 +202,17 @@ async def test_log_flags_override_the_config_and_the_access_log_prints(tmp_path:
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     [access] = [r for r in records if r["logger"] == "backchannel.access" and "path" in r]
     assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)
+
+
+def test_serve_freezes_its_start_up_objects_out_of_the_collectors_way() -> None:
+    """Once listening, the objects made while starting are frozen (gc.freeze), so a full
+    collection with many held connections no longer walks them; the debug log says how
+    many."""
+    with serving("--log-level", "debug", env=clean_env()) as process:
+        banner_of(process, 3)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    match = re.search(r"froze (\d+) start-up objects", stderr)
+    assert match, stderr[-2000:]
+    # The modules, classes and functions of the hub and its dependencies.
+    assert int(match.group(1)) > 10_000

@@ -1094,6 +1094,80 @@ def test_deflate_compressed_message_received_in_fragments() -> None:
     assert events == [Ping(b"mid")] * 3 + [TextMessage(text)]
 
 
+_WORDS = ["fragment", "é", "ü", "😀", "inflate", " ", "\n", "0123456789", "文字"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    words=st.lists(st.sampled_from(_WORDS), min_size=1, max_size=3000),
+    binary=st.booleans(),
+    fragment=st.integers(1, 300),
+    read=st.integers(1, 5000),
+    bits=st.integers(8, 15),
+)
+def test_deflate_message_in_many_fragments_decodes_identically(
+    words: list[str], binary: bool, fragment: int, read: int, bits: int
+) -> None:
+    """A compressed message cut into many small fragments (as Autobahn 12.x and 13.x send
+    them, 256 bytes each), received in reads of any size, decodes to what was sent, twice
+    in a row so the second inflates with the first's window."""
+    params = DeflateParams(False, False, bits, bits)
+    sender = PerMessageDeflate(params, is_client=True)
+    server = Connection(SERVER, deflate=PerMessageDeflate(params, is_client=False))
+    data = "".join(words).encode()
+    expected = BinaryMessage(data) if binary else TextMessage(data.decode())
+    stream = b""
+    for _ in range(2):
+        payload = sender.compress(data)
+        pieces = [payload[i : i + fragment] for i in range(0, len(payload), fragment)]
+        stream += to_server(BINARY if binary else TEXT, pieces[0], fin=len(pieces) == 1, rsv1=True)
+        for i, piece in enumerate(pieces[1:], start=2):
+            stream += to_server(CONT, piece, fin=i == len(pieces))
+    events: list[Event] = []
+    for i in range(0, len(stream), read):
+        events += server.receive_data(stream[i : i + read])
+    assert events == [expected, expected]
+
+
+@pytest.mark.parametrize("size", [0, 125, 16383, 16384, 65535, 65536, 2**20])
+@pytest.mark.parametrize("text", [False, True])
+def test_send_message_parts_joined_equal_the_whole_frame(size: int, text: bool) -> None:
+    server = Connection(SERVER)
+    data: str | bytes = "a" * size if text else bytes(size)
+    whole = server.send_text(data) if isinstance(data, str) else server.send_binary(data)
+    parts = server.send_message_parts(data)
+    assert b"".join(parts) == whole
+    if size >= 16384:
+        # The payload is a piece of its own; a binary one is the caller's object itself.
+        assert len(parts) == 2 and len(parts[1]) == size
+        if not text:
+            assert parts[1] is data
+    else:
+        assert len(parts) == 1
+
+
+def test_send_message_parts_of_a_client_or_a_compressed_message_is_one_frame() -> None:
+    data = bytes(range(256)) * 256
+    client = Connection(CLIENT)
+    (frame,) = client.send_message_parts(data)
+    assert frame[1] == 0x80 | 127  # masked, 64-bit length
+    pair = deflate_pair()
+    (frame,) = pair.server.send_message_parts(data)
+    assert frame[0] & 0x40  # RSV1: compressed
+    assert pair.client.receive_data(frame) == [BinaryMessage(data)]
+
+
+def test_send_message_parts_checks_the_state() -> None:
+    server = Connection(SERVER)
+    server.send_binary(b"first", fin=False)
+    with pytest.raises(InvalidState):
+        server.send_message_parts(bytes(20_000))
+    server = Connection(SERVER)
+    server.send_close()
+    with pytest.raises(InvalidState):
+        server.send_message_parts(bytes(20_000))
+
+
 def test_deflate_invalid_utf8_in_compressed_text_is_1007() -> None:
     payload = PerMessageDeflate(DEFLATE_PARAMS, is_client=True).compress(b"abc\xff" * 100)
     server = Connection(SERVER, deflate=PerMessageDeflate(DEFLATE_PARAMS, is_client=False))

@@ -159,6 +159,23 @@ def test_window_8_uses_only_runs() -> None:
     assert len(server.compress(pattern)) < len(pattern) // 4
 
 
+@pytest.mark.parametrize(
+    ("bits", "mem_level", "expected"),
+    [(15, 8, 8), (15, 9, 9), (12, 8, 8), (12, 9, 8), (10, 8, 6), (9, 8, 5), (8, 8, 5), (9, 3, 3)],
+)
+def test_hash_table_is_sized_to_a_small_window(bits: int, mem_level: int, expected: int) -> None:
+    """Under a small agreed window the deflater's hash table (2 ** (mem_level + 7)
+    entries, rescanned each time the window slides) is at most 8 windows: the output is
+    byte for byte what zlib makes at the smaller memory level."""
+    message = TEXT + NOISE + TEXT
+    params = DeflateParams(True, True, bits, bits)
+    sender = PerMessageDeflate(params, is_client=False, compress_level=1, mem_level=mem_level)
+    strategy = zlib.Z_RLE if bits == 8 else zlib.Z_DEFAULT_STRATEGY
+    reference = zlib.compressobj(1, zlib.DEFLATED, -max(bits, 9), expected, strategy)
+    wanted = reference.compress(message) + reference.flush(zlib.Z_SYNC_FLUSH)
+    assert sender.compress(message) + TAIL == wanted
+
+
 def test_context_takeover_shrinks_a_repeated_message() -> None:
     server, client = pair(DEFAULT_PARAMS)
     first = server.compress(NOISE)

@@ -51,6 +51,9 @@ WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 
 _TEXT = TextMessage
+# Messages from this size on are framed by send_message_parts, which hands back a large
+# payload apart from its header for one vectored write instead of a copy behind it.
+_VECTOR_FROM = 16384
 _BINARY = BinaryMessage
 _PONG = Pong
 _OK_CODES = frozenset({1000, 1001, 1005})
@@ -132,7 +135,7 @@ class Connection(asyncio.Protocol):
         self._lingering = False
         self._send_lock: asyncio.Lock | None = None
         # Frames held back to be written together (see _write), and their size.
-        self._pending: list[bytes] | None = None
+        self._pending: list[bytes | bytearray | memoryview] | None = None
         self._pending_size = 0
         self._lost_exc: BaseException | None = None
 
@@ -290,10 +293,18 @@ class Connection(asyncio.Protocol):
 
     def _send_whole(self, message: str | bytes | bytearray | memoryview) -> None:
         proto = self._open_protocol()
-        if isinstance(message, str):
-            self._write(proto.send_text(message))
+        if len(message) < _VECTOR_FROM:
+            if isinstance(message, str):
+                self._write(proto.send_text(message))
+            else:
+                self._write(proto.send_binary(message))
+            return
+        parts = proto.send_message_parts(message)
+        first = parts[0]
+        if len(parts) == 1 and isinstance(first, bytes):
+            self._write(first)
         else:
-            self._write(proto.send_binary(message))
+            self._write_parts(parts)
 
     async def _send_fragments(self, fragments: AsyncIterator[Data]) -> None:
         try:
@@ -421,6 +432,29 @@ class Connection(asyncio.Protocol):
             self._loop.call_soon(self._flush)
             return
         transport.write(data)
+
+    def _write_parts(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        """Write a frame in pieces (a header and a large payload) in one vectored write,
+        with no copy of the payload into one buffer first."""
+        if self._lingering:
+            return
+        pending = self._pending
+        if pending is not None:
+            pending.extend(parts)
+            self._pending_size += sum(len(part) for part in parts)
+            if not self._messages or self._pending_size >= self._write_limit[0]:
+                self._flush()
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._messages:
+            # Held back with what follows, as in _write.
+            self._pending = list(parts)
+            self._pending_size = sum(len(part) for part in parts)
+            self._loop.call_soon(self._flush)
+            return
+        transport.writelines(parts)
 
     def _flush(self) -> None:
         """Write the frames held back by :meth:`_write`."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import logging
 import os
 import secrets
 import select
@@ -22,6 +24,21 @@ from .checks import check_host, check_loop, tls_context
 from .demo import keep_credentials
 from .errors import fail, listen_error
 from .runner import until_signal
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_startup_objects() -> int:
+    """Move every object alive now out of the garbage collector's reach; return how many.
+
+    What ``serve`` made while starting (modules, classes, functions, the app, its config
+    and routes) lives as long as the process, yet each full collection walks it again:
+    with 5 000 held long polls a full pass paused the event loop for 274 ms (issue 16).
+    Frozen objects are never collected, so start-up garbage is collected first.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def check_serve(args: argparse.Namespace, config: Config) -> None:
@@ -66,6 +83,8 @@ async def run_serve(
     logs.configure(config.log.level, config.log.format)
     app = App(config)
     async with app.run(reuse_port=worker) as server:
+        frozen = freeze_startup_objects()
+        logger.debug("froze %d start-up objects out of the garbage collector's way", frozen)
         lines = [*app.banner(server, workers=workers), *notes]
         if ready_fd is not None:
             # The parent of --workers prints the banner, once, when every worker listens.

@@ -46,7 +46,16 @@ from ..exceptions import (
 )
 from .deflate import PerMessageDeflate
 from .events import BinaryMessage, CloseReceived, Event, Ping, Pong, TextMessage
-from .frames import CloseCode, Opcode, apply_mask, encode_close, encode_frame, new_mask, parse_close
+from .frames import (
+    CloseCode,
+    Opcode,
+    apply_mask,
+    encode_close,
+    encode_frame,
+    encode_header,
+    new_mask,
+    parse_close,
+)
 from .limits import Limits
 from .speedups import compiled
 from .utf8 import TextValidator, Utf8Validator
@@ -98,6 +107,9 @@ _PONG = Opcode.PONG.value
 _DATA_OPCODES = frozenset({_CONTINUATION, _TEXT, _BINARY})
 _CONTROL_OPCODES = frozenset({_CLOSE, _PING, _PONG})
 _NO_LIMIT = 2**63
+# Outgoing payloads from this size on are returned apart from their header by
+# send_message_parts: copying them behind the header costs more than a second buffer.
+_VECTOR_FROM = 16384
 # Received chunks shorter than this are merged into one buffer rather than kept apart.
 _MERGE_BELOW = 4096
 # The accelerator's decoder for runs of simple data frames, or None (see _parse).
@@ -330,6 +342,31 @@ class Connection:
     ) -> bytes:
         """A binary message, or the first fragment of one when ``fin`` is false."""
         return self._send_data(_BINARY, data, fin, compress)
+
+    def send_message_parts(
+        self, data: str | bytes | bytearray | memoryview
+    ) -> list[bytes | bytearray | memoryview]:
+        """A whole message as :meth:`send_text` (for ``str``) or :meth:`send_binary` make
+        it, in pieces to write in order (e.g. with ``transport.writelines``). A server's
+        large uncompressed payload is one of the pieces as it was given, not copied behind
+        its header; the caller must not change it until it is written."""
+        if isinstance(data, str):
+            opcode = _TEXT
+            payload: bytes | bytearray | memoryview = data.encode()
+        else:
+            opcode = _BINARY
+            payload = data
+        size = len(payload)
+        if (
+            self._client
+            or size < _VECTOR_FROM
+            or (self.deflate is not None and size >= self.compress_threshold)
+        ):
+            return [self._send_data(opcode, payload, True, None)]
+        self._check_open()
+        if self._send_opcode:
+            raise InvalidState("a fragmented message is in progress")
+        return [encode_header(opcode, size), payload]
 
     def send_continuation(self, data: str | bytes | bytearray | memoryview, *, fin: bool) -> bytes:
         """The next fragment of the message started by ``send_text`` / ``send_binary``."""

@@ -476,6 +476,19 @@ def accept_client(value: str, offers: Sequence[DeflateOffer]) -> DeflateParams:
 # The codec (RFC 7692 §7.2)
 
 
+def _mem_level_for(window_bits: int, mem_level: int) -> int:
+    """The memory level to compress with under a ``window_bits`` window.
+
+    zlib's hash table has ``2 ** (mem_level + 7)`` entries and is rescanned every time the
+    window slides, which happens every ``2 ** window_bits`` input bytes: with a small
+    agreed window (RFC 7692 §7.1.2.1 lets the peer ask for as little as 256 bytes) and the
+    default level 8, a 128 KiB message slides 256 times over a 32 768-entry table, and
+    compressing it took twice as long as with a table of 8 times the window. A table no
+    bigger than that costs next to nothing in ratio, since it only indexes the window.
+    """
+    return max(1, min(mem_level, window_bits - 4))
+
+
 class PerMessageDeflate:
     """Compression state of one connection (one side).
 
@@ -523,10 +536,15 @@ class PerMessageDeflate:
             # refers further back than 256 bytes and stays valid for a peer that inflates
             # with the 8-bit window we agreed to (§7.1.2.1 / §7.1.2.2).
             return zlib.compressobj(
-                self._compress_level, zlib.DEFLATED, -9, self._mem_level, zlib.Z_RLE
+                self._compress_level,
+                zlib.DEFLATED,
+                -9,
+                _mem_level_for(9, self._mem_level),
+                zlib.Z_RLE,
             )
+        bits = self._own_bits
         return zlib.compressobj(
-            self._compress_level, zlib.DEFLATED, -self._own_bits, self._mem_level
+            self._compress_level, zlib.DEFLATED, -bits, _mem_level_for(bits, self._mem_level)
         )
 
     def _new_inflater(self) -> zlib._Decompress:

@@ -22,6 +22,7 @@ __all__ = [
     "encode_close",
     "encode_frame",
     "encode_frame_py",
+    "encode_header",
     "new_mask",
     "parse_close",
 ]
@@ -106,6 +107,17 @@ def encode_frame_py(
     if mask is None:
         return header + payload
     return header + mask + apply_mask_py(payload, mask)
+
+
+def encode_header(opcode: int, length: int, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """The header of an unmasked (server) frame of ``length`` payload bytes, for writing
+    the payload after it as it is, without copying it into one buffer."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _PACK_16(first, 126, length)
+    return _PACK_64(first, 127, length)
 
 
 # The compiled twins, when the accelerator is in use (see .speedups).
