@@ -1,0 +1,385 @@
+// The load generator of benchmarks/hub.py: one node process (pinned by the driver to its
+// own CPU) whose clients speak either backchannel's hub wire or socket.io's (engine.io v4
+// over a plain WebSocket), both on the `ws` library with compression off.
+//
+//   node hub_loadgen.mjs '{"proto": "backchannel"|"socketio", "port": P, "pid": SERVER_PID,
+//                          "workload": "fanout"|"chat"|"storm", ...}'
+//
+// It prints one JSON object per line: results, then {"done": true}; or {"error": "..."}
+// and exits with status 1. Why not socket.io-client: it parses every packet into objects
+// and keeps per-socket timers and buffers; speaking the same wire over `ws` costs the
+// generator less per delivery and per client, so the server stays the limit. Received
+// publications are not parsed as JSON on the hot path: the generator only reads the
+// numbers it stamped ("i" and "t") out of the text, after checking the first one whole.
+import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
+import WebSocket from "ws";
+
+const cfg = JSON.parse(process.argv[2]);
+const HOST = "127.0.0.1";
+const OPEN_CONCURRENCY = cfg.concurrency ?? 100;
+const PAD = "x".repeat(32);
+const CLK_TCK = 100;
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+function fail(message) {
+  emit({ error: String(message) });
+  process.exit(1);
+}
+
+// --- /proc readings of the server, and our own CPU ----------------------------------------
+
+function serverCpu() {
+  const stat = readFileSync(`/proc/${cfg.pid}/stat`, "latin1");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // Fields 14 and 15 of proc(5) (utime, stime); fields[0] here is field 3.
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+function serverRssKiB() {
+  const status = readFileSync(`/proc/${cfg.pid}/status`, "latin1");
+  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+}
+
+function ownCpu() {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+class Clocks {
+  constructor() {
+    this.wall = performance.now();
+    this.server = serverCpu();
+    this.own = ownCpu();
+  }
+  // Shares of one core used by the server and by this process since construction.
+  shares() {
+    const wall = (performance.now() - this.wall) / 1000;
+    return {
+      seconds: wall,
+      server_cpu: (serverCpu() - this.server) / wall,
+      gen_cpu: (ownCpu() - this.own) / wall,
+    };
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// --- the two wires --------------------------------------------------------------------------
+
+// A publication as the publisher stamps it: "i" (which one), "t" (performance.now() at send).
+function payload(i) {
+  return { i, t: performance.now(), text: PAD };
+}
+
+// The number after `"key":` in a text, without parsing the whole of it.
+function numberAfter(text, key, from) {
+  const at = text.indexOf(key, from);
+  if (at < 0) return NaN;
+  return parseFloat(text.slice(at + key.length, at + key.length + 24));
+}
+
+let onPublication = (_i, _t, _now) => {};
+let firstChecked = false;
+let failed = null;
+
+function checkFirst(data) {
+  // The first publication received is parsed whole: the servers must send what was published.
+  if (firstChecked) return;
+  firstChecked = true;
+  const ok = typeof data === "object" && data !== null && typeof data.i === "number" && data.text === PAD;
+  if (!ok) fail(`unexpected publication data: ${JSON.stringify(data)}`);
+}
+
+class BackchannelClient {
+  constructor(room) {
+    this.room = `bench:${room}`;
+    this.nextId = 3;
+  }
+  open() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(`ws://${HOST}:${cfg.port}/ws`, { perMessageDeflate: false });
+      this.ws = ws;
+      let ready = false;
+      ws.on("open", () => {
+        ws.send(
+          JSON.stringify({ id: 1, method: "connect" }) +
+            "\n" +
+            JSON.stringify({ id: 2, method: "subscribe", params: { channel: this.room } }),
+        );
+      });
+      ws.on("message", (data) => {
+        const now = performance.now();
+        const text = data.toString();
+        if (!ready) {
+          for (const line of text.split("\n")) {
+            const msg = JSON.parse(line);
+            if (msg.error) return reject(new Error(`${this.room}: ${line}`));
+            if (msg.id === 2) {
+              ready = true;
+              resolve();
+            }
+          }
+          return;
+        }
+        // A frame holds one or more lines (the server's outbox joins what waits).
+        let start = 0;
+        while (start < text.length) {
+          let end = text.indexOf("\n", start);
+          if (end < 0) end = text.length;
+          if (text.startsWith('{"push":"publication"', start)) {
+            if (!firstChecked) checkFirst(JSON.parse(text.slice(start, end)).data);
+            onPublication(numberAfter(text, '"i":', start), numberAfter(text, '"t":', start), now);
+          } else if (text.includes('"error"', start)) {
+            failed ??= `${this.room}: ${text.slice(start, end)}`;
+          }
+          start = end + 1;
+        }
+      });
+      ws.on("error", (err) => (ready ? (failed ??= err.message) : reject(err)));
+      ws.on("close", (code, reason) => {
+        if (!closing) failed ??= `a connection closed: ${code} ${reason}`;
+      });
+    });
+  }
+  publish(data) {
+    this.ws.send(
+      JSON.stringify({ id: this.nextId++, method: "publish", params: { channel: this.room, data } }),
+    );
+  }
+}
+
+class SocketIoClient {
+  constructor(room) {
+    this.room = room;
+  }
+  open() {
+    return new Promise((resolve, reject) => {
+      const url = `ws://${HOST}:${cfg.port}/socket.io/?EIO=4&transport=websocket`;
+      const ws = new WebSocket(url, { perMessageDeflate: false });
+      this.ws = ws;
+      let ready = false;
+      ws.on("message", (data) => {
+        const now = performance.now();
+        const text = data.toString();
+        const kind = text.charCodeAt(0);
+        if (kind === 0x34 /* 4: message */) {
+          if (text.startsWith('42["pub",')) {
+            if (!firstChecked) checkFirst(JSON.parse(text.slice(2))[1]);
+            onPublication(numberAfter(text, '"i":', 8), numberAfter(text, '"t":', 8), now);
+          } else if (text.startsWith("40")) {
+            // Connected to the default namespace: join the room, with acknowledgement 0.
+            ws.send(`420${JSON.stringify(["join", this.room])}`);
+          } else if (text.startsWith("430")) {
+            ready = true;
+            resolve();
+          } else if (text.startsWith("44")) {
+            const err = new Error(`${this.room}: ${text}`);
+            ready ? (failed ??= err.message) : reject(err);
+          }
+        } else if (kind === 0x32 /* 2: ping */) {
+          ws.send("3");
+        } else if (kind === 0x30 /* 0: open */) {
+          ws.send("40");
+        }
+      });
+      ws.on("error", (err) => (ready ? (failed ??= err.message) : reject(err)));
+      ws.on("close", (code, reason) => {
+        if (!closing) failed ??= `a connection closed: ${code} ${reason}`;
+      });
+    });
+  }
+  publish(data) {
+    this.ws.send(`42${JSON.stringify(["publish", { room: this.room, data }])}`);
+  }
+}
+
+const Client = cfg.proto === "backchannel" ? BackchannelClient : SocketIoClient;
+let closing = false;
+
+// Open clients for the given rooms, OPEN_CONCURRENCY at a time; resolves with them all.
+async function openClients(rooms) {
+  const clients = new Array(rooms.length);
+  let next = 0;
+  async function worker() {
+    while (next < rooms.length) {
+      const k = next++;
+      const client = new Client(rooms[k]);
+      await client.open();
+      clients[k] = client;
+    }
+  }
+  const deadline = sleep(cfg.timeout * 1000).then(() => {
+    throw new Error(`only ${next} of ${rooms.length} clients opened within ${cfg.timeout} s`);
+  });
+  const workers = [];
+  for (let w = 0; w < Math.min(OPEN_CONCURRENCY, rooms.length); w++) workers.push(worker());
+  await Promise.race([Promise.all(workers), deadline]);
+  return clients;
+}
+
+function percentile(sorted, q) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(sorted.length * q) - 1)];
+}
+
+function check() {
+  if (failed) fail(failed);
+}
+
+// --- workloads ------------------------------------------------------------------------------
+
+// One publication at a time to every client of room "all", for each count in cfg.counts
+// (rising: the clients of a count stay for the next); the next goes once all have it.
+async function fanout() {
+  const clients = [];
+  let i = 0;
+  for (const n of cfg.counts) {
+    clients.push(...(await openClients(new Array(n - clients.length).fill("all"))));
+    await sleep(500);
+    check();
+    const times = [];
+    let clocks = null;
+    for (let k = 0; k < cfg.warmup + cfg.publications; k++) {
+      if (k === cfg.warmup) clocks = new Clocks();
+      const want = i;
+      let got = 0;
+      let last = 0;
+      const done = new Promise((resolve) => {
+        onPublication = (pi, _t, now) => {
+          if (pi !== want) return void (failed ??= `publication ${pi} arrived during ${want}`);
+          last = now;
+          if (++got === n) resolve();
+        };
+      });
+      const start = performance.now();
+      // A different publisher each time: no client's publish rate limit is approached.
+      clients[i % n].publish(payload(i));
+      i++;
+      const timer = sleep(cfg.timeout * 1000).then(() => "timeout");
+      if ((await Promise.race([done, timer])) === "timeout") {
+        fail(`fan-out to ${n}: publication received by ${got} within ${cfg.timeout} s`);
+      }
+      check();
+      if (k >= cfg.warmup) times.push(last - start);
+    }
+    const shares = clocks.shares();
+    times.sort((a, b) => a - b);
+    const median = percentile(times, 0.5);
+    emit({
+      workload: "fanout",
+      subscribers: n,
+      publications: times.length,
+      median_ms: median,
+      max_ms: times[times.length - 1],
+      deliveries_per_s: n / (median / 1000),
+      ...shares,
+    });
+  }
+  onPublication = () => {};
+}
+
+// 200 rooms x 10 clients; each step publishes `rate` publications per second from the
+// clients (round robin, each in its own room) for cfg.step seconds, stamps every delivery,
+// and waits up to cfg.grace seconds for the last. A delivery that never came counts as
+// infinitely late. The ramp stops after the first step whose p99 is 100 ms or more.
+async function chat() {
+  const rooms = [];
+  for (let r = 0; r < cfg.rooms; r++) for (let u = 0; u < cfg.users; u++) rooms.push(`room-${r}`);
+  // Interleaved, so consecutive publishers are in different rooms.
+  const order = [];
+  for (let u = 0; u < cfg.users; u++) for (let r = 0; r < cfg.rooms; r++) order.push(r * cfg.users + u);
+  const clients = await openClients(rooms);
+  await sleep(500);
+  check();
+  let seq = 0;
+  for (const rate of cfg.rates) {
+    const latencies = [];
+    let received = 0;
+    let lastArrival = 0;
+    onPublication = (_i, t, now) => {
+      latencies.push(now - t);
+      received++;
+      lastArrival = now;
+    };
+    const clocks = new Clocks();
+    const start = performance.now();
+    let sent = 0;
+    const total = Math.round(rate * cfg.step);
+    while (sent < total) {
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
+      while (sent < due) {
+        clients[order[seq % order.length]].publish(payload(seq));
+        seq++;
+        sent++;
+      }
+      await sleep(2);
+      check();
+    }
+    const sendEnd = performance.now();
+    const expected = sent * cfg.users;
+    while (received < expected && performance.now() - sendEnd < cfg.grace * 1000) {
+      await sleep(10);
+    }
+    const shares = clocks.shares();
+    check();
+    latencies.sort((a, b) => a - b);
+    const missing = expected - received;
+    const all = latencies.concat(new Array(Math.max(0, missing)).fill(Infinity));
+    const p99 = percentile(all, 0.99);
+    const span = (Math.max(lastArrival, sendEnd) - start) / 1000;
+    emit({
+      workload: "chat",
+      rate,
+      published: sent,
+      expected,
+      received,
+      delivered_per_s: received / span,
+      p50_ms: percentile(all, 0.5),
+      p99_ms: Number.isFinite(p99) ? p99 : null,
+      ...shares,
+    });
+    onPublication = () => {};
+    if (!(p99 < 100)) break;
+    // Let the server settle (timers, GC) before the next step.
+    await sleep(500);
+  }
+}
+
+// Memory per subscribed client (10 clients as a baseline), then the connection storm:
+// cfg.clients clients connect and subscribe, OPEN_CONCURRENCY at a time, timed.
+async function storm() {
+  const rooms = (n, from) => Array.from({ length: n }, (_, k) => `room-${(from + k) % cfg.rooms}`);
+  await openClients(rooms(10, 0));
+  await sleep(1000);
+  const before = serverRssKiB();
+  const clocks = new Clocks();
+  await openClients(rooms(cfg.clients, 10));
+  const shares = clocks.shares();
+  check();
+  await sleep(cfg.settle * 1000);
+  check();
+  const after = serverRssKiB();
+  emit({
+    workload: "storm",
+    clients: cfg.clients,
+    opens_per_s: cfg.clients / shares.seconds,
+    rss_before_kib: before,
+    rss_after_kib: after,
+    kib_per_client: (after - before) / cfg.clients,
+    ...shares,
+  });
+}
+
+const workloads = { fanout, chat, storm };
+try {
+  await workloads[cfg.workload]();
+  closing = true;
+  emit({ done: true });
+  process.exit(0);
+} catch (err) {
+  fail(err && err.message ? err.message : err);
+}
