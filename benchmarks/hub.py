@@ -151,7 +151,9 @@ async def start_server(
             raise BenchError(f"{target.name}: expected READY, got {line!r}{server.tail()}")
     except TimeoutError:
         await server.stop()
-        raise BenchError(f"{target.name}: not listening within {limit:g} s{server.tail()}") from None
+        raise BenchError(
+            f"{target.name}: not listening within {limit:g} s{server.tail()}"
+        ) from None
     except BaseException:
         await server.stop()
         raise
@@ -297,7 +299,9 @@ class Row:
     higher_is_better: bool = True
 
 
-def row_values(results: Results, workload: str, key: str) -> dict[str, tuple[float, dict[str, Any]]]:
+def row_values(
+    results: Results, workload: str, key: str
+) -> dict[str, tuple[float, dict[str, Any]]]:
     """target -> (figure, the result line it comes from)."""
     out: dict[str, tuple[float, dict[str, Any]]] = {}
     for target, by_workload in results.figures.items():
@@ -322,19 +326,33 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, str, bool]]:
     if "fanout" in args.workloads:
         for n in args.subscribers:
             out.append(
-                (f"one publication to {thousands(n)} subscribers, deliveries/s", "fanout",
-                 f"fanout-{n}", True)
+                (
+                    f"one publication to {thousands(n)} subscribers, deliveries/s",
+                    "fanout",
+                    f"fanout-{n}",
+                    True,
+                )
             )
     if "chat" in args.workloads:
         out.append(
-            (f"chat, {CHAT_ROOMS} rooms x {CHAT_USERS} users: msgs/s delivered with p99 < 100 ms",
-             "chat", "chat", True)
+            (
+                f"chat, {CHAT_ROOMS} rooms x {CHAT_USERS} users: msgs/s delivered, p99 < 100 ms",
+                "chat",
+                "chat",
+                True,
+            )
         )
     if "storm" in args.workloads:
-        out.append(("memory per subscribed client, KiB (lower is better)", "storm", "memory", False))
         out.append(
-            (f"connect + subscribe per second, {thousands(args.clients)} clients", "storm",
-             "storm", True)
+            ("memory per subscribed client, KiB (lower is better)", "storm", "memory", False)
+        )
+        out.append(
+            (
+                f"connect + subscribe per second, {thousands(args.clients)} clients",
+                "storm",
+                "storm",
+                True,
+            )
         )
     return out
 
@@ -429,24 +447,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.hub", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("--only", default="backchannel,python-socketio,node-socketio",
-                        help=f"targets, of {','.join(TARGETS)}")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help=f"of {','.join(WORKLOADS)}")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer publications, shorter chat steps, 2 000 storm clients")
-    parser.add_argument("--subscribers", type=csv_ints, default=None,
-                        help="fan-out subscriber counts, rising (default 1000,10000)")
-    parser.add_argument("--publications", type=int, default=None,
-                        help="measured fan-out publications per count (default 20; quick 5)")
-    parser.add_argument("--rates", type=csv_ints, default=None,
-                        help="chat ramp, total publications/s")
-    parser.add_argument("--step", type=float, default=None,
-                        help="seconds per chat rate (default 5; quick 2)")
-    parser.add_argument("--clients", type=int, default=None,
-                        help="storm clients (default 5000; quick 2000)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds per phase (server start, opening the clients, a publication)")
+    parser.add_argument(
+        "--only",
+        default="backchannel,python-socketio,node-socketio",
+        help=f"targets, of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"of {','.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer publications, shorter chat steps, 2 000 storm clients",
+    )
+    parser.add_argument(
+        "--subscribers",
+        type=csv_ints,
+        default=None,
+        help="fan-out subscriber counts, rising (default 1000,10000)",
+    )
+    parser.add_argument(
+        "--publications",
+        type=int,
+        default=None,
+        help="measured fan-out publications per count (default 20; quick 5)",
+    )
+    parser.add_argument(
+        "--rates", type=csv_ints, default=None, help="chat ramp, total publications/s"
+    )
+    parser.add_argument(
+        "--step", type=float, default=None, help="seconds per chat rate (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=None, help="storm clients (default 5000; quick 2000)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds per phase (server start, opening the clients, a publication)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
     args = parser.parse_args(argv)
@@ -468,8 +508,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.step = 2.0 if args.quick else 5.0
     if args.clients is None:
         args.clients = 2000 if args.quick else 5000
-    need = max(args.subscribers + [args.clients, CHAT_ROOMS * CHAT_USERS]) + 100
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max([*args.subscribers, args.clients, CHAT_ROOMS * CHAT_USERS]) + 100
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
         parser.error(f"the open-files limit ({hard}) is below the {need} sockets needed")
     return args

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 from typing import Any
 
-import socketio
+import socketio  # type: ignore[import-untyped,unused-ignore]
 from _common import BACKLOG, MAX_SIZE, parse_args, ready, run
 from aiohttp import web
 
