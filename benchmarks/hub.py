@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .cluster import BANNER, CONFIG_ENV, NODE_CONFIG, Process, _child_setup, free_port
+from .cluster import BANNER, CONFIG_ENV, NODE_CONFIG, Process, Redis, _child_setup, free_port
 from .fanout import BenchError, cpu_model, raise_open_files
 
 HERE = Path(__file__).resolve().parent
@@ -75,7 +75,9 @@ TARGETS = {
     )
 }
 BASELINE = "python-socketio"
-WORKLOADS = ("fanout", "chat", "storm")
+WORKLOADS = ("fanout", "chat", "storm", "cluster")
+#: Backchannel nodes of the ``cluster`` workload, on one Redis.
+CLUSTER_NODES = 2
 
 
 def versions() -> dict[str, str]:
@@ -99,10 +101,17 @@ def versions() -> dict[str, str]:
 
 
 async def start_server(
-    target: Target, folder: Path, cpus: set[int] | None, limit: float
+    target: Target,
+    folder: Path,
+    cpus: set[int] | None,
+    limit: float,
+    *,
+    name: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Process, int]:
     """A fresh server for one workload: the process and its port."""
-    log = folder / f"{target.name}.log"
+    name = name or target.name
+    log = folder / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not CONFIG_ENV.match(k)}
     if target.name.startswith("backchannel"):
         config = folder / "backchannel.toml"
@@ -117,6 +126,7 @@ async def start_server(
         )
         if target.name == "backchannel-py":
             env["BACKCHANNEL_NO_EXTENSIONS"] = "1"
+        env.update(extra_env or {})
         port = 0
     else:
         port = free_port()
@@ -137,7 +147,7 @@ async def start_server(
             start_new_session=True,
             preexec_fn=_child_setup(cpus),
         )
-    server = Process(target.name, proc, log)
+    server = Process(name, proc, log)
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(limit):
@@ -145,15 +155,13 @@ async def start_server(
         if port == 0:
             match = BANNER.match(line)
             if match is None:
-                raise BenchError(f"{target.name}: expected the banner, got {line!r}{server.tail()}")
+                raise BenchError(f"{name}: expected the banner, got {line!r}{server.tail()}")
             port = int(match[1])
         elif line.strip() != b"READY":
-            raise BenchError(f"{target.name}: expected READY, got {line!r}{server.tail()}")
+            raise BenchError(f"{name}: expected READY, got {line!r}{server.tail()}")
     except TimeoutError:
         await server.stop()
-        raise BenchError(
-            f"{target.name}: not listening within {limit:g} s{server.tail()}"
-        ) from None
+        raise BenchError(f"{name}: not listening within {limit:g} s{server.tail()}") from None
     except BaseException:
         await server.stop()
         raise
@@ -211,7 +219,7 @@ class Results:
 
 
 def workload_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    if name == "fanout":
+    if name in ("fanout", "cluster"):
         return {
             "workload": "fanout",
             "counts": args.subscribers,
@@ -235,6 +243,32 @@ def workload_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def start_cluster(
+    target: Target, folder: Path, cpus: set[int] | None, limit: float
+) -> tuple[list[Process], list[int]]:
+    """Redis and two backchannel nodes on it (shared secret, a prefix of their own)."""
+    redis = await Redis.start(folder, cpus, limit)
+    processes: list[Process] = [redis]
+    ports = []
+    env = {
+        "BACKCHANNEL_BROKER_URL": redis.url,
+        "BACKCHANNEL_BROKER_PREFIX": f"bench-hub-{secrets.token_hex(4)}",
+        "BACKCHANNEL_AUTH_SECRET": secrets.token_urlsafe(32),
+    }
+    try:
+        for k in range(CLUSTER_NODES):
+            node, port = await start_server(
+                target, folder, cpus, limit, name=f"{target.name}-node{k}", extra_env=env
+            )
+            processes.append(node)
+            ports.append(port)
+    except BaseException:
+        for process in reversed(processes):
+            await process.stop()
+        raise
+    return processes, ports
+
+
 async def run(args: argparse.Namespace) -> Results:
     raise_open_files()
     pinned = not args.no_pin and (os.cpu_count() or 1) >= 2
@@ -246,22 +280,30 @@ async def run(args: argparse.Namespace) -> Results:
         for name in args.only:
             target = TARGETS[name]
             for workload in args.workloads:
+                if workload == "cluster" and target.proto != "backchannel":
+                    continue
                 config = workload_config(workload, args)
                 config.update(proto=target.proto, timeout=args.timeout)
                 results.loads.append(os.getloadavg()[0])
                 started = time.monotonic()
-                server: Process | None = None
+                processes: list[Process] = []
                 try:
-                    server, port = await start_server(target, folder, server_cpus, args.timeout)
-                    config.update(port=port, pid=server.proc.pid)
+                    if workload == "cluster":
+                        processes, ports = await start_cluster(
+                            target, folder, server_cpus, args.timeout
+                        )
+                    else:
+                        server, port = await start_server(target, folder, server_cpus, args.timeout)
+                        processes, ports = [server], [port]
+                    config.update(ports=ports, pids=[p.proc.pid for p in processes])
                     lines = await run_generator(config, generator_cpus, args.timeout * 6)
                     results.figures.setdefault(name, {})[workload] = lines
                 except BenchError as exc:
-                    tail = server.tail() if server is not None else ""
+                    tail = "".join(p.tail() for p in processes)
                     results.errors.setdefault(name, {})[workload] = f"{exc}{tail}"
                 finally:
-                    if server is not None:
-                        await server.stop()
+                    for process in reversed(processes):
+                        await process.stop()
                 print(
                     f"  {name} {workload}: {time.monotonic() - started:.1f} s",
                     file=sys.stderr,
@@ -306,9 +348,9 @@ def row_values(
     out: dict[str, tuple[float, dict[str, Any]]] = {}
     for target, by_workload in results.figures.items():
         lines = by_workload.get(workload, [])
-        if workload == "fanout":
+        if workload in ("fanout", "cluster"):
             for line in lines:
-                if f"fanout-{line['subscribers']}" == key:
+                if f"{workload}-{line['subscribers']}" == key:
                     out[target] = (line["deliveries_per_s"], line)
         elif workload == "chat":
             best = chat_best(lines)
@@ -342,6 +384,17 @@ def rows(args: argparse.Namespace) -> list[tuple[str, str, str, bool]]:
                 True,
             )
         )
+    if "cluster" in args.workloads:
+        for n in args.subscribers:
+            out.append(
+                (
+                    f"{CLUSTER_NODES} nodes on Redis, one publication to {thousands(n)} "
+                    "subscribers spread over them, deliveries/s",
+                    "cluster",
+                    f"cluster-{n}",
+                    True,
+                )
+            )
     if "storm" in args.workloads:
         out.append(
             ("memory per subscribed client, KiB (lower is better)", "storm", "memory", False)

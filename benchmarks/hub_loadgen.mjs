@@ -2,8 +2,11 @@
 // own CPU) whose clients speak either backchannel's hub wire or socket.io's (engine.io v4
 // over a plain WebSocket), both on the `ws` library with compression off.
 //
-//   node hub_loadgen.mjs '{"proto": "backchannel"|"socketio", "port": P, "pid": SERVER_PID,
-//                          "workload": "fanout"|"chat"|"storm", ...}'
+//   node hub_loadgen.mjs '{"proto": "backchannel"|"socketio", "ports": [P, ...],
+//                          "pids": [SERVER_PID, ...], "workload": "fanout"|"chat"|"storm", ...}'
+//
+// With several ports (nodes of one cluster), client k connects to ports[k % ports.length];
+// the servers' CPU and RSS are the sums over "pids" (the nodes and Redis).
 //
 // It prints one JSON object per line: results, then {"done": true}; or {"error": "..."}
 // and exits with status 1. Why not socket.io-client: it parses every packet into objects
@@ -33,15 +36,23 @@ function fail(message) {
 // --- /proc readings of the server, and our own CPU ----------------------------------------
 
 function serverCpu() {
-  const stat = readFileSync(`/proc/${cfg.pid}/stat`, "latin1");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // Fields 14 and 15 of proc(5) (utime, stime); fields[0] here is field 3.
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  let total = 0;
+  for (const pid of cfg.pids) {
+    const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // Fields 14 and 15 of proc(5) (utime, stime); fields[0] here is field 3.
+    total += (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  }
+  return total;
 }
 
 function serverRssKiB() {
-  const status = readFileSync(`/proc/${cfg.pid}/status`, "latin1");
-  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+  let total = 0;
+  for (const pid of cfg.pids) {
+    const status = readFileSync(`/proc/${pid}/status`, "latin1");
+    total += Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+  }
+  return total;
 }
 
 function ownCpu() {
@@ -94,6 +105,9 @@ function checkFirst(data) {
   if (!ok) fail(`unexpected publication data: ${JSON.stringify(data)}`);
 }
 
+let opened = 0;
+const nextPort = () => cfg.ports[opened++ % cfg.ports.length];
+
 class BackchannelClient {
   constructor(room) {
     this.room = `bench:${room}`;
@@ -101,7 +115,7 @@ class BackchannelClient {
   }
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://${HOST}:${cfg.port}/ws`, { perMessageDeflate: false });
+      const ws = new WebSocket(`ws://${HOST}:${nextPort()}/ws`, { perMessageDeflate: false });
       this.ws = ws;
       let ready = false;
       ws.on("open", () => {
@@ -158,7 +172,7 @@ class SocketIoClient {
   }
   open() {
     return new Promise((resolve, reject) => {
-      const url = `ws://${HOST}:${cfg.port}/socket.io/?EIO=4&transport=websocket`;
+      const url = `ws://${HOST}:${nextPort()}/socket.io/?EIO=4&transport=websocket`;
       const ws = new WebSocket(url, { perMessageDeflate: false });
       this.ws = ws;
       let ready = false;
