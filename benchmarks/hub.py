@@ -223,7 +223,7 @@ def workload_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "workload": "fanout",
             "counts": args.subscribers,
-            "warmup": 2 if args.quick else 3,
+            "warmup": 1 if args.quick else 3,
             "publications": args.publications,
         }
     if name == "chat":
@@ -511,28 +511,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="fewer publications, shorter chat steps, 2 000 storm clients",
+        help="fan-out to 1 000 and 3 000, fewer publications, 1 s chat steps, 1 000 storm clients",
     )
     parser.add_argument(
         "--subscribers",
         type=csv_ints,
         default=None,
-        help="fan-out subscriber counts, rising (default 1000,10000)",
+        help="fan-out subscriber counts, rising (default 1000,10000; quick 1000,3000)",
     )
     parser.add_argument(
         "--publications",
         type=int,
         default=None,
-        help="measured fan-out publications per count (default 20; quick 5)",
+        help="measured fan-out publications per count (default 20; quick 3)",
     )
     parser.add_argument(
         "--rates", type=csv_ints, default=None, help="chat ramp, total publications/s"
     )
     parser.add_argument(
-        "--step", type=float, default=None, help="seconds per chat rate (default 5; quick 2)"
+        "--step", type=float, default=None, help="seconds per chat rate (default 5; quick 1)"
     )
     parser.add_argument(
-        "--clients", type=int, default=None, help="storm clients (default 5000; quick 2000)"
+        "--clients", type=int, default=None, help="storm clients (default 5000; quick 1000)"
     )
     parser.add_argument(
         "--timeout",
@@ -552,15 +552,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if w not in WORKLOADS:
             parser.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
     if args.subscribers is None:
-        args.subscribers = [1000, 10000]
+        args.subscribers = [1000, 3000] if args.quick else [1000, 10000]
     if args.publications is None:
-        args.publications = 5 if args.quick else 20
+        args.publications = 3 if args.quick else 20
     if args.rates is None:
         args.rates = list(CHAT_RATES)
     if args.step is None:
-        args.step = 2.0 if args.quick else 5.0
+        args.step = 1.0 if args.quick else 5.0
     if args.clients is None:
-        args.clients = 2000 if args.quick else 5000
+        args.clients = 1000 if args.quick else 5000
     need = max([*args.subscribers, args.clients, CHAT_ROOMS * CHAT_USERS]) + 100
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:

@@ -1,6 +1,6 @@
 // The load generator of benchmarks/hub.py: one node process (pinned by the driver to its
 // own CPU) whose clients speak either backchannel's hub wire or socket.io's (engine.io v4
-// over a plain WebSocket), both on the `ws` library with compression off.
+// over a plain WebSocket), on a minimal WebSocket client of its own (RawWebSocket below).
 //
 //   node hub_loadgen.mjs '{"proto": "backchannel"|"socketio", "ports": [P, ...],
 //                          "pids": [SERVER_PID, ...], "workload": "fanout"|"chat"|"storm", ...}'
@@ -9,14 +9,18 @@
 // the servers' CPU and RSS are the sums over "pids" (the nodes and Redis).
 //
 // It prints one JSON object per line: results, then {"done": true}; or {"error": "..."}
-// and exits with status 1. Why not socket.io-client: it parses every packet into objects
-// and keeps per-socket timers and buffers; speaking the same wire over `ws` costs the
-// generator less per delivery and per client, so the server stays the limit. Received
+// and exits with status 1. Why neither socket.io-client nor `ws`: with either, the
+// generator spent about as much CPU per delivery as the servers it measures (socket.io-client
+// parses every packet into objects; `ws` runs a stream and an event per message). The
+// generator must stay far below its core while a server saturates its own, so it reads
+// frames off net.Socket itself: no compression offered, server frames are small and
+// unfragmented, every client frame is masked (RFC 6455, section 5.3). Received
 // publications are not parsed as JSON on the hot path: the generator only reads the
 // numbers it stamped ("i" and "t") out of the text, after checking the first one whole.
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { connect } from "node:net";
 import { performance } from "node:perf_hooks";
-import WebSocket from "ws";
 
 const cfg = JSON.parse(process.argv[2]);
 const HOST = "127.0.0.1";
@@ -79,6 +83,136 @@ class Clocks {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// --- a minimal WebSocket client --------------------------------------------------------------
+
+const HEAD_END = Buffer.from("\r\n\r\n");
+
+// A fresh mask key for every frame (RFC 6455, section 5.3), drawn from a pool of CSPRNG
+// bytes refilled as it runs out: one randomBytes call per 1 024 frames.
+let maskPool = randomBytes(4096);
+let maskAt = 0;
+function maskKey() {
+  if (maskAt === maskPool.length) {
+    maskPool = randomBytes(4096);
+    maskAt = 0;
+  }
+  maskAt += 4;
+  return maskPool.subarray(maskAt - 4, maskAt);
+}
+
+// Events: onopen(), ontext(string, now), onerror(Error), onclose(code, reason).
+class RawWebSocket {
+  constructor(port, path) {
+    this.onopen = () => {};
+    this.ontext = () => {};
+    this.onerror = () => {};
+    this.onclose = () => {};
+    this.upgraded = false;
+    this.rest = null;
+    this.closed = false;
+    const socket = connect({ host: HOST, port, noDelay: true });
+    this.socket = socket;
+    socket.on("connect", () => {
+      socket.write(
+        `GET ${path} HTTP/1.1\r\nHost: ${HOST}:${port}\r\nUpgrade: websocket\r\n` +
+          `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString("base64")}\r\n` +
+          "Sec-WebSocket-Version: 13\r\n\r\n",
+      );
+    });
+    socket.on("data", (chunk) => this.receive(chunk));
+    socket.on("error", (err) => this.onerror(err));
+    socket.on("close", () => {
+      if (!this.closed) {
+        this.closed = true;
+        this.onclose(1006, "connection lost");
+      }
+    });
+  }
+
+  receive(chunk) {
+    const now = performance.now();
+    let buf = this.rest === null ? chunk : Buffer.concat([this.rest, chunk]);
+    this.rest = null;
+    if (!this.upgraded) {
+      const end = buf.indexOf(HEAD_END);
+      if (end < 0) {
+        this.rest = buf;
+        return;
+      }
+      const head = buf.toString("latin1", 0, end);
+      if (!head.startsWith("HTTP/1.1 101")) {
+        return this.onerror(new Error(`handshake refused: ${head.split("\r\n")[0]}`));
+      }
+      this.upgraded = true;
+      buf = buf.subarray(end + 4);
+      this.onopen();
+    }
+    let pos = 0;
+    const length = buf.length;
+    while (length - pos >= 2) {
+      const b0 = buf[pos];
+      let size = buf[pos + 1] & 0x7f;
+      let start = pos + 2;
+      if (size === 126) {
+        if (length - pos < 4) break;
+        size = buf.readUInt16BE(pos + 2);
+        start = pos + 4;
+      } else if (size === 127) {
+        if (length - pos < 10) break;
+        size = Number(buf.readBigUInt64BE(pos + 2));
+        start = pos + 10;
+      }
+      const end = start + size;
+      if (end > length) break;
+      pos = end;
+      if (b0 === 0x81) {
+        this.ontext(buf.toString("utf8", start, end), now);
+      } else if (b0 === 0x89) {
+        this.write(0x8a, buf.subarray(start, end));
+      } else if ((b0 & 0x0f) === 0x08) {
+        this.closed = true;
+        const code = size >= 2 ? buf.readUInt16BE(start) : 1005;
+        this.onclose(code, buf.toString("utf8", start + 2, end));
+        this.socket.destroy();
+        return;
+      } else if ((b0 & 0x0f) !== 0x0a) {
+        return this.onerror(new Error(`unexpected frame, first byte ${b0}`));
+      }
+    }
+    if (pos < length) this.rest = Buffer.from(buf.subarray(pos));
+  }
+
+  write(first, payload) {
+    const size = payload.length;
+    const headSize = size < 126 ? 2 : size < 65536 ? 4 : 10;
+    const frame = Buffer.allocUnsafe(headSize + 4 + size);
+    frame[0] = first;
+    if (headSize === 2) {
+      frame[1] = 0x80 | size;
+    } else if (headSize === 4) {
+      frame[1] = 0x80 | 126;
+      frame.writeUInt16BE(size, 2);
+    } else {
+      frame[1] = 0x80 | 127;
+      frame.writeBigUInt64BE(BigInt(size), 2);
+    }
+    const key = maskKey();
+    key.copy(frame, headSize);
+    const at = headSize + 4;
+    for (let k = 0; k < size; k++) frame[at + k] = payload[k] ^ key[k & 3];
+    this.socket.write(frame);
+  }
+
+  send(text) {
+    this.write(0x81, Buffer.from(text));
+  }
+
+  close() {
+    this.closed = true;
+    this.socket.destroy();
+  }
+}
+
 // --- the two wires --------------------------------------------------------------------------
 
 // A publication as the publisher stamps it: "i" (which one), "t" (performance.now() at send).
@@ -115,19 +249,17 @@ class BackchannelClient {
   }
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://${HOST}:${nextPort()}/ws`, { perMessageDeflate: false });
+      const ws = new RawWebSocket(nextPort(), "/ws");
       this.ws = ws;
       let ready = false;
-      ws.on("open", () => {
+      ws.onopen = () => {
         ws.send(
           JSON.stringify({ id: 1, method: "connect" }) +
             "\n" +
             JSON.stringify({ id: 2, method: "subscribe", params: { channel: this.room } }),
         );
-      });
-      ws.on("message", (data) => {
-        const now = performance.now();
-        const text = data.toString();
+      };
+      ws.ontext = (text, now) => {
         if (!ready) {
           for (const line of text.split("\n")) {
             const msg = JSON.parse(line);
@@ -152,11 +284,13 @@ class BackchannelClient {
           }
           start = end + 1;
         }
-      });
-      ws.on("error", (err) => (ready ? (failed ??= err.message) : reject(err)));
-      ws.on("close", (code, reason) => {
-        if (!closing) failed ??= `a connection closed: ${code} ${reason}`;
-      });
+      };
+      ws.onerror = (err) => (ready ? (failed ??= err.message) : reject(err));
+      ws.onclose = (code, reason) => {
+        const err = `a connection closed: ${code} ${reason}`;
+        if (!ready) reject(new Error(err));
+        else if (!closing) failed ??= err;
+      };
     });
   }
   publish(data) {
@@ -172,13 +306,10 @@ class SocketIoClient {
   }
   open() {
     return new Promise((resolve, reject) => {
-      const url = `ws://${HOST}:${nextPort()}/socket.io/?EIO=4&transport=websocket`;
-      const ws = new WebSocket(url, { perMessageDeflate: false });
+      const ws = new RawWebSocket(nextPort(), "/socket.io/?EIO=4&transport=websocket");
       this.ws = ws;
       let ready = false;
-      ws.on("message", (data) => {
-        const now = performance.now();
-        const text = data.toString();
+      ws.ontext = (text, now) => {
         const kind = text.charCodeAt(0);
         if (kind === 0x34 /* 4: message */) {
           if (text.startsWith('42["pub",')) {
@@ -199,11 +330,13 @@ class SocketIoClient {
         } else if (kind === 0x30 /* 0: open */) {
           ws.send("40");
         }
-      });
-      ws.on("error", (err) => (ready ? (failed ??= err.message) : reject(err)));
-      ws.on("close", (code, reason) => {
-        if (!closing) failed ??= `a connection closed: ${code} ${reason}`;
-      });
+      };
+      ws.onerror = (err) => (ready ? (failed ??= err.message) : reject(err));
+      ws.onclose = (code, reason) => {
+        const err = `a connection closed: ${code} ${reason}`;
+        if (!ready) reject(new Error(err));
+        else if (!closing) failed ??= err;
+      };
     });
   }
   publish(data) {
