@@ -13,10 +13,14 @@ for backchannel, socket.io's for the others) runs on the second. Workloads:
   p99 >= 100 ms.
 * ``storm``: 5 000 clients connect and subscribe, 100 at a time (connect + subscribe per
   second), and the server's RSS growth over them (memory per subscribed client).
+* ``cluster`` (backchannel only): ``fanout`` against two nodes on one Redis, the clients
+  spread over both.
 
 It prints the machine and Markdown tables: figures with their ratio to python-socketio,
-the server's and the generator's CPU, and each target's chat ramp. The npm packages are
-in ``benchmarks/package.json`` (``make bench`` installs them).
+the server's and the generator's CPU, and each target's chat ramp; with ``--profile DIR``,
+py-spy's view of the backchannel server during each measured phase. The npm packages are
+in ``benchmarks/package.json`` (``make bench`` installs them). benchmarks/README.md has
+the details.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NODE = shutil.which("node") or "node"
 LOADGEN = HERE / "hub_loadgen.mjs"
+PY_SPY = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 SERVER_CPU = 0
 GENERATOR_CPU = 1
 #: Rooms and clients per room of the chat workload.
@@ -168,8 +175,59 @@ async def start_server(
     return server, port
 
 
+class Profiler:
+    """py-spy on the backchannel server during each measured phase (``--profile DIR``):
+    one raw (collapsed stacks) file per phase, summarised by :func:`profile_summary`."""
+
+    def __init__(self, folder: Path | None, target: Target, workload: str) -> None:
+        self.folder = folder if target.proto == "backchannel" else None
+        self.prefix = f"{target.name}-{workload}"
+        self.pids: list[int] = []
+        self.running: asyncio.subprocess.Process | None = None
+        self.files: list[Path] = []
+
+    async def phase(self, line: dict[str, Any]) -> None:
+        if self.folder is None or not self.pids or PY_SPY is None:
+            return
+        if line["phase"] == "measure":
+            await self.stop()
+            out = self.folder / f"{self.prefix}-{line['label']}.txt"
+            self.running = await asyncio.create_subprocess_exec(
+                PY_SPY,
+                "record",
+                "--pid",
+                str(self.pids[-1]),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--output",
+                str(out),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            self.files.append(out)
+        else:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """End a recording: py-spy writes its file on SIGINT."""
+        proc, self.running = self.running, None
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(30):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
 async def run_generator(
-    config: dict[str, Any], cpus: set[int] | None, limit: float
+    config: dict[str, Any], cpus: set[int] | None, limit: float, profiler: Profiler
 ) -> list[dict[str, Any]]:
     """Run the node generator with ``config``; its result lines."""
     proc = await asyncio.create_subprocess_exec(
@@ -183,9 +241,25 @@ async def run_generator(
         start_new_session=True,
         preexec_fn=_child_setup(cpus),
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[dict[str, Any]] = []
+
+    async def read() -> bytes:
+        assert proc.stdout is not None and proc.stderr is not None
+        while raw := await proc.stdout.readline():
+            if raw.startswith(b"{"):
+                line = json.loads(raw)
+                if "phase" in line:
+                    await profiler.phase(line)
+                else:
+                    lines.append(line)
+        err = await proc.stderr.read()
+        await proc.wait()
+        return err
+
     try:
         async with asyncio.timeout(limit):
-            out, err = await proc.communicate()
+            err = await read()
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -194,7 +268,8 @@ async def run_generator(
         proc.kill()
         await proc.wait()
         raise
-    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    finally:
+        await profiler.stop()
     for line in lines:
         if "error" in line:
             raise BenchError(str(line["error"]))
@@ -202,6 +277,34 @@ async def run_generator(
         tail = err.decode(errors="replace").strip()[-800:]
         raise BenchError(f"the generator exited with {proc.returncode}: {tail}")
     return [line for line in lines if "workload" in line]
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    """The functions of a py-spy raw profile with the most samples: own (the innermost
+    frame) and total (anywhere on the stack), as a Markdown table."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for text in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = text.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        # A frame is "function (file:line)": the line is dropped, so a function is one row.
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + count
+    if samples == 0:
+        return f"{path.name}: no samples"
+    out = [f"{path.name}: {samples} samples (the server busy; idle time is not sampled)", ""]
+    out.append("| function (file) | own | total |")
+    out.append("| --- | ---: | ---: |")
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        name = frame.replace(str(ROOT) + "/", "").replace("|", "\\|")
+        out.append(f"| `{name}` | {count / samples:.1%} | {total[frame] / samples:.1%} |")
+    return "\n".join(out)
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -216,6 +319,8 @@ class Results:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
     #: 1-minute load average before each workload run
     loads: list[float] = field(default_factory=list)
+    #: py-spy files written (``--profile``)
+    profiles: list[Path] = field(default_factory=list)
 
 
 def workload_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -283,10 +388,16 @@ async def run(args: argparse.Namespace) -> Results:
                 if workload == "cluster" and target.proto != "backchannel":
                     continue
                 config = workload_config(workload, args)
-                config.update(proto=target.proto, timeout=args.timeout)
+                config.update(
+                    proto=target.proto,
+                    timeout=args.timeout,
+                    profile=args.profile is not None,
+                    serverCpu=SERVER_CPU if pinned else None,
+                )
                 results.loads.append(os.getloadavg()[0])
                 started = time.monotonic()
                 processes: list[Process] = []
+                profiler = Profiler(args.profile, target, workload)
                 try:
                     if workload == "cluster":
                         processes, ports = await start_cluster(
@@ -296,7 +407,8 @@ async def run(args: argparse.Namespace) -> Results:
                         server, port = await start_server(target, folder, server_cpus, args.timeout)
                         processes, ports = [server], [port]
                     config.update(ports=ports, pids=[p.proc.pid for p in processes])
-                    lines = await run_generator(config, generator_cpus, args.timeout * 6)
+                    profiler.pids = [p.proc.pid for p in processes]
+                    lines = await run_generator(config, generator_cpus, args.timeout * 6, profiler)
                     results.figures.setdefault(name, {})[workload] = lines
                 except BenchError as exc:
                     tail = "".join(p.tail() for p in processes)
@@ -309,6 +421,7 @@ async def run(args: argparse.Namespace) -> Results:
                     file=sys.stderr,
                     flush=True,
                 )
+                results.profiles.extend(profiler.files)
     return results
 
 
@@ -437,7 +550,10 @@ def report(results: Results, args: argparse.Namespace) -> str:
                 if line.get("gen_cpu", 0) >= CLIENT_BOUND and key != "memory":
                     text += " *"
                 cells.append(text)
-                cpu_cells.append(f"{line['server_cpu']:.0%} / {line['gen_cpu']:.0%}")
+                cell = f"{line['server_cpu']:.0%} / {line['gen_cpu']:.0%}"
+                if "other_cpu" in line:
+                    cell += f" / {line['other_cpu']:.0%}"
+                cpu_cells.append(cell)
             else:
                 err = results.errors.get(t, {}).get(workload)
                 cells.append("error" if err else "n/a")
@@ -451,7 +567,11 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"{CLIENT_BOUND:.0%} of its core or more."
     )
     out.append("")
-    out.append("CPU, server / generator, in % of one core over the measured window:")
+    out.append(
+        "CPU in % of one core over the measured window: server / generator / everything "
+        "else on the server's CPU (other processes, steal: above 10%, the server did not "
+        "have its core to itself and its figure is low):"
+    )
     out.append("")
     out.append("| hub workload | " + " | ".join(TARGETS[t].label for t in targets) + " |")
     out.append("| --- |" + " ---: |" * len(targets))
@@ -465,15 +585,16 @@ def report(results: Results, args: argparse.Namespace) -> str:
         out.append("")
         out.append(
             "| publications/s offered | msgs/s delivered | p50 ms | p99 ms | delivered "
-            "| server CPU | generator CPU |"
+            "| server CPU | generator CPU | others on the server's CPU |"
         )
-        out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for x in chat:
             p99 = f"{x['p99_ms']:.1f}" if x["p99_ms"] is not None else "lost"
+            other = f"{x['other_cpu']:.0%}" if "other_cpu" in x else ""
             out.append(
                 f"| {thousands(x['rate'])} | {thousands(x['delivered_per_s'])} | "
                 f"{x['p50_ms']:.1f} | {p99} | {x['received']}/{x['expected']} | "
-                f"{x['server_cpu']:.0%} | {x['gen_cpu']:.0%} |"
+                f"{x['server_cpu']:.0%} | {x['gen_cpu']:.0%} | {other} |"
             )
     for t, errs in results.errors.items():
         for workload, text in errs.items():
@@ -541,8 +662,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds per phase (server start, opening the clients, a publication)",
     )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record the backchannel servers with py-spy during each measured phase, "
+        "write the raw profiles to DIR and print their busiest functions",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        if PY_SPY is None:
+            parser.error("--profile needs py-spy (pip install py-spy)")
+        args.profile.mkdir(parents=True, exist_ok=True)
     args.only = [t for t in args.only.split(",") if t]
     args.workloads = [w for w in args.workloads.split(",") if w]
     for t in args.only:
@@ -576,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = asyncio.run(run(args))
     print(report(results, args))
     print(f"\n({time.monotonic() - started:.0f} s)")
+    for path in results.profiles:
+        if path.exists():
+            print("\n" + profile_summary(path))
     if args.json is not None:
         args.json.write_text(json.dumps(to_json(results), indent=1))
     if results.errors:
