@@ -61,6 +61,8 @@ CHAT_ROOMS = 200
 CHAT_USERS = 10
 #: Total publications per second of the chat ramp (each reaches 10 clients).
 CHAT_RATES = (100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 12000)
+#: Seconds a generator run may take in all (its phases have their own timeouts).
+GENERATOR_LIMIT = 1800.0
 #: A generator at this share of its core or more may have been the limit.
 CLIENT_BOUND = 0.9
 
@@ -659,7 +661,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timeout",
         type=float,
         default=60.0,
-        help="seconds per phase (server start, opening the clients, a publication)",
+        help="seconds per phase (server start, a publication), and without any client "
+        "opened while opening them",
     )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
     parser.add_argument(

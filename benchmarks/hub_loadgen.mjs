@@ -362,23 +362,39 @@ const Client = cfg.proto === "backchannel" ? BackchannelClient : SocketIoClient;
 let closing = false;
 
 // Open clients for the given rooms, OPEN_CONCURRENCY at a time; resolves with them all.
+// Fails when cfg.timeout seconds pass with no client opened (a slow server is measured; a
+// stalled one ends the run).
 async function openClients(rooms) {
   const clients = new Array(rooms.length);
   let next = 0;
+  let done = 0;
+  let progress = performance.now();
   async function worker() {
     while (next < rooms.length) {
       const k = next++;
       const client = new Client(rooms[k]);
       await client.open();
       clients[k] = client;
+      done++;
+      progress = performance.now();
     }
   }
-  const deadline = sleep(cfg.timeout * 1000).then(() => {
-    throw new Error(`only ${next} of ${rooms.length} clients opened within ${cfg.timeout} s`);
-  });
+  let watching = true;
+  const stalled = (async () => {
+    while (watching) {
+      await sleep(100);
+      if (watching && performance.now() - progress > cfg.timeout * 1000) {
+        throw new Error(`${done} of ${rooms.length} clients open, none more for ${cfg.timeout} s`);
+      }
+    }
+  })();
   const workers = [];
   for (let w = 0; w < Math.min(OPEN_CONCURRENCY, rooms.length); w++) workers.push(worker());
-  await Promise.race([Promise.all(workers), deadline]);
+  try {
+    await Promise.race([Promise.all(workers), stalled]);
+  } finally {
+    watching = false;
+  }
   return clients;
 }
 
