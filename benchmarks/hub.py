@@ -94,6 +94,7 @@ def versions() -> dict[str, str]:
     for dist in ("python-socketio", "python-engineio", "aiohttp", "uvloop"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
+    # ws: the WebSocket library under node's socket.io (the generator has its own client).
     for pkg in ("socket.io", "ws"):
         with contextlib.suppress(OSError, ValueError):
             out[pkg] = json.loads((HERE / "node_modules" / pkg / "package.json").read_text())[
@@ -558,7 +559,9 @@ def report(results: Results, args: argparse.Namespace) -> str:
                 cpu_cells.append(cell)
             else:
                 err = results.errors.get(t, {}).get(workload)
-                cells.append("error" if err else "n/a")
+                ran = bool(results.figures.get(t, {}).get(workload))
+                # "none": the chat ramp ran, and no step had p99 < 100 ms.
+                cells.append("error" if err else "none" if ran else "")
                 cpu_cells.append("")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
         if key != "memory":
