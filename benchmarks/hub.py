@@ -628,8 +628,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="backchannel,python-socketio,node-socketio",
-        help=f"targets, of {','.join(TARGETS)}",
+        default=None,
+        help=f"targets, of {','.join(TARGETS)} (default all; with --quick all but backchannel-py)",
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"of {','.join(WORKLOADS)}"
@@ -681,6 +681,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if PY_SPY is None:
             parser.error("--profile needs py-spy (pip install py-spy)")
         args.profile.mkdir(parents=True, exist_ok=True)
+    if args.only is None:
+        args.only = ",".join(t for t in TARGETS if not (args.quick and t == "backchannel-py"))
     args.only = [t for t in args.only.split(",") if t]
     args.workloads = [w for w in args.workloads.split(",") if w]
     for t in args.only:
