@@ -594,11 +594,13 @@ def report(results: Results, args: argparse.Namespace) -> str:
         )
         out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for x in chat:
+            # None: infinite, a delivery that never came (JSON has no Infinity).
+            p50 = f"{x['p50_ms']:.1f}" if x["p50_ms"] is not None else "lost"
             p99 = f"{x['p99_ms']:.1f}" if x["p99_ms"] is not None else "lost"
             other = f"{x['other_cpu']:.0%}" if "other_cpu" in x else ""
             out.append(
                 f"| {thousands(x['rate'])} | {thousands(x['delivered_per_s'])} | "
-                f"{x['p50_ms']:.1f} | {p99} | {x['received']}/{x['expected']} | "
+                f"{p50} | {p99} | {x['received']}/{x['expected']} | "
                 f"{x['server_cpu']:.0%} | {x['gen_cpu']:.0%} | {other} |"
             )
     for t, errs in results.errors.items():
@@ -714,13 +716,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("benchmarks/node_modules is missing: run `cd benchmarks && npm ci` first")
     started = time.monotonic()
     results = asyncio.run(run(args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(to_json(results), indent=1))
     print(report(results, args))
     print(f"\n({time.monotonic() - started:.0f} s)")
     for path in results.profiles:
         if path.exists():
             print("\n" + profile_summary(path))
-    if args.json is not None:
-        args.json.write_text(json.dumps(to_json(results), indent=1))
     if results.errors:
         sys.exit(1)
 
