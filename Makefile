@@ -77,11 +77,21 @@ test: setup node-deps lint types js-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 	BACKCHANNEL_NO_EXTENSIONS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
-# Benchmarks: backchannel against websockets, aiohttp and picows (benchmarks/README.md).
+# Benchmarks: backchannel against websockets, aiohttp and picows, then the hub against
+# python-socketio and node's socket.io (benchmarks/README.md).
 # `make bench BENCH_ARGS=--quick` for a shorter run.
 $(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
-bench: setup $(BIN)/.bench-installed
+# The hub benchmark's node parts: node's socket.io and the load generator (benchmarks/README.md).
+benchmarks/node_modules/.installed: benchmarks/package.json benchmarks/package-lock.json | system-deps
+	cd benchmarks && npm ci --no-audit --no-fund --silent
+	touch $@
+
+# Then the hub against python-socketio and node's socket.io; `--quick` in BENCH_ARGS
+# reaches it too, its other options go in HUB_BENCH_ARGS.
+HUB_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+bench: setup $(BIN)/.bench-installed benchmarks/node_modules/.installed
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.hub $(HUB_BENCH_ARGS)
