@@ -113,6 +113,7 @@ class MemoryBroker:
         publisher: ClientInfo | None = None,
         idempotency_key: str | None = None,
         idempotency_window: float = 120.0,
+        encoded: str | None = None,
     ) -> PublishResult:
         """See :meth:`Broker.publish`; the handler is called before this returns."""
         if history is not None and (history.size < 0 or history.ttl < 0):
@@ -128,11 +129,11 @@ class MemoryBroker:
                 if entry is not None and now <= entry[0]:
                     return PublishResult(entry[1].publication, duplicate=True)
         if history is None:
-            publication = Publication(channel, data, publisher=publisher)
+            publication = Publication(channel, data, publisher=publisher, encoded=encoded)
         else:
             stream = self._stream(channel, now)
             stream.top += 1
-            publication = Publication(channel, data, stream.top, stream.epoch, publisher)
+            publication = Publication(channel, data, stream.top, stream.epoch, publisher, encoded)
             stream.publications.append(publication)
             while len(stream.publications) > history.size:
                 stream.publications.popleft()
