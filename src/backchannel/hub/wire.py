@@ -229,7 +229,11 @@ def codec() -> str:
     return "orjson" if _dumps is _orjson_dumps else "stdlib"
 
 
-use_codec(os.environ.get("BACKCHANNEL_JSON") or ("orjson" if orjson is not None else "stdlib"))
+# Read at import; a bad value is reported by the server's configuration (app/config.py)
+# as one line, so here it only leaves the default.
+use_codec(
+    "stdlib" if orjson is None or os.environ.get("BACKCHANNEL_JSON") == "stdlib" else "orjson"
+)
 
 
 def dumps(obj: Any) -> str:
