@@ -165,9 +165,11 @@ class Publication:
         return out
 
 
-def _stdlib_dumps(obj: Any) -> str:
-    # Compact and deterministic: equal objects give equal bytes (the vectors rely on it).
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Compact and deterministic: equal objects give equal bytes (the vectors rely on it).
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_stdlib_dumps: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def _stdlib_loads(text: str) -> Any:
