@@ -7,7 +7,9 @@ Besides, within ``src/backchannel``:
   functions included (a circle that only typing closes still ties the modules into one
   unit that cannot be understood, tested or moved apart);
 * in the hub, only the transports (``hub/transports/``) touch the asyncio layer;
-* only the Redis broker (``hub/brokers/redis/``) imports ``redis``, an optional extra.
+* only the Redis broker (``hub/brokers/redis/``) imports ``redis``, an optional extra;
+* only the wire format (``hub/wire.py``) imports ``orjson`` (the ``speed`` extra), and
+  it imports under ``try``, so that the core install runs without it.
 
 Each checker takes the package's root folder, so that it is shown to catch what it is
 for on a small tree written to ``tmp_path``.
@@ -327,6 +329,46 @@ def test_asyncio_rule_catches_a_violation(tmp_path: Path) -> None:
         "backchannel.hub.session imports backchannel.asyncio.connection",
         "backchannel.hub.session imports backchannel.asyncio.connection.Connection",
     ]
+
+
+# Only the wire format imports orjson, and only under try (it is optional).
+
+
+def orjson_outside_the_wire(root: Path) -> list[str]:
+    """Modules that import ``orjson`` other than ``hub/wire.py``, or that import it
+    outside a ``try`` whose handler catches ImportError."""
+    found = []
+    for module, path in _modules(root).items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        guarded: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in node.handlers
+            ):
+                guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "orjson" for name in names):
+                if module != "backchannel.hub.wire" or id(node) not in guarded:
+                    found.append(module)
+    return found
+
+
+def test_only_the_wire_format_imports_orjson_and_only_if_present(tmp_path: Path) -> None:
+    assert orjson_outside_the_wire(SRC) == []
+    root = tmp_path / "backchannel"
+    _write(
+        root,
+        {
+            "hub/wire.py": "import orjson\n",
+            "hub/hub.py": "try:\n    import orjson\nexcept ImportError:\n    pass\n",
+        },
+    )
+    assert sorted(orjson_outside_the_wire(root)) == ["backchannel.hub.hub", "backchannel.hub.wire"]
 
 
 # Only the Redis broker imports redis.

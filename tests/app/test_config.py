@@ -218,6 +218,15 @@ def test_variables_that_are_not_settings_but_are_read_elsewhere_pass() -> None:
     assert load_config(None, {**environ, "OTHER_PROGRAM_SETTING": "x"}) == load_config(None, {})
 
 
+def test_the_json_codec_variable_is_checked_in_one_line() -> None:
+    assert load_config(None, {"BACKCHANNEL_JSON": "stdlib"}) == load_config(None, {})
+    assert load_config(None, {"BACKCHANNEL_JSON": "orjson"}) == load_config(None, {})
+    with pytest.raises(
+        InvalidArgument, match=r"^BACKCHANNEL_JSON: 'ujson' is not orjson or stdlib$"
+    ):
+        load_config(None, {"BACKCHANNEL_JSON": "ujson"})
+
+
 def test_short_secrets_are_refused_by_the_variable_name() -> None:
     with pytest.raises(InvalidArgument, match=r"^BACKCHANNEL_AUTH_SECRET: too short \(31 bytes\)"):
         load_config(None, {"BACKCHANNEL_AUTH_SECRET": "s" * 31})

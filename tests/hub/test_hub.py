@@ -25,7 +25,8 @@ from backchannel.exceptions import (
     ConnectionClosedError,
     InvalidStatus,
 )
-from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker
+from backchannel.hub import wire
+from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker, PublishResult
 from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
@@ -922,3 +923,22 @@ async def test_a_hub_without_namespaces_takes_plain_names_with_built_in_options(
             await client.call("subscribe", channel="chat:x")
         assert info.value.code == 102
         await client.close()
+
+
+async def test_a_publication_is_encoded_once_for_the_broker_and_every_subscriber() -> None:
+    """The data the hub encoded to check its size is what the broker stores and what
+    every subscriber's push is built from: one text, the same object for each."""
+    async with Hub(HubOptions()) as hub:
+        sinks = [Sink() for _ in range(3)]
+        for sink in sinks:
+            session = hub.open_session(sink)
+            await hub.subscribe_session(session, "c")
+            hub.go_live(session, "c")
+        data = {"text": "héllo", "n": [1, 2.5, None]}
+        result = await hub.publish("c", data)
+        assert result.publication.encoded == wire.dumps(data)
+        first = sinks[0].written[-1]
+        assert all(sink.written[-1] is first for sink in sinks)
+        assert json.loads(first) == {"push": "publication", "channel": "c", "data": data}
+        [broadcast] = await hub.broadcast(["c"], "x")
+        assert isinstance(broadcast, PublishResult) and broadcast.publication.encoded == '"x"'

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backchannel.hub import codes
+from backchannel.hub import codes, wire
 from backchannel.hub.wire import (
     MAX_BATCH,
     METHODS,
@@ -39,6 +39,21 @@ VECTORS_PATH = Path(__file__).parents[1] / "vectors" / "wire_v1.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of this module, vectors included, runs with both JSON codecs; those
+    that compare orjson with the stdlib themselves run once, with orjson."""
+    both = metafunc.function.__name__.startswith("test_both_codecs_")
+    metafunc.parametrize("codec", ["orjson"] if both else ["stdlib", "orjson"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def codec(request: pytest.FixtureRequest) -> Any:
+    before = wire.codec()
+    wire.use_codec(request.param)
+    yield request.param
+    wire.use_codec(before)
 
 
 def by_name(section: str) -> pytest.MarkDecorator:
@@ -418,3 +433,89 @@ def test_params_nested_deeper_than_the_limit_are_refused() -> None:
         '{"id":1,"method":"publish","params":{"channel":"c","data":' + ok + "}}"
     )
     assert command.error is None
+
+
+# --- the two JSON codecs
+
+
+def with_stdlib(function: Any, argument: Any) -> Any:
+    """``function(argument)`` with the stdlib codec, then back to the test's codec."""
+    before = wire.codec()
+    wire.use_codec("stdlib")
+    try:
+        return function(argument)
+    finally:
+        wire.use_codec(before)
+
+
+def has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(has_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(has_float(item) for item in value)
+    return False
+
+
+@SETTINGS
+@given(json_values)
+def test_both_codecs_encode_any_value_alike(value: Any) -> None:
+    """orjson and the stdlib give the same characters, or (floats, whose shortest forms
+    are spelled differently: 1e+16 and 1e16) the same JSON value."""
+    mine = wire.dumps(value)
+    stdlib = with_stdlib(wire.dumps, value)
+    assert json.loads(mine) == json.loads(stdlib) == value
+    if not has_float(value):
+        assert mine == stdlib
+
+
+@SETTINGS
+@given(st.lists(valid_commands(), min_size=1, max_size=4), st.booleans())
+def test_both_codecs_decode_any_command_alike(commands: list[Command], ascii_only: bool) -> None:
+    text = "\n".join(command_text(command, ascii_only, False) for command in commands)
+    assert decode_commands(text) == with_stdlib(decode_commands, text) == commands
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"id":1,"method":"send","params":{"data":"\\ud800"}}',  # a lone surrogate: 107
+        '{"id":1,"method":"send","params":{"data":123456789012345678901234567890}}',
+        '{"id":1,"method":"send","params":{"data":18446744073709551616}}',  # 2**64
+        '{"id":1,"method":"send","params":{"data":1e400}}',  # out of range: 107
+    ],
+)
+def test_both_codecs_answer_edge_texts_alike(line: str) -> None:
+    """Texts orjson reads differently from the stdlib (or not at all) get the stdlib's
+    answer under both codecs."""
+    assert decode_commands(line) == with_stdlib(decode_commands, line)
+
+
+def test_an_unknown_codec_is_refused() -> None:
+    with pytest.raises(ValueError, match="BACKCHANNEL_JSON"):
+        wire.use_codec("simdjson")
+
+
+@SETTINGS
+@given(
+    st.text(),
+    json_values,
+    st.integers(min_value=0, max_value=2**53 - 1),
+    st.text(),
+    st.none() | client_infos,
+)
+def test_a_publication_with_its_data_encoded_gives_the_same_push(
+    channel: str, data: Any, offset: int, epoch: str, publisher: ClientInfo | None
+) -> None:
+    plain = Publication(channel, data, offset, epoch, publisher)
+    encoded = Publication(channel, data, offset, epoch, publisher, wire.dumps(data))
+    assert encode_publication(encoded) == encode_publication(plain)
+    assert encode_publication(plain) == wire.dumps({"push": "publication", **plain.to_json()})
+
+
+def test_the_push_reuses_the_encoded_data_as_it_is() -> None:
+    """The data's encoded characters go into the push untouched: they are not encoded
+    again (an encoding with extra spaces shows it)."""
+    publication = Publication("c", {"a": 1}, encoded='{"a": 1}')
+    assert encode_publication(publication) == '{"push":"publication","channel":"c","data":{"a": 1}}'

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..exceptions import InvalidArgument
-from ..hub import ChannelOptions, HubOptions
+from ..hub import ChannelOptions, HubOptions, wire
 from ..hub.brokers.redis_url import describe_target, parse_redis_url
 
 __all__ = [
@@ -495,9 +495,12 @@ _CHANNEL_FIELDS = {f.name for f in dataclasses.fields(ChannelOptions)}
 
 
 #: ``BACKCHANNEL_*`` variables that are not settings and must not be refused: the pure
-#: Python switch read at import (docs/design.md, "The accelerator") and the folder of the
-#: test suite's screenshots, which a server started by the tests inherits.
-ENVIRON_ALLOWED = frozenset({"BACKCHANNEL_NO_EXTENSIONS", "BACKCHANNEL_TEST_ARTIFACTS"})
+#: Python switch read at import (docs/design.md, "The accelerator"), the wire format's
+#: JSON codec (hub/wire.py, also read at import) and the folder of the test suite's
+#: screenshots, which a server started by the tests inherits.
+ENVIRON_ALLOWED = frozenset(
+    {"BACKCHANNEL_NO_EXTENSIONS", "BACKCHANNEL_JSON", "BACKCHANNEL_TEST_ARTIFACTS"}
+)
 
 #: Shortest ``auth.secret``, in bytes: an HS256 key must be at least as long as the hash
 #: output, 256 bits (RFC 7518, section 3.2). Not a setting: it only ever protects.
@@ -585,6 +588,11 @@ def _apply_environ(config: Config, environ: Mapping[str, str]) -> None:
             _set_hub(config, key, _parse(environ[name], getattr(HubOptions(), key), name), name)
     # A misspelt variable would leave its setting at the default without a word
     # (BACKCHANNEL_SERVER_PROT=9000 serving on 8000): refuse it, as the file does.
+    codec = environ.get("BACKCHANNEL_JSON")
+    if codec is not None and codec not in ("orjson", "stdlib"):
+        raise InvalidArgument(f"BACKCHANNEL_JSON: {codec!r} is not orjson or stdlib")
+    if codec == "orjson" and wire.codec() != "orjson":
+        raise InvalidArgument("BACKCHANNEL_JSON: orjson is not installed (backchannel[speed])")
     for name in sorted(environ):
         if name.startswith("BACKCHANNEL_") and name not in known | ENVIRON_ALLOWED:
             # Compared without the prefix that every name shares.

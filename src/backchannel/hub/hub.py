@@ -638,16 +638,21 @@ class Hub:
             raise CommandError(codes.UNKNOWN_CHANNEL)
         return options
 
-    def check_data(self, data: Any, *, from_wire: bool = False) -> None:
-        """CommandError unless ``data`` can be published: JSON that can be sent on (no
-        NaN, no lone surrogate, not too deep; a command's params were checked when
-        decoded, ``from_wire``) and no larger than ``max_data_size``."""
+    def check_data(self, data: Any, *, from_wire: bool = False) -> str:
+        """``data`` as wire JSON; CommandError unless it can be published: JSON that can
+        be sent on (no NaN, no lone surrogate, not too deep; a command's params were
+        checked when decoded, ``from_wire``) and no larger than ``max_data_size``."""
         problem = "" if from_wire else wire.check_value(data)
         if problem:
             raise CommandError(codes.BAD_REQUEST.with_message(problem))
-        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+        # Encoded once: its size is measured on these characters, and the broker and
+        # every subscriber's push reuse them.
+        encoded = wire.dumps(data)
+        # An ASCII text has one byte per character: no need to encode it to count.
+        size = len(encoded) if encoded.isascii() else len(encoded.encode())
         if size > self.options.max_data_size:
             raise CommandError(codes.MESSAGE_TOO_LARGE)
+        return encoded
 
     async def publish(
         self,
@@ -675,8 +680,8 @@ class Hub:
                 # Params were checked when decoded; data the application changed is not.
                 from_wire = changed is data
                 data = changed
-            self.check_data(data, from_wire=from_wire)
-            return await self._publish(channel, data, options, session, idempotency_key)
+            encoded = self.check_data(data, from_wire=from_wire)
+            return await self._publish(channel, data, options, session, idempotency_key, encoded)
         except (CommandError, DisconnectRequest, BrokerUnavailable):
             self._publications_refused += 1
             raise
@@ -688,6 +693,7 @@ class Hub:
         options: ChannelOptions,
         session: Session | None,
         key: str | None,
+        encoded: str | None = None,
     ) -> PublishResult:
         history = None
         if options.history_size:
@@ -699,6 +705,7 @@ class Hub:
             publisher=session.who if session is not None else None,
             idempotency_key=key,
             idempotency_window=self.options.idempotency_window,
+            encoded=encoded,
         )
         if not result.duplicate:
             self._publications_in += 1
@@ -710,12 +717,12 @@ class Hub:
     ) -> list[PublishResult | CommandError]:
         """Publish the same data to many channels: the data is checked once (a bad one
         raises), then each channel gives its result or its own CommandError."""
-        self.check_data(data)
+        encoded = self.check_data(data)
         results: list[PublishResult | CommandError] = []
         for channel in channels:
             try:
                 options = self.channel_options(channel)
-                results.append(await self._publish(channel, data, options, None, None))
+                results.append(await self._publish(channel, data, options, None, None, encoded))
             except CommandError as exc:
                 results.append(exc)
         return results

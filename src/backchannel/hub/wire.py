@@ -18,9 +18,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+try:  # The ``speed`` extra: a compiled JSON codec; the stdlib one is the fallback.
+    import orjson
+except ImportError:  # pragma: no cover - depends on the install
+    orjson = None  # type: ignore[assignment]
 
 from ..exceptions import PeerError
 from . import codes
@@ -35,6 +42,7 @@ __all__ = [
     "Position",
     "Publication",
     "decode_commands",
+    "dumps",
     "encode",
     "encode_disconnect",
     "encode_dropped",
@@ -148,6 +156,9 @@ class Publication:
     offset: int = 0
     epoch: str = ""
     publisher: ClientInfo | None = None
+    #: ``data`` as wire JSON, when the hub already encoded it (to check its size): the
+    #: push is built around these characters instead of encoding the data again.
+    encoded: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"channel": self.channel, "data": self.data}
@@ -159,9 +170,82 @@ class Publication:
         return out
 
 
-def _dumps(obj: Any) -> str:
-    # Compact and deterministic: equal objects give equal bytes (the vectors rely on it).
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# Compact and deterministic: equal objects give equal bytes (the vectors rely on it).
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_stdlib_dumps: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def _stdlib_loads(text: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 section 6): refuse them here, or they
+    # would be accepted now and fail when the publication is encoded for others.
+    return json.loads(text, parse_constant=refuse_constant)
+
+
+def _orjson_dumps(obj: Any) -> str:
+    # NaN and infinities are refused before anything is encoded (check_value), where
+    # orjson alone would write them as null.
+    # orjson's output is compact UTF-8 with the same escapes as the stdlib's with
+    # ensure_ascii=False. What it does not take (integers past 64 bits, keys that are
+    # not strings) goes the stdlib way, so both codecs accept the same values.
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _stdlib_dumps(obj)
+
+
+def _orjson_loads(text: str) -> Any:
+    # orjson refuses a few texts the stdlib takes (a \ud800 escape) and reads integers
+    # past 64 bits as floats; the stdlib decides those (an integer past 2**64 has 20
+    # digits or more), so both codecs give every text the same value.
+    if _LONG_DIGITS.search(text) is not None:
+        return _stdlib_loads(text)
+    try:
+        return orjson.loads(text)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError
+        return _stdlib_loads(text)
+
+
+_LONG_DIGITS = re.compile(r"[0-9]{20}")
+
+
+_dumps: Callable[[Any], str] = _stdlib_dumps
+_loads: Callable[[str], Any] = _stdlib_loads
+
+
+def use_codec(name: str) -> None:
+    """Encode and decode with ``"orjson"`` or ``"stdlib"`` from now on. The default is
+    orjson when it is installed (the ``speed`` extra) unless the environment variable
+    ``BACKCHANNEL_JSON`` is ``stdlib``; tests run both."""
+    global _dumps, _loads
+    if name == "orjson":
+        if orjson is None:
+            raise ValueError(
+                "BACKCHANNEL_JSON=orjson needs orjson (pip install backchannel[speed])"
+            )
+        _dumps, _loads = _orjson_dumps, _orjson_loads
+    elif name == "stdlib":
+        _dumps, _loads = _stdlib_dumps, _stdlib_loads
+    else:
+        raise ValueError(f"BACKCHANNEL_JSON must be orjson or stdlib, not {name!r}")
+
+
+def codec() -> str:
+    """The JSON codec in use: "orjson" or "stdlib"."""
+    return "orjson" if _dumps is _orjson_dumps else "stdlib"
+
+
+# Read at import; a bad value is reported by the server's configuration (app/config.py)
+# as one line, so here it only leaves the default.
+use_codec(
+    "stdlib" if orjson is None or os.environ.get("BACKCHANNEL_JSON") == "stdlib" else "orjson"
+)
+
+
+def dumps(obj: Any) -> str:
+    """``obj`` as compact wire JSON (UTF-8 characters unescaped)."""
+    return _dumps(obj)
 
 
 def decode_commands(text: str | bytes) -> list[Command]:
@@ -182,9 +266,7 @@ def decode_commands(text: str | bytes) -> list[Command]:
 
 def _decode_command(line: str) -> Command:
     try:
-        # NaN and Infinity are not JSON (RFC 8259 section 6): refuse them here, or they
-        # would be accepted now and fail when the publication is encoded for others.
-        obj = json.loads(line, parse_constant=refuse_constant)
+        obj = _loads(line)
     except (ValueError, RecursionError) as exc:
         raise InvalidMessage("malformed JSON") from exc
     if not isinstance(obj, dict):
@@ -287,7 +369,19 @@ def encode_error(cid: int, error: Error) -> str:
 
 
 def encode_publication(publication: Publication) -> str:
-    return _dumps({"push": "publication", **publication.to_json()})
+    """The push every subscriber gets, built around the publication's encoded data (the
+    same characters as encoding the whole object: key order push, channel, data,
+    offset, epoch, info)."""
+    data = publication.encoded
+    if data is None:
+        data = _dumps(publication.data)
+    parts = ['{"push":"publication","channel":', _dumps(publication.channel), ',"data":', data]
+    if publication.offset:
+        parts += [',"offset":', str(publication.offset), ',"epoch":', _dumps(publication.epoch)]
+    if publication.publisher is not None:
+        parts += [',"info":', _dumps(publication.publisher.to_json())]
+    parts.append("}")
+    return "".join(parts)
 
 
 def encode_join(channel: str, who: ClientInfo) -> str:

@@ -165,3 +165,32 @@ async def test_expired_key_behind_a_longer_window_is_not_a_duplicate(
     clock.advance(2.0)
     assert not (await broker.publish("news", 2, idempotency_key="short")).duplicate
     assert (await broker.publish("news", 1, idempotency_key="long")).duplicate
+
+
+async def test_the_work_per_publish_does_not_grow_with_history_or_keys(
+    broker: MemoryBroker, clock: ManualClock
+) -> None:
+    """Entries examined per publish (history trimmed, idempotency keys looked up and
+    purged) stay a small constant whether the channel holds 10 or 10 000 of them."""
+    window = 50.0  # keys live 50 publishes: the oldest expires as each new one comes
+
+    async def examined_by(channel: str, size: int, count: int) -> list[int]:
+        options = HistoryOptions(size=size, ttl=1e9)
+        per_publish = []
+        for i in range(count):
+            clock.advance(1.0)
+            before = broker.examined
+            await broker.publish(
+                channel, i, history=options, idempotency_key=str(i), idempotency_window=window
+            )
+            per_publish.append(broker.examined - before)
+        return per_publish
+
+    small = await examined_by("small", 10, 2_000)
+    large = await examined_by("large", 10_000, 12_000)
+    # Once the history is full and keys expire: one trim, one lookup, two keys purged
+    # at most (the expired one and the live one that stops the purge).
+    assert max(small[100:]) <= 4
+    assert max(large[10_100:]) <= 4
+    assert sum(large[10_100:]) / len(large[10_100:]) == sum(small[100:]) / len(small[100:])
+    assert len((await broker.history("large")).publications) == 10_000

@@ -179,9 +179,12 @@ class Broker(Protocol):
         publisher: ClientInfo | None = None,
         idempotency_key: str | None = None,
         idempotency_window: float = 120.0,
+        encoded: str | None = None,
     ) -> PublishResult:
         """Store (when ``history`` is given) and deliver a publication to every node
-        subscribed to the channel. A second publish with the same idempotency key in the
+        subscribed to the channel. ``encoded``, when given, is ``data`` as wire JSON
+        (the hub encodes it once to check its size): a broker uses it rather than
+        encoding the data again. A second publish with the same idempotency key in the
         same channel within ``idempotency_window`` seconds returns the first one's result
         with ``duplicate=True`` and delivers nothing."""
 

@@ -81,6 +81,10 @@ class MemoryBroker:
         # channel -> client id -> (expiry, who)
         self._presence: dict[str, dict[str, tuple[float, ClientInfo]]] = {}
         self._next_sweep = clock() + self.SWEEP_INTERVAL
+        #: Stored entries (history publications, idempotency keys) that publishes have
+        #: looked at, trimmed or purged: a count, not a time, so that tests can show the
+        #: work per publication does not grow with a channel's history or its keys.
+        self.examined = 0
 
     async def start(self, handler: BrokerHandler) -> None:
         """Begin delivering events to ``handler``. A closed broker cannot start again."""
@@ -121,6 +125,7 @@ class MemoryBroker:
         publisher: ClientInfo | None = None,
         idempotency_key: str | None = None,
         idempotency_window: float = 120.0,
+        encoded: str | None = None,
     ) -> PublishResult:
         """See :meth:`Broker.publish`; the handler is called before this returns."""
         if history is not None and (history.size < 0 or history.ttl < 0):
@@ -131,19 +136,22 @@ class MemoryBroker:
         if idempotency_key is not None:
             keys = self._idempotency.get(channel)
             if keys is not None:
-                _purge_front(keys, now)
+                self.examined += _purge_front(keys, now) + 1
                 entry = keys.get(idempotency_key)
                 if entry is not None and now <= entry[0]:
                     return PublishResult(entry[1].publication, duplicate=True)
         if history is None:
-            publication = Publication(channel, data, publisher=publisher)
+            publication = Publication(channel, data, publisher=publisher, encoded=encoded)
         else:
             stream = self._stream(channel, now)
             stream.top += 1
-            publication = Publication(channel, data, stream.top, stream.epoch, publisher)
+            publication = Publication(channel, data, stream.top, stream.epoch, publisher, encoded)
+            # Appending and trimming from the front of a deque: O(1) each, and one
+            # publication in trims one (more only after the size was lowered).
             stream.publications.append(publication)
             while len(stream.publications) > history.size:
                 stream.publications.popleft()
+                self.examined += 1
             stream.expires_at = now + history.ttl
         result = PublishResult(publication)
         if idempotency_key is not None:
@@ -152,6 +160,7 @@ class MemoryBroker:
             keys.pop(idempotency_key, None)  # an expired entry: re-insert at the back
             if len(keys) >= self.MAX_IDEMPOTENCY_KEYS:
                 keys.popitem(last=False)
+                self.examined += 1
             keys[idempotency_key] = (now + idempotency_window, result)
         handler = self._deliverer(channel)
         if handler is not None:
@@ -270,14 +279,19 @@ class MemoryBroker:
                 del self._presence[channel]
 
 
-def _purge_front(keys: OrderedDict[str, tuple[float, PublishResult]], now: float) -> None:
-    """Forget expired idempotency keys from the oldest on. Windows may differ between
-    publishes, so an expired key behind a live one can stay; lookups check expiry."""
+def _purge_front(keys: OrderedDict[str, tuple[float, PublishResult]], now: float) -> int:
+    """Forget expired idempotency keys from the oldest on; return how many were looked
+    at. Each key is forgotten once, so the work is amortised O(1) per publish. Windows
+    may differ between publishes, so an expired key behind a live one can stay; lookups
+    check expiry."""
+    examined = 0
     while keys:
+        examined += 1
         expiry, _ = next(iter(keys.values()))
         if now <= expiry:
-            return
+            return examined
         keys.popitem(last=False)
+    return examined
 
 
 def _purge_presence(clients: dict[str, tuple[float, ClientInfo]], now: float) -> None:

@@ -232,6 +232,7 @@ class RedisBroker:
         publisher: ClientInfo | None = None,
         idempotency_key: str | None = None,
         idempotency_window: float = 120.0,
+        encoded: str | None = None,
     ) -> PublishResult:
         return await self._history.publish(
             channel,
@@ -240,6 +241,7 @@ class RedisBroker:
             publisher=publisher,
             idempotency_key=idempotency_key,
             idempotency_window=idempotency_window,
+            encoded=encoded,
         )
 
     async def publish_control(self, message: dict[str, Any]) -> None:

@@ -134,6 +134,7 @@ class RedisHistory:
         publisher: ClientInfo | None,
         idempotency_key: str | None,
         idempotency_window: float,
+        encoded: str | None = None,
     ) -> PublishResult:
         """See :meth:`Broker.publish`; the script also PUBLISHes to every node."""
         if history is not None and (history.size < 0 or history.ttl < 0):
@@ -146,7 +147,7 @@ class RedisHistory:
                 keys=[keys.stream(channel), keys.log(channel), keys.idempotency(channel, key)],
                 args=[
                     self._now_ms(),
-                    f"{dumps(data)},{info}",
+                    f"{dumps(data) if encoded is None else encoded},{info}",
                     -1 if history is None else history.size,
                     0 if history is None else int(history.ttl * 1000),
                     secrets.token_hex(8),
