@@ -205,3 +205,41 @@ async def test_a_channel_whose_slot_moves_is_followed_to_its_new_shard(
     assert f"{prefix}:c:{{moving}}" in served
     await subscriber.close()
     await publisher.close()
+
+
+async def test_a_sentinel_broker_closed_leaves_no_connection_open(tmp_path: object) -> None:
+    # The Sentinel clients share a pool they did not create, which their own close
+    # leaves open: the broker must close it, or its connections linger (and, after a
+    # failover, are garbage-collected unclosed in whatever test runs next).
+    import asyncio
+    from pathlib import Path
+
+    require_redis()
+    with RedisSentinels(Path(str(tmp_path))) as setup:
+        broker = RedisBroker(setup.url, prefix="f", socket_timeout=2)
+        await broker.start(Recorder())
+        await broker.subscribe("orders")
+        await broker.publish("orders", "hello", history=HISTORY)
+        await broker.add_presence("orders", ClientInfo("c1", "alice"), 600)
+        client = redis.Redis(port=setup.master)
+        try:
+            own = int(await client.client_id())
+
+            async def ours() -> list[dict[str, object]]:
+                return [
+                    c
+                    for c in await client.client_list(_type="normal")
+                    if int(c["id"]) != own and not str(c["name"]).startswith("sentinel-")
+                ]
+
+            assert await ours()  # the broker's pub/sub and command connections
+            await broker.close()
+            # Redis drops a client when it reads the close, maybe after our next command
+            # on another socket: look again (bounded) until the list is empty.
+            for _ in range(1000):
+                if not await ours():
+                    break
+                await asyncio.sleep(0.01)
+            assert await ours() == []
+        finally:
+            await client.aclose()
