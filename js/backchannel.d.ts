@@ -265,6 +265,13 @@ export interface PresenceResult {
   users?: number;
 }
 
+export interface PresenceStats {
+  /** Connections subscribed. */
+  count: number;
+  /** Distinct users they belong to. */
+  users: number;
+}
+
 export interface HistoryResult {
   publications: Publication[];
   epoch: string;
@@ -481,7 +488,10 @@ export class Subscription {
    * outbox, settles with the publish's fate, however many reconnects that takes.
    */
   publish(data: unknown, options?: { idempotencyKey?: string }): Promise<PublishResult>;
+  /** Every client (following the hub's pages), or `{count, users}` in count-only channels. */
   presence(): Promise<PresenceResult>;
+  /** How many connections and distinct users, counted by the hub. */
+  presenceStats(): Promise<PresenceStats>;
   history(options?: { limit?: number; since?: StreamPosition }): Promise<HistoryResult>;
   /** Ends the subscription (onUnsubscribe with code 0). */
   unsubscribe(): void;

@@ -7,6 +7,7 @@ import { errorMessage, isObject, noop } from "./wire.js";
 /** @typedef {import("./wire.js").Publication} Publication */
 /** @typedef {import("./wire.js").Push} Push */
 /** @typedef {import("./wire.js").SubscriptionState} SubscriptionState */
+/** @typedef {import("./wire.js").ClientInfo} ClientInfo */
 /** @typedef {import("./client.js").Client} Client */
 /** @typedef {import("./client.js").SubscriptionOptions} SubscriptionOptions */
 
@@ -574,12 +575,50 @@ export class Subscription {
   }
 
   /**
-   * Who is subscribed: `{clients}` or, in count-only channels, `{count, users}`.
+   * Who is subscribed: `{clients}` with every client or, in count-only channels,
+   * `{count, users}`. The hub answers a page at a time (docs/protocol.md); this asks for
+   * the next one (`cursor`) until no `next_cursor` comes back.
    * @returns {Promise<{clients?: Record<string, ClientInfo>, count?: number, users?: number}>}
    */
-  presence() {
+  async presence() {
     if (this.state === "unsubscribed") return this._closedError("presence");
-    return this.client._call("presence", { channel: this.channel }, { sub: this });
+    /** @type {Record<string, ClientInfo>} */
+    const clients = {};
+    /** @type {string | undefined} */
+    let cursor;
+    for (;;) {
+      /** @type {Record<string, any>} */
+      const params = { channel: this.channel };
+      if (cursor !== undefined) params.cursor = cursor;
+      const page = await this.client._call("presence", params, { sub: this });
+      if (page === null || typeof page.clients !== "object" || page.clients === null) return page; // count-only
+      // Defined, not assigned: a client id is data, even one named like "__proto__".
+      for (const [id, info] of Object.entries(page.clients)) {
+        Object.defineProperty(clients, id, { value: info, enumerable: true, writable: true, configurable: true });
+      }
+      const next = page.next_cursor;
+      // A cursor that does not move on would loop forever: stop at it.
+      if (typeof next !== "string" || next === cursor) return { clients };
+      cursor = next;
+    }
+  }
+
+  /**
+   * How many connections and distinct users are subscribed, counted by the hub (no list
+   * crosses the network, however many there are).
+   * @returns {Promise<{count: number, users: number}>}
+   */
+  async presenceStats() {
+    if (this.state === "unsubscribed") return this._closedError("presenceStats");
+    const result = await this.client._call("presence", { channel: this.channel, count_only: true }, { sub: this });
+    if (result !== null && typeof result.clients === "object" && result.clients !== null) {
+      // A hub that ignores count_only (older than it) sends the list: count it here.
+      const infos = /** @type {ClientInfo[]} */ (Object.values(result.clients));
+      return { count: infos.length, users: new Set(infos.map((info) => info.user)).size };
+    }
+    const count = Number.isInteger(result?.count) ? result.count : 0;
+    const users = Number.isInteger(result?.users) ? result.users : 0;
+    return { count, users };
   }
 
   /**

@@ -52,7 +52,7 @@ const METHODS = {
   },
   unsubscribe: { channel: ["string", true] },
   publish: { channel: ["string", true], data: ["any", true], idempotency_key: ["string", false] },
-  presence: { channel: ["string", true] },
+  presence: { channel: ["string", true], cursor: ["string", false], count_only: ["boolean", false] },
   history: {
     channel: ["string", true],
     epoch: ["string", false],

@@ -38,6 +38,8 @@ async function main(): Promise<void> {
   const { offset, duplicate } = await chat.publish({ text: "hi" }, { idempotencyKey: "k" });
   console.log(offset, duplicate, client.outbox?.size);
   const { clients = {} } = await chat.presence();
+  const { count, users } = await chat.presenceStats();
+  console.log(count + users);
   let online: Record<string, ClientInfo> = clients;
   online = applyPresence(online, [{ type: "leave", info: { client: "c", user: "u" } }]);
   console.log(presenceUsers(online));

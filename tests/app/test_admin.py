@@ -228,6 +228,30 @@ async def test_cross_origin_posts_are_refused(admin_server: tuple[App, int]) -> 
     assert history.json()["publications"] == []
 
 
+async def test_presence_shows_one_page_with_the_counts_of_the_whole_channel() -> None:
+    config = admin_config()
+    config.hub = {"presence_page_size": 2}  # three clients: more than a page
+    async with running(config) as (_, port):
+        clients = [
+            await HubClient.open(port, path="/ws", token=make_token(SECRET, user))
+            for user in ("alice", "bob", "mallory")
+        ]
+        try:
+            for client in clients:
+                await client.call("subscribe", channel="chat:lobby")
+            session = cookie_of(await login(port))
+            reply = await request(
+                port, "POST", "/admin/api/presence", {"channel": "chat:lobby"}, session + OWN
+            )
+            assert reply.status == 200, reply.text
+            result = reply.json()
+            assert len(result["clients"]) == 2 and "next_cursor" in result
+            assert (result["count"], result["users"]) == (3, 3)
+        finally:
+            for client in clients:
+                await client.close()
+
+
 async def live_snapshots(client: HubClient, count: int) -> list[dict[str, Any]]:
     """The next ``count`` snapshots the client gets on the live channel."""
     snapshots = []
@@ -497,7 +521,11 @@ async def test_the_dashboard_page_live_in_chromium(browser: Browser) -> None:
         # Presence and history of a channel.
         await page.fill("#channel", "chat:lobby")
         await page.click('#lookup button[data-action="presence"]')
-        await wait_text(page, '#result[data-action="presence"]', lambda t: "mallory" in t)
+        await wait_text(
+            page,
+            '#result[data-action="presence"]',
+            lambda t: t.startswith("3 clients, 3 users\n") and "mallory" in t,
+        )
         await page.click('#lookup button[data-action="history"]')
         await wait_text(page, '#result[data-action="history"]', lambda t: '"n"' in t)
 

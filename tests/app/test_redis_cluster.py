@@ -117,9 +117,13 @@ async def test_three_nodes_on_a_redis_cluster_act_as_one_hub(
         await cluster.close()
 
 
-async def failover_run(tmp_path: Path, url: str, kill: Callable[[], object]) -> None:
+async def failover_run(
+    tmp_path: Path, url: str, kill: Callable[[], int], wait: Callable[[int], None]
+) -> None:
     """300 WebSocket clients on three nodes, a publisher through node 0, ``kill`` (a
-    Redis master) after KILL_AFTER publications: every accepted one reaches every
+    Redis master; it returns once the process is gone, so the publications after it
+    meet a dead master however slow the machine) before publication KILL_AFTER, and
+    ``wait`` for the failover in a thread meanwhile: every accepted one reaches every
     client once, in order."""
     cluster, nodes = await serve_on(tmp_path, url)
     try:
@@ -134,11 +138,13 @@ async def failover_run(tmp_path: Path, url: str, kill: Callable[[], object]) -> 
             for subscriber in subscribers:
                 subscriber.start()
             await asyncio.gather(*(s.wait_subscribed() for s in subscribers))
-        killing: list[asyncio.Future[object]] = []
+        killing: list[asyncio.Future[None]] = []
 
         def kill_at(n: int) -> None:
             if n == KILL_AFTER:
-                killing.append(asyncio.ensure_future(asyncio.to_thread(kill)))
+                # SIGKILL and reap: milliseconds, so it may hold the loop.
+                dead = kill()
+                killing.append(asyncio.ensure_future(asyncio.to_thread(wait, dead)))
 
         accepted, refused = await publish_retrying(ports[0], channel, PUBLICATIONS, kill_at)
         # Publishing went on while the master was down: the failover happened mid-run.
@@ -158,7 +164,10 @@ async def test_a_cluster_master_killed_under_300_clients_loses_nothing_accepted(
     tmp_path: Path, redis_cluster: RedisCluster
 ) -> None:
     await failover_run(
-        tmp_path, redis_cluster.url, lambda: redis_cluster.kill_master_of("{feed:failover}")
+        tmp_path,
+        redis_cluster.url,
+        lambda: redis_cluster.sigkill_master_of("{feed:failover}"),
+        redis_cluster.wait_taken_over,
     )
 
 
@@ -169,7 +178,7 @@ async def test_a_sentinel_failover_under_300_clients_loses_nothing_accepted(
     folder = tmp_path / "redis"
     folder.mkdir()
     with RedisSentinels(folder) as setup:
-        await failover_run(tmp_path, setup.url, setup.kill_master)
+        await failover_run(tmp_path, setup.url, setup.sigkill_master, setup.wait_promoted)
 
 
 async def test_long_polls_are_relayed_across_nodes_on_a_redis_cluster(

@@ -214,10 +214,21 @@ class RedisCluster:
     def kill_master_of(self, key: str) -> int:
         """SIGKILL the master owning ``key``; return once its replica took over and
         every live node sees the cluster ok again. Returns the killed port."""
+        port = self.sigkill_master_of(key)
+        self.wait_taken_over(port)
+        return port
+
+    def sigkill_master_of(self, key: str) -> int:
+        """SIGKILL the master owning ``key`` and reap it; return at once (the failover
+        is still to come: :meth:`wait_taken_over`). Returns the killed port."""
         port = self.master_of(key)
         self._servers.kill(port)
-        _wait_until("a replica taking over", self._taken_over(port), FAILOVER_TIMEOUT)
         return port
+
+    def wait_taken_over(self, dead: int) -> None:
+        """Return once a replica took over from ``dead`` and every live node sees the
+        cluster ok again."""
+        _wait_until("a replica taking over", self._taken_over(dead), FAILOVER_TIMEOUT)
 
     def move_slot_of(self, key: str) -> tuple[int, int]:
         """Move ``key``'s slot, with its keys, to another master, as a resharding does
@@ -353,8 +364,20 @@ class RedisSentinels:
     def kill_master(self) -> int:
         """SIGKILL the master; return once every sentinel names the replica as master and
         it answers as one. Returns the killed port."""
-        dead = self.master
-        self._servers.kill(dead)
+        dead = self.sigkill_master()
+        self.wait_promoted(dead)
+        return dead
+
+    def sigkill_master(self) -> int:
+        """SIGKILL the master and reap it; return at once (the failover is still to
+        come: :meth:`wait_promoted`). Returns the killed port."""
+        self._servers.kill(self.master)
+        return self.master
+
+    def wait_promoted(self, dead: int) -> None:
+        """Return once every sentinel names the replica as master (in ``dead``'s place)
+        and it answers as one."""
+        assert dead == self.master, "wait for the master that was killed"
 
         def promoted() -> bool:
             for port in self.sentinels:
@@ -365,4 +388,3 @@ class RedisSentinels:
 
         _wait_until("the sentinels promoting the replica", promoted, FAILOVER_TIMEOUT)
         self.master, self.replica = self.replica, dead
-        return dead

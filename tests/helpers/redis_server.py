@@ -24,12 +24,29 @@ import pytest
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 10.0
+#: Ports tried when the one picked was taken before redis-server bound it.
+PORT_ATTEMPTS = 5
 
 
 def require_redis() -> None:
     """Skip (outside CI) when redis-server is not installed."""
     if not Path(REDIS_SERVER).exists() and os.environ.get("CI") != "true":
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+def _pid_of(sock: socket.socket) -> int:
+    """The process id of the redis-server at the other end (``INFO server``)."""
+    sock.sendall(b"INFO server\r\n")
+    reply = b""
+    while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            return -1
+        reply += chunk
+    for line in reply.decode().splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return -1
 
 
 def _free_port() -> int:
@@ -44,6 +61,7 @@ class RedisServer:
         self.persistent = persistent
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -62,6 +80,25 @@ class RedisServer:
         self.stop()
 
     def start(self) -> None:
+        # The port was free when picked, not reserved: under load another process (a
+        # redis-server of a test run beside this one) may take it first. Then ours exits
+        # and the other answers PONG: a test would share its keys. Until this process
+        # listens itself, pick another port (not on a restart: its clients know it).
+        for _ in range(PORT_ATTEMPTS):
+            if self._launch():
+                self._started = True
+                return
+            assert self.process is not None
+            self.process.kill()  # it cannot listen: it exits, or is about to
+            self.process.wait(timeout=10)
+            if self._started:
+                break
+            self.port = _free_port()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _launch(self) -> bool:
+        """Start redis-server on ``self.port``; whether it is the one answering there
+        (False: it exited, the port was taken)."""
         args = [
             REDIS_SERVER,
             "--port",
@@ -92,8 +129,10 @@ class RedisServer:
             ):
                 sock.sendall(b"PING\r\n")
                 if sock.recv(64).startswith(b"+PONG"):
-                    return
-            if self.process.poll() is not None or time.monotonic() > deadline:
+                    return _pid_of(sock) == self.process.pid
+            if self.process.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)
 

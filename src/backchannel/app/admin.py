@@ -369,8 +369,11 @@ class Admin:
             result: dict[str, Any] = {}
             if name == "presence":
                 # One page (hub.presence_page_size clients): a channel with tens of
-                # thousands of clients is not listed whole in the dashboard.
+                # thousands of clients is not listed whole in the dashboard. The counts
+                # of the whole channel come with it, so the page says what it leaves out.
                 result = (await hub.presence_page(params["channel"])).to_json()
+                stats = await hub.presence_stats(params["channel"])
+                result["count"], result["users"] = stats.clients, stats.users
             elif name == "history":
                 limit = min(max(params.get("limit", 20), 1), MAX_HISTORY)
                 result = (await hub.history(params["channel"], limit=limit)).to_json()

@@ -220,7 +220,14 @@ async function action(name, data) {
   const out = $("result");
   out.dataset.action = name;
   try {
-    out.textContent = JSON.stringify(await post(`/admin/api/${name}`, data), null, 2);
+    const result = await post(`/admin/api/${name}`, data);
+    let head = "";
+    if (name === "presence" && result.clients) {
+      const shown = Object.keys(result.clients).length;
+      head = `${result.count} clients, ${result.users} users` +
+        (result.next_cursor ? `; the first ${shown} shown (one page)` : "") + "\n";
+    }
+    out.textContent = head + JSON.stringify(result, null, 2);
     out.dataset.ok = "true";
   } catch (err) {
     if (err.status === 401) showLogin("Your session ended: log in again.");

@@ -4,7 +4,7 @@ pub/sub, and a master killed under load with nothing accepted lost."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis.asyncio as redis
@@ -101,20 +101,26 @@ KEPT = HistoryOptions(size=PUBLICATIONS, ttl=600)
 
 
 async def publish_through_a_failover(
-    publisher: RedisBroker, kill: object, channel: str
+    publisher: RedisBroker,
+    kill: Callable[[], int],
+    wait: Callable[[int], None],
+    channel: str,
 ) -> tuple[int, int]:
     """Publish PUBLICATIONS numbers in ``channel``, each retried with its idempotency key
     until accepted (a publish refused while the master is down is retried, as a client
-    does); ``kill`` (blocking) runs in a thread after KILL_AFTER. Returns (refused
-    publish attempts, duplicates reported)."""
+    does). Before publication KILL_AFTER the master is killed (``kill``, which returns
+    once the process is gone: the publications after it meet a dead master, however
+    slow the machine), and the failover is waited for (``wait``, blocking) in a thread
+    while publishing goes on. Returns (refused publish attempts, duplicates reported)."""
     import asyncio
 
     refused = duplicates = 0
-    killing: asyncio.Future[object] | None = None
+    failover: asyncio.Future[None] | None = None
     async with asyncio.timeout(60):
         for i in range(PUBLICATIONS):
             if i == KILL_AFTER:
-                killing = asyncio.ensure_future(asyncio.to_thread(kill))  # type: ignore[arg-type]
+                dead = await asyncio.to_thread(kill)
+                failover = asyncio.ensure_future(asyncio.to_thread(wait, dead))
             while True:
                 try:
                     result = await publisher.publish(
@@ -126,8 +132,8 @@ async def publish_through_a_failover(
                     continue
                 duplicates += result.duplicate
                 break
-        assert killing is not None
-        await killing
+        assert failover is not None
+        await failover
     return refused, duplicates
 
 
@@ -144,7 +150,10 @@ async def test_a_master_killed_under_load_loses_nothing_accepted(tmp_path: objec
         await subscriber.subscribe("orders")
         await subscriber.add_presence("orders", ClientInfo("c1", "alice"), 600)
         refused, _ = await publish_through_a_failover(
-            publisher, lambda: cluster.kill_master_of("{orders}"), "orders"
+            publisher,
+            lambda: cluster.sigkill_master_of("{orders}"),
+            cluster.wait_taken_over,
+            "orders",
         )
         assert refused > 0  # the master was down for a while: the test did fail over
         events = await seen.wait_for(PUBLICATIONS)
@@ -168,7 +177,9 @@ async def test_sentinel_follows_a_failover_and_loses_nothing_accepted(tmp_path: 
         await publisher.start(Recorder())
         assert subscriber.topology == f"sentinel master 'mymaster' at 127.0.0.1:{setup.master}"
         await subscriber.subscribe("orders")
-        refused, _ = await publish_through_a_failover(publisher, setup.kill_master, "orders")
+        refused, _ = await publish_through_a_failover(
+            publisher, setup.sigkill_master, setup.wait_promoted, "orders"
+        )
         assert refused > 0
         events = await seen.wait_for(PUBLICATIONS)
         assert seen.data() == list(range(PUBLICATIONS))
@@ -205,3 +216,41 @@ async def test_a_channel_whose_slot_moves_is_followed_to_its_new_shard(
     assert f"{prefix}:c:{{moving}}" in served
     await subscriber.close()
     await publisher.close()
+
+
+async def test_a_sentinel_broker_closed_leaves_no_connection_open(tmp_path: object) -> None:
+    # The Sentinel clients share a pool they did not create, which their own close
+    # leaves open: the broker must close it, or its connections linger (and, after a
+    # failover, are garbage-collected unclosed in whatever test runs next).
+    import asyncio
+    from pathlib import Path
+
+    require_redis()
+    with RedisSentinels(Path(str(tmp_path))) as setup:
+        broker = RedisBroker(setup.url, prefix="f", socket_timeout=2)
+        await broker.start(Recorder())
+        await broker.subscribe("orders")
+        await broker.publish("orders", "hello", history=HISTORY)
+        await broker.add_presence("orders", ClientInfo("c1", "alice"), 600)
+        client = redis.Redis(port=setup.master)
+        try:
+            own = int(await client.client_id())
+
+            async def ours() -> list[dict[str, object]]:
+                return [
+                    c
+                    for c in await client.client_list(_type="normal")
+                    if int(c["id"]) != own and not str(c["name"]).startswith("sentinel-")
+                ]
+
+            assert await ours()  # the broker's pub/sub and command connections
+            await broker.close()
+            # Redis drops a client when it reads the close, maybe after our next command
+            # on another socket: look again (bounded) until the list is empty.
+            for _ in range(1000):
+                if not await ours():
+                    break
+                await asyncio.sleep(0.01)
+            assert await ours() == []
+        finally:
+            await client.aclose()

@@ -163,10 +163,21 @@ class Topology:
         return "single server"
 
     async def close(self) -> None:
-        await self.reader.aclose()
-        await self.writer.aclose()
-        if self.kind == "single":
-            await self.reader.connection_pool.disconnect()
+        """Close every connection, whatever happened to the servers. The clients share
+        a pool they did not create (so ``aclose`` leaves it open): it is closed here,
+        with the connections it still holds to a master that has since failed over.
+        Each step runs even if one before it failed (a dead server's socket may error
+        on close); the first error is raised at the end."""
+        steps = [self.reader.aclose, self.writer.aclose]
+        if self.kind != "cluster":
+            steps.append(self.reader.connection_pool.disconnect)
         if self._sentinel is not None:
-            for client in self._sentinel.sentinels:
-                await client.aclose()
+            steps.extend(client.aclose for client in self._sentinel.sentinels)
+        failure: BaseException | None = None
+        for step in steps:
+            try:
+                await step()
+            except Exception as exc:  # closing the rest comes first
+                failure = failure or exc
+        if failure is not None:
+            raise failure
