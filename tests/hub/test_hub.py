@@ -102,6 +102,10 @@ class ClusterNodes:
     def start(self, ports: list[int]) -> None:
         self.ports, self._turn = ports, 0
 
+    def after(self, port: int) -> int:
+        """The node after this one (a node other than the one a client is on)."""
+        return self.ports[(self.ports.index(port) + 1) % len(self.ports)]
+
     def pick(self, port: int) -> int:
         if not self.ports:
             return port
@@ -139,12 +143,17 @@ class ClusterLongPollClient(LongPollClient):
 
 
 class ClusterSseClient(SseClient):
-    """An SSE client of the next node of the cluster variant."""
+    """An SSE client of the next node of the cluster variant, which POSTs its commands
+    to the node after that one: each command goes through the relay (the broker) to
+    the node holding the stream."""
 
     server = "cluster"
 
     def __init__(self, port: int, path: str = "/sse", *, post_port: int | None = None) -> None:
-        super().__init__(CLUSTER.pick(port), path, post_port=post_port)
+        port = CLUSTER.pick(port)
+        if post_port is None and CLUSTER.ports:
+            post_port = CLUSTER.after(port)
+        super().__init__(port, path, post_port=post_port)
 
 
 # The shared transport suite: these tests run over WebSocket, long polling and SSE, on
