@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import jwt
@@ -14,6 +15,8 @@ import pytest
 from helpers.asgi_server import uvicorn_server
 from helpers.hub_client import HubClient, LongPollClient, ReplyError, SseClient
 from helpers.raw_client import RawClient
+from helpers.redis_cluster import RedisCluster
+from helpers.redis_server import require_redis
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -27,11 +30,12 @@ from backchannel.exceptions import (
 )
 from backchannel.hub import wire
 from backchannel.hub.brokers import HistoryOptions, HistoryResult, MemoryBroker, PublishResult
+from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.hooks import Hooks
 from backchannel.hub.hub import Hub
 from backchannel.hub.options import ChannelOptions, HubOptions
 from backchannel.hub.token import TokenVerifier
-from backchannel.hub.transports.http import HttpSessions
+from backchannel.hub.transports.http import HttpSessions, SessionRelay
 from backchannel.hub.transports.longpoll import LongPoll
 from backchannel.hub.transports.sse import ServerSentEvents
 from backchannel.hub.transports.websocket import websocket_handler
@@ -84,14 +88,91 @@ class AsgiSseClient(SseClient):
         super().__init__(port, path)
 
 
+class ClusterNodes:
+    """The hub nodes of the running ``hub_server`` block in the cluster variant: three
+    hubs on one Redis Cluster, each serving on its own port. Clients of that variant
+    open on the next node round-robin, whatever port the test names, so a test's first
+    client is on the first node (the ``hub`` it gets) and its second on another node."""
+
+    def __init__(self) -> None:
+        #: The Redis Cluster's URL while a cluster-variant test runs, else "".
+        self.url = ""
+        self.ports: list[int] = []
+        self._turn = 0
+
+    def start(self, ports: list[int]) -> None:
+        self.ports, self._turn = ports, 0
+
+    def after(self, port: int) -> int:
+        """The node after this one (a node other than the one a client is on)."""
+        return self.ports[(self.ports.index(port) + 1) % len(self.ports)]
+
+    def pick(self, port: int) -> int:
+        if not self.ports:
+            return port
+        port = self.ports[self._turn % len(self.ports)]
+        self._turn += 1
+        return port
+
+
+CLUSTER = ClusterNodes()
+#: Hub nodes in the cluster variant.
+CLUSTER_NODES = 3
+
+
+class ClusterHubClient(HubClient):
+    """A WebSocket client of the next node of the cluster variant."""
+
+    server = "cluster"
+
+    @classmethod
+    async def open(cls, port: int, *, path: str = "/", **params: Any) -> HubClient:
+        return await super().open(CLUSTER.pick(port), path=path, **params)
+
+    @classmethod
+    async def raw(cls, port: int, *, path: str = "/") -> HubClient:
+        return await super().raw(CLUSTER.pick(port), path=path)
+
+
+class ClusterLongPollClient(LongPollClient):
+    """A long-poll client of the next node of the cluster variant."""
+
+    server = "cluster"
+
+    def __init__(self, port: int, path: str = "/lp") -> None:
+        super().__init__(CLUSTER.pick(port), path)
+
+
+class ClusterSseClient(SseClient):
+    """An SSE client of the next node of the cluster variant, which POSTs its commands
+    to the node after that one: each command goes through the relay (the broker) to
+    the node holding the stream."""
+
+    server = "cluster"
+
+    def __init__(self, port: int, path: str = "/sse", *, post_port: int | None = None) -> None:
+        port = CLUSTER.pick(port)
+        if post_port is None and CLUSTER.ports:
+            post_port = CLUSTER.after(port)
+        super().__init__(port, path, post_port=post_port)
+
+
 # The shared transport suite: these tests run over WebSocket, long polling and SSE, on
-# backchannel's own server and on the ASGI app (backchannel.asgi) under uvicorn.
+# backchannel's own server, on the ASGI app (backchannel.asgi) under uvicorn, and on
+# three hub nodes sharing a Redis Cluster (three masters, three replicas).
 ClientType = type[HubClient]
+_LOCAL = [HubClient, LongPollClient, SseClient, AsgiHubClient, AsgiLongPollClient, AsgiSseClient]
+_LOCAL_IDS = [
+    *["websocket", "longpoll", "sse"],
+    *["websocket-uvicorn", "longpoll-uvicorn", "sse-uvicorn"],
+]
 TRANSPORTS = pytest.mark.parametrize(
     "client_type",
-    [HubClient, LongPollClient, SseClient, AsgiHubClient, AsgiLongPollClient, AsgiSseClient],
-    ids=["websocket", "longpoll", "sse", "websocket-uvicorn", "longpoll-uvicorn", "sse-uvicorn"],
+    [*_LOCAL, ClusterHubClient, ClusterLongPollClient, ClusterSseClient],
+    ids=[*_LOCAL_IDS, "websocket-cluster", "longpoll-cluster", "sse-cluster"],
 )
+#: For the tests that look into one hub's own sessions, which no other node shares.
+ONE_NODE_TRANSPORTS = pytest.mark.parametrize("client_type", _LOCAL, ids=_LOCAL_IDS)
 
 
 class Mounted:
@@ -126,6 +207,29 @@ async def on_server(request: pytest.FixtureRequest) -> AsyncIterator[None]:
             MOUNTED.port = 0
 
 
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One Redis Cluster for the module's cluster-variant tests, started on first use."""
+    require_redis()
+    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def on_cluster(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The Redis Cluster for the tests whose clients speak to the cluster variant."""
+    callspec = getattr(request.node, "callspec", None)
+    client_type = callspec.params.get("client_type") if callspec is not None else None
+    if getattr(client_type, "server", "serve") != "cluster":
+        yield
+        return
+    CLUSTER.url = request.getfixturevalue("redis_cluster").url
+    try:
+        yield
+    finally:
+        CLUSTER.url = ""
+
+
 @pytest.fixture(autouse=True)
 async def release_long_poll_clients() -> AsyncIterator[None]:
     yield
@@ -141,6 +245,10 @@ def token(user: str, *, ttl: float = 3600, secret: str = SECRET, **claims: Any) 
 async def hub_server(
     options: HubOptions = OPTIONS, **serve_options: Any
 ) -> AsyncIterator[tuple[Hub, int]]:
+    if CLUSTER.url:
+        async with cluster_server(options, **serve_options) as answer:
+            yield answer
+        return
     async with Hub(options, tokens=TokenVerifier(secret=SECRET)) as hub:
         if MOUNTED.port:
             assert not serve_options, "options of serve() for the ASGI app"
@@ -160,11 +268,44 @@ async def hub_server(
             yield hub, server.port
 
 
+_prefixes = itertools.count()
+
+
+@asynccontextmanager
+async def cluster_server(
+    options: HubOptions, **serve_options: Any
+) -> AsyncIterator[tuple[Hub, int]]:
+    """Three hubs, each with its own RedisBroker on the shared Redis Cluster, each
+    serving on its own port: the first node's hub and port."""
+    # Keys of their own, so that tests on the shared cluster don't see each other's.
+    prefix = f"e2e{next(_prefixes)}"
+    async with AsyncExitStack() as stack:
+        hubs: list[Hub] = []
+        ports: list[int] = []
+        for _ in range(CLUSTER_NODES):
+            broker = RedisBroker(CLUSTER.url, prefix=prefix)
+            hub = await stack.enter_async_context(
+                Hub(options, broker=broker, tokens=TokenVerifier(secret=SECRET))
+            )
+            node_options = {"process_request": http_endpoints(hub, relay=broker), **serve_options}
+            server = await stack.enter_async_context(
+                serve(websocket_handler(hub), "127.0.0.1", 0, compression=None, **node_options)
+            )
+            hubs.append(hub)
+            ports.append(server.port)
+        CLUSTER.start(ports)
+        try:
+            yield hubs[0], ports[0]
+        finally:
+            CLUSTER.start([])
+
+
 def http_endpoints(
-    hub: Hub,
+    hub: Hub, *, relay: SessionRelay | None = None
 ) -> Callable[[ServerConnection, Request], Awaitable[Response | Stream | None]]:
-    """Long polling at /lp and SSE at /sse, sharing one session table."""
-    table = HttpSessions(hub)
+    """Long polling at /lp and SSE at /sse, sharing one session table (and, on several
+    nodes, the relay that carries a request to the node holding its session)."""
+    table = HttpSessions(hub, relay=relay)
     endpoints = [LongPoll(hub, sessions=table), ServerSentEvents(hub, sessions=table)]
 
     async def process_request(
@@ -714,7 +855,8 @@ async def test_presence_and_history_need_the_feature_and_a_subscription(
         await client.close()
 
 
-@TRANSPORTS
+# One node only: it reads the hub's own session table and connect timer.
+@ONE_NODE_TRANSPORTS
 async def test_connect_and_refresh_give_the_time_left_and_109_restarts_the_connect_clock(
     client_type: ClientType,
 ) -> None:
