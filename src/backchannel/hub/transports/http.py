@@ -25,12 +25,13 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 from ...protocol.http11 import Headers, Request, Response
 from .. import codes
 from ..codes import Disconnect
+from ..commands import Commands
 from ..hooks import Connected
 from ..hub import Hub
 from ..outbox import Outbox
@@ -296,3 +297,74 @@ def session_closed(closing: Disconnect | None) -> Response:
     """The answer for a session the server ended, with the disconnect's advice."""
     reconnect = closing is None or closing.reconnect
     return Response.json(410, {"error": "session closed", "reconnect": reconnect})
+
+
+T = TypeVar("T", bound=HttpTransport)
+
+
+class SessionEndpoint:
+    """What the HTTP transports' endpoints (long polling, SSE) share: the node's session
+    table, the commands that a POST carries, and the answers to a request that names a
+    session (found here, forwarded to the node that holds it, or unknown), to its
+    commands and to its leaving."""
+
+    #: Seconds a session may go without being kept alive (set by each endpoint).
+    idle_timeout: float
+
+    def __init__(
+        self,
+        hub: Hub,
+        path: str,
+        *,
+        origins: Collection[str],
+        relay: SessionRelay | None,
+        sessions: HttpSessions | None,
+    ) -> None:
+        self.hub = hub
+        self.commands = Commands(hub)
+        self.path = path
+        if sessions is None:
+            sessions = HttpSessions(hub, origins=origins, relay=relay)
+        #: The node's HTTP sessions (shared with the other HTTP transports).
+        self.table = sessions
+
+    async def answer_relayed(self, request: Request) -> Response:
+        """Answer a request another node received for a session held here."""
+        return await self._answer(request, urlsplit(request.path).query, relayed=True)
+
+    async def _answer(
+        self, request: Request, query_string: str, *, relayed: bool = False
+    ) -> Response:
+        raise NotImplementedError
+
+    async def _find(
+        self, kind: type[T], request: Request, sid: str | None, *, relayed: bool, wait: float
+    ) -> T | Response:
+        """The session of type ``kind`` that ``sid`` names on this node; else the answer
+        of the node that holds it (waiting up to ``wait`` seconds), or
+        :func:`unknown_session`."""
+        transport = self.table.find(self, sid)
+        if isinstance(transport, kind):
+            return transport
+        if sid is not None and not relayed:
+            forwarded = await self.table.forward(request, sid, wait)
+            if forwarded is not None:
+                return forwarded
+        return unknown_session()
+
+    def _leave(self, transport: HttpTransport) -> Response:
+        # The client is leaving (a tab closing): free the session now, not at idle.
+        self.table.forget(transport)
+        return Response.json(200, {"sid": transport.sid})
+
+    async def _send(self, transport: HttpTransport, request: Request) -> Response:
+        """Run the commands a POST carries; the replies come the transport's way."""
+        session = transport.session
+        if session is None or transport.closing is not None:
+            return session_closed(transport.closing)
+        self._sending(transport, request.body)
+        await self.commands.handle(session, request.body)
+        return Response.json(200, {"sid": transport.sid})
+
+    def _sending(self, transport: HttpTransport, body: bytes) -> None:
+        """Note the commands of a POST before they run (SSE tracks subscribes)."""
