@@ -29,7 +29,6 @@ from collections.abc import Collection, Sequence
 from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ...asyncio import ServerConnection
 from ...protocol.http11 import Headers, Request, Response
 from ..codes import Disconnect
 from ..hooks import Connected
@@ -126,7 +125,7 @@ class LongPollTransport(HttpTransport):
         return self.seq, body
 
 
-class LongPoll(SessionEndpoint):
+class LongPoll(SessionEndpoint[LongPollTransport, Response]):
     """The long-polling endpoint; use it as (or from) ``serve(process_request=...)``.
 
     ``sessions`` is the node's table of HTTP sessions, shared with the other HTTP
@@ -144,20 +143,15 @@ class LongPoll(SessionEndpoint):
         relay: SessionRelay | None = None,
         sessions: HttpSessions | None = None,
     ) -> None:
-        super().__init__(hub, path, origins=origins, relay=relay, sessions=sessions)
+        super().__init__(
+            hub, LongPollTransport, path, origins=origins, relay=relay, sessions=sessions
+        )
         #: Seconds a poll is held when there is nothing to deliver: under the 30 to 60 s
         #: after which proxies commonly cut an idle request.
         self.poll_timeout = poll_timeout
         #: Seconds without a poll after which a session is closed and freed.
         self.idle_timeout = idle_timeout
         self.table.add(self)
-
-    @property
-    def sessions(self) -> dict[str, LongPollTransport]:
-        """This endpoint's sessions on this node, by id."""
-        return {
-            sid: t for sid, t in self.table.of(self).items() if isinstance(t, LongPollTransport)
-        }
 
     def held(self) -> int:
         """Polls held on this node now, waiting for something to answer (a metric)."""
@@ -169,26 +163,10 @@ class LongPoll(SessionEndpoint):
         url = urlsplit(request.path)
         return url.path == self.path and request.method == "POST" and sid_of(url.query) is None
 
-    async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
-        """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
-        return await self.handle(request)
-
-    async def handle(
-        self, request: Request, *, authenticate: Authenticate | None = None
-    ) -> Response | None:
-        """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
-        only when the request opens a session, who its client is (None: its connect's
-        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
-        url = urlsplit(request.path)
-        if url.path != self.path:
-            return None
-        if request.method == "OPTIONS":
-            response = self.table.preflight(request)
-        else:
-            response = await self._answer(request, url.query, authenticate=authenticate)
-        self.table.cors(request, response.headers)
-        return response
+    async def _route(
+        self, request: Request, query_string: str, authenticate: Authenticate | None
+    ) -> Response:
+        return await self._answer(request, query_string, authenticate=authenticate)
 
     async def _answer(
         self,
@@ -203,9 +181,7 @@ class LongPoll(SessionEndpoint):
         if request.method == "POST" and sid is None:
             connected = await authenticate() if authenticate is not None else None
             return await self._open(request, connected)
-        transport = await self._find(
-            LongPollTransport, request, sid, relayed=relayed, wait=self.poll_timeout + 10
-        )
+        transport = await self._find(request, sid, relayed=relayed, wait=self.poll_timeout + 10)
         if isinstance(transport, Response):
             return transport
         if request.method == "POST":

@@ -42,7 +42,7 @@ from functools import lru_cache
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ...asyncio import ServerConnection, Stream
+from ...asyncio import Stream
 from ...protocol.http11 import Headers, Request, Response
 from ..codes import Disconnect
 from ..hub import Hub
@@ -172,7 +172,7 @@ class SseTransport(HttpTransport):
         return json.dumps(positions, separators=(",", ":"))
 
 
-class ServerSentEvents(SessionEndpoint):
+class ServerSentEvents(SessionEndpoint[SseTransport, Response | Stream]):
     """The SSE endpoint; use it as (or from) ``serve(process_request=...)``, or call
     :meth:`handle` from another server (an ASGI adapter).
 
@@ -192,7 +192,7 @@ class ServerSentEvents(SessionEndpoint):
         relay: SessionRelay | None = None,
         sessions: HttpSessions | None = None,
     ) -> None:
-        super().__init__(hub, path, origins=origins, relay=relay, sessions=sessions)
+        super().__init__(hub, SseTransport, path, origins=origins, relay=relay, sessions=sessions)
         #: Seconds between comments on a quiet stream: under the 30 to 60 s after which
         #: proxies commonly cut a response that sends nothing.
         self.heartbeat = heartbeat
@@ -203,11 +203,6 @@ class ServerSentEvents(SessionEndpoint):
         self.retry = retry
         self.table.add(self)
 
-    @property
-    def sessions(self) -> dict[str, SseTransport]:
-        """This endpoint's sessions on this node, by id."""
-        return {sid: t for sid, t in self.table.of(self).items() if isinstance(t, SseTransport)}
-
     def streams(self) -> int:
         """Streams held on this node now (a metric)."""
         return len(self.sessions)
@@ -217,31 +212,12 @@ class ServerSentEvents(SessionEndpoint):
         for a caller that counts opens (a rate limit)."""
         return urlsplit(request.path).path == self.path and request.method == "GET"
 
-    async def __call__(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | Stream | None:
-        """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
-        return await self.handle(request)
-
-    async def handle(
-        self, request: Request, *, authenticate: Authenticate | None = None
-    ) -> Response | Stream | None:
-        """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
-        only when the request opens a session, who its client is (None: its connect's
-        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
-        url = urlsplit(request.path)
-        if url.path != self.path:
-            return None
-        answer: Response | Stream
-        if request.method == "OPTIONS":
-            answer = self.table.preflight(request)
-        elif request.method == "GET":
-            answer = await self._open(request, url.query, authenticate)
-        else:
-            answer = await self._answer(request, url.query)
-        self.table.cors(request, answer.headers)
-        return answer
+    async def _route(
+        self, request: Request, query_string: str, authenticate: Authenticate | None
+    ) -> Response | Stream:
+        if request.method == "GET":
+            return await self._open(request, query_string, authenticate)
+        return await self._answer(request, query_string)
 
     async def _answer(
         self, request: Request, query_string: str, *, relayed: bool = False
@@ -253,7 +229,7 @@ class ServerSentEvents(SessionEndpoint):
         sid = sid_of(query_string)
         if sid is None:
             return Response.json(400, {"error": "sid is missing: GET opens a session"})
-        transport = await self._find(SseTransport, request, sid, relayed=relayed, wait=RELAY_WAIT)
+        transport = await self._find(request, sid, relayed=relayed, wait=RELAY_WAIT)
         if isinstance(transport, Response):
             return transport
         if request.method == "DELETE":
