@@ -34,11 +34,12 @@ CLOSE_TIMEOUT = 2.0
 MAX_FRAMES = 16
 
 
-def import_httpx() -> Any:
+def import_httpx(needs: str = "the HTTP transports need") -> Any:
+    """httpx, or an ImportError that says who ``needs`` it and how to install it."""
     try:
         import httpx
     except ImportError as exc:
-        raise ImportError("HTTP transports need httpx: pip install -e '.[client]'") from exc
+        raise ImportError(f"{needs} httpx: pip install -e '.[client]'") from exc
     return httpx
 
 

@@ -60,7 +60,7 @@ class LongPollTransport(HttpTransport):
         """Open a session with the connect frame. Raise ``ConnectionError`` when the hub
         cannot be reached or answers with a status worth trying again (5xx, 408, 429),
         ``InvalidResponse`` for another refusal, ``ImportError`` without httpx."""
-        httpx = import_httpx()
+        httpx = import_httpx("long polling needs")
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(open_timeout, read=poll_timeout + POLL_MARGIN),
             headers={"Cache-Control": "no-store"},
