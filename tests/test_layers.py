@@ -436,6 +436,7 @@ HTTPX_IMPORTERS = [
     "app/webhooks.py",  # the webhooks extra
     "cli/api.py",  # the cli extra
     "cli/bench.py",  # the cli extra
+    "client/http.py",  # the client extra (what its two HTTP transports share)
     "client/longpoll.py",  # the client extra
     "client/sse.py",  # the client extra (with httpx-sse)
 ]

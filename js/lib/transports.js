@@ -260,37 +260,36 @@ export class WebSocketTransport {
   }
 }
 
-/** Failed polls in a row tried again before the session counts as lost. */
-const POLL_RETRIES = 2;
-
-export class LongPollTransport {
+/**
+ * What the long-poll and SSE transports share: commands go by `POST ?sid=`, one at a
+ * time so that the hub runs them in the order they were sent, at most MAX_BATCH lines a
+ * POST; a refusal ends the session with the server's advice; `DELETE ?sid=` leaves.
+ * Each subclass opens its session, receives its own way, and stops in `_stop` (calling
+ * `_leave`).
+ */
+class HttpTransport {
   /**
+   * @param {TransportName} name
    * @param {string} url
    * @param {any} fetchImpl
-   * @param {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (id: any) => void}} timers
    * @param {TransportHandlers} handlers
+   * @param {{send: string, refusal: string}} labels how errors name the transport
    */
-  constructor(url, fetchImpl, timers, handlers) {
+  constructor(name, url, fetchImpl, handlers, labels) {
     /** @type {TransportName} */
-    this.name = "longpoll";
+    this.name = name;
     this._url = url;
     this._fetch = fetchImpl;
-    this._timers = timers;
     this._handlers = handlers;
+    this._labels = labels;
     /** @type {string | null} */
     this._sid = null;
-    /** The last batch number handled: the next poll's ack. */
-    this._handled = 0;
     /** @type {string[]} */
     this._outbox = [];
     this._sending = false;
     this._done = false;
     /** The server said the session is gone (no DELETE needed). */
     this._gone = false;
-    /** @type {AbortController | null} */
-    this._poller = null;
-    this._retryTimer = null;
-    this._errors = 0;
   }
 
   /** @param {string} query */
@@ -307,6 +306,105 @@ export class LongPollTransport {
     const response = await this._fetch(url, init);
     const text = await response.text();
     return { ok: response.ok, status: response.status, text };
+  }
+
+  /** @param {string} frame */
+  send(frame) {
+    if (this._done) return;
+    this._outbox.push(frame);
+    this._flush();
+  }
+
+  /** One POST at a time, so that the hub runs commands in the order they were sent. */
+  _flush() {
+    if (this._done || this._sending || this._sid === null || this._outbox.length === 0) return;
+    /** @type {string[]} */
+    const parts = [];
+    let lines = 0;
+    while (this._outbox.length > 0) {
+      const n = this._outbox[0].split("\n").length;
+      if (parts.length > 0 && lines + n > MAX_BATCH) break;
+      parts.push(/** @type {string} */ (this._outbox.shift()));
+      lines += n;
+    }
+    this._sending = true;
+    const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
+    this._request(url, { method: "POST", body: parts.join("\n"), cache: "no-store" }).then(
+      (answer) => {
+        this._sending = false;
+        if (this._done) return;
+        if (!answer.ok) return this._refused(answer);
+        this._flush();
+      },
+      (err) => {
+        this._sending = false;
+        this._end(DisconnectCode.CONNECTION_LOST, `${this._labels.send} failed: ${errorMessage(err)}`);
+      },
+    );
+  }
+
+  /** @param {{status: number, text: string}} answer */
+  _refused(answer) {
+    const body = parseJson(answer.text);
+    this._gone = answer.status === 404 || answer.status === 410;
+    const why = isObject(body) && typeof body.error === "string" ? body.error : "refused";
+    const reconnect = isObject(body) && typeof body.reconnect === "boolean" ? body.reconnect : undefined;
+    this._end(DisconnectCode.CONNECTION_LOST, `${this._labels.refusal} ${answer.status}: ${why}`, reconnect);
+  }
+
+  close() {
+    if (this._done) return;
+    this._done = true;
+    this._stop();
+  }
+
+  /** @param {number} code @param {string} reason @param {boolean} [reconnect] */
+  _end(code, reason, reconnect) {
+    if (this._done) return;
+    this._done = true;
+    this._stop();
+    /** @type {{code: number, reason: string, reconnect?: boolean}} */
+    const info = { code, reason };
+    if (reconnect !== undefined) info.reconnect = reconnect;
+    this._handlers.onClose(info);
+  }
+
+  /** Stops receiving, then leaves the session (the subclass's part). */
+  _stop() {
+    this._leave();
+  }
+
+  _leave() {
+    if (this._sid !== null && !this._gone) {
+      // Free the session now rather than at the server's idle timeout; keepalive lets
+      // the request outlive a page that is closing (pagehide).
+      const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
+      Promise.resolve()
+        .then(() => this._fetch(url, { method: "DELETE", keepalive: true }))
+        .catch(noop);
+    }
+  }
+}
+
+/** Failed polls in a row tried again before the session counts as lost. */
+const POLL_RETRIES = 2;
+
+export class LongPollTransport extends HttpTransport {
+  /**
+   * @param {string} url
+   * @param {any} fetchImpl
+   * @param {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (id: any) => void}} timers
+   * @param {TransportHandlers} handlers
+   */
+  constructor(url, fetchImpl, timers, handlers) {
+    super("longpoll", url, fetchImpl, handlers, { send: "long-poll send", refusal: "long poll" });
+    this._timers = timers;
+    /** The last batch number handled: the next poll's ack. */
+    this._handled = 0;
+    /** @type {AbortController | null} */
+    this._poller = null;
+    this._retryTimer = null;
+    this._errors = 0;
   }
 
   /** @param {string} firstFrame a frame whose first command is connect */
@@ -381,68 +479,6 @@ export class LongPollTransport {
     return !this._done;
   }
 
-  /** @param {{status: number, text: string}} answer */
-  _refused(answer) {
-    const body = parseJson(answer.text);
-    this._gone = answer.status === 404 || answer.status === 410;
-    const why = isObject(body) && typeof body.error === "string" ? body.error : "refused";
-    /** @type {{code: number, reason: string, reconnect?: boolean}} */
-    const info = { code: DisconnectCode.CONNECTION_LOST, reason: `long poll ${answer.status}: ${why}` };
-    if (isObject(body) && typeof body.reconnect === "boolean") info.reconnect = body.reconnect;
-    this._end(info.code, info.reason, info.reconnect);
-  }
-
-  /** @param {string} frame */
-  send(frame) {
-    if (this._done) return;
-    this._outbox.push(frame);
-    this._flush();
-  }
-
-  /** One POST at a time, so that the hub runs commands in the order they were sent. */
-  _flush() {
-    if (this._done || this._sending || this._sid === null || this._outbox.length === 0) return;
-    const parts = [];
-    let lines = 0;
-    while (this._outbox.length > 0) {
-      const n = this._outbox[0].split("\n").length;
-      if (parts.length > 0 && lines + n > MAX_BATCH) break;
-      parts.push(/** @type {string} */ (this._outbox.shift()));
-      lines += n;
-    }
-    this._sending = true;
-    const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
-    this._request(url, { method: "POST", body: parts.join("\n"), cache: "no-store" }).then(
-      (answer) => {
-        this._sending = false;
-        if (this._done) return;
-        if (!answer.ok) return this._refused(answer);
-        this._flush();
-      },
-      (err) => {
-        this._sending = false;
-        this._end(DisconnectCode.CONNECTION_LOST, `long-poll send failed: ${errorMessage(err)}`);
-      },
-    );
-  }
-
-  close() {
-    if (this._done) return;
-    this._done = true;
-    this._stop();
-  }
-
-  /** @param {number} code @param {string} reason @param {boolean} [reconnect] */
-  _end(code, reason, reconnect) {
-    if (this._done) return;
-    this._done = true;
-    this._stop();
-    /** @type {{code: number, reason: string, reconnect?: boolean}} */
-    const info = { code, reason };
-    if (reconnect !== undefined) info.reconnect = reconnect;
-    this._handlers.onClose(info);
-  }
-
   _stop() {
     if (this._retryTimer !== null) {
       this._timers.clearTimeout(this._retryTimer);
@@ -454,14 +490,7 @@ export class LongPollTransport {
       // nothing to abort
     }
     this._poller = null;
-    if (this._sid !== null && !this._gone) {
-      // Free the session now rather than at the server's idle timeout; keepalive lets
-      // the request outlive a page that is closing.
-      const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
-      Promise.resolve()
-        .then(() => this._fetch(url, { method: "DELETE", keepalive: true }))
-        .catch(noop);
-    }
+    this._leave();
   }
 }
 
@@ -475,7 +504,7 @@ export class LongPollTransport {
  * instead and reports the loss, so that the client reconnects as on any transport:
  * with its backoff, a new session, and each subscription resubscribed with recovery.
  */
-export class SseTransport {
+export class SseTransport extends HttpTransport {
   /**
    * @param {string} url
    * @param {any} EventSourceImpl
@@ -484,29 +513,12 @@ export class SseTransport {
    * @param {EventTarget | null} [pageTarget] where "pagehide" is heard: the session is left then
    */
   constructor(url, EventSourceImpl, fetchImpl, handlers, pageTarget = null) {
-    /** @type {TransportName} */
-    this.name = "sse";
-    this._url = url;
+    super("sse", url, fetchImpl, handlers, { send: "SSE send", refusal: "SSE" });
     this._EventSource = EventSourceImpl;
-    this._fetch = fetchImpl;
-    this._handlers = handlers;
     this._page = pageTarget;
     /** @type {any} */
     this._es = null;
-    /** @type {string | null} */
-    this._sid = null;
-    /** @type {string[]} */
-    this._outbox = [];
-    this._sending = false;
-    this._done = false;
-    /** The server said the session is gone (no DELETE needed). */
-    this._gone = false;
     this._onPageHide = () => this._end(DisconnectCode.CONNECTION_LOST, "the page was hidden", true);
-  }
-
-  /** @param {string} query */
-  _with(query) {
-    return this._url + (this._url.includes("?") ? "&" : "?") + query;
   }
 
   /** @param {string} firstFrame a frame whose first command is connect */
@@ -544,70 +556,6 @@ export class SseTransport {
     this._page?.addEventListener("pagehide", this._onPageHide);
   }
 
-  /** @param {string} frame */
-  send(frame) {
-    if (this._done) return;
-    this._outbox.push(frame);
-    this._flush();
-  }
-
-  /** One POST at a time, so that the hub runs commands in the order they were sent. */
-  _flush() {
-    if (this._done || this._sending || this._sid === null || this._outbox.length === 0) return;
-    /** @type {string[]} */
-    const parts = [];
-    let lines = 0;
-    while (this._outbox.length > 0) {
-      const n = this._outbox[0].split("\n").length;
-      if (parts.length > 0 && lines + n > MAX_BATCH) break;
-      parts.push(/** @type {string} */ (this._outbox.shift()));
-      lines += n;
-    }
-    this._sending = true;
-    const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
-    Promise.resolve()
-      .then(() => this._fetch(url, { method: "POST", body: parts.join("\n"), cache: "no-store" }))
-      .then(async (/** @type {any} */ response) => ({ ok: response.ok, status: response.status, text: await response.text() }))
-      .then(
-        (answer) => {
-          this._sending = false;
-          if (this._done) return;
-          if (!answer.ok) return this._refused(answer);
-          this._flush();
-        },
-        (err) => {
-          this._sending = false;
-          this._end(DisconnectCode.CONNECTION_LOST, `SSE send failed: ${errorMessage(err)}`);
-        },
-      );
-  }
-
-  /** @param {{status: number, text: string}} answer */
-  _refused(answer) {
-    const body = parseJson(answer.text);
-    this._gone = answer.status === 404 || answer.status === 410;
-    const why = isObject(body) && typeof body.error === "string" ? body.error : "refused";
-    const reconnect = isObject(body) && typeof body.reconnect === "boolean" ? body.reconnect : undefined;
-    this._end(DisconnectCode.CONNECTION_LOST, `SSE ${answer.status}: ${why}`, reconnect);
-  }
-
-  close() {
-    if (this._done) return;
-    this._done = true;
-    this._stop();
-  }
-
-  /** @param {number} code @param {string} reason @param {boolean} [reconnect] */
-  _end(code, reason, reconnect) {
-    if (this._done) return;
-    this._done = true;
-    this._stop();
-    /** @type {{code: number, reason: string, reconnect?: boolean}} */
-    const info = { code, reason };
-    if (reconnect !== undefined) info.reconnect = reconnect;
-    this._handlers.onClose(info);
-  }
-
   _stop() {
     this._page?.removeEventListener("pagehide", this._onPageHide);
     const es = this._es;
@@ -620,14 +568,7 @@ export class SseTransport {
       }
     }
     this._outbox = [];
-    if (this._sid !== null && !this._gone) {
-      // Free the session now rather than at the server's idle timeout; keepalive lets
-      // the request outlive a page that is closing (pagehide).
-      const url = this._with(`sid=${encodeURIComponent(this._sid)}`);
-      Promise.resolve()
-        .then(() => this._fetch(url, { method: "DELETE", keepalive: true }))
-        .catch(noop);
-    }
+    this._leave();
   }
 }
 

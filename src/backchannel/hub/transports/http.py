@@ -25,12 +25,14 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
+from ...asyncio import ServerConnection, Stream
 from ...protocol.http11 import Headers, Request, Response
 from .. import codes
 from ..codes import Disconnect
+from ..commands import Commands
 from ..hooks import Connected
 from ..hub import Hub
 from ..outbox import Outbox
@@ -296,3 +298,113 @@ def session_closed(closing: Disconnect | None) -> Response:
     """The answer for a session the server ended, with the disconnect's advice."""
     reconnect = closing is None or closing.reconnect
     return Response.json(410, {"error": "session closed", "reconnect": reconnect})
+
+
+#: An endpoint's kind of session transport.
+T = TypeVar("T", bound=HttpTransport)
+#: What an endpoint answers a request with besides a plain response (SSE: a stream).
+A = TypeVar("A", bound=Response | Stream)
+
+
+class SessionEndpoint(Generic[T, A]):
+    """What the HTTP transports' endpoints (long polling, SSE) share: the node's session
+    table, dispatch and CORS, the commands that a POST carries, and the answers to a
+    request that names a session (found here, forwarded to the node that holds it, or
+    unknown), to its commands and to its leaving. ``kind`` is the endpoint's transport
+    class."""
+
+    #: Seconds a session may go without being kept alive (set by each endpoint).
+    idle_timeout: float
+
+    def __init__(
+        self,
+        hub: Hub,
+        kind: type[T],
+        path: str,
+        *,
+        origins: Collection[str],
+        relay: SessionRelay | None,
+        sessions: HttpSessions | None,
+    ) -> None:
+        self.hub = hub
+        self.kind = kind
+        self.commands = Commands(hub)
+        self.path = path
+        if sessions is None:
+            sessions = HttpSessions(hub, origins=origins, relay=relay)
+        #: The node's HTTP sessions (shared with the other HTTP transports).
+        self.table = sessions
+
+    @property
+    def sessions(self) -> dict[str, T]:
+        """This endpoint's sessions on this node, by id."""
+        return {sid: t for sid, t in self.table.of(self).items() if isinstance(t, self.kind)}
+
+    async def __call__(self, connection: ServerConnection, request: Request) -> A | Response | None:
+        """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
+        return await self.handle(request)
+
+    async def handle(
+        self, request: Request, *, authenticate: Authenticate | None = None
+    ) -> A | Response | None:
+        """Answer ``request`` (a request value from any server: backchannel's own, or an
+        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
+        only when the request opens a session, who its client is (None: its connect's
+        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
+        url = urlsplit(request.path)
+        if url.path != self.path:
+            return None
+        answer: A | Response
+        if request.method == "OPTIONS":
+            answer = self.table.preflight(request)
+        else:
+            answer = await self._route(request, url.query, authenticate)
+        self.table.cors(request, answer.headers)
+        return answer
+
+    async def answer_relayed(self, request: Request) -> Response:
+        """Answer a request another node received for a session held here."""
+        return await self._answer(request, urlsplit(request.path).query, relayed=True)
+
+    async def _route(
+        self, request: Request, query_string: str, authenticate: Authenticate | None
+    ) -> A | Response:
+        """Answer a request to this path other than a CORS preflight."""
+        raise NotImplementedError
+
+    async def _answer(
+        self, request: Request, query_string: str, *, relayed: bool = False
+    ) -> Response:
+        """Answer a request that names a session (here, or relayed from another node)."""
+        raise NotImplementedError
+
+    async def _find(
+        self, request: Request, sid: str | None, *, relayed: bool, wait: float
+    ) -> T | Response:
+        """The session that ``sid`` names on this node; else the answer of the node that
+        holds it (waiting up to ``wait`` seconds), or :func:`unknown_session`."""
+        transport = self.table.find(self, sid)
+        if isinstance(transport, self.kind):
+            return transport
+        if sid is not None and not relayed:
+            forwarded = await self.table.forward(request, sid, wait)
+            if forwarded is not None:
+                return forwarded
+        return unknown_session()
+
+    def _leave(self, transport: HttpTransport) -> Response:
+        # The client is leaving (a tab closing): free the session now, not at idle.
+        self.table.forget(transport)
+        return Response.json(200, {"sid": transport.sid})
+
+    async def _send(self, transport: HttpTransport, request: Request) -> Response:
+        """Run the commands a POST carries; the replies come the transport's way."""
+        session = transport.session
+        if session is None or transport.closing is not None:
+            return session_closed(transport.closing)
+        self._sending(transport, request.body)
+        await self.commands.handle(session, request.body)
+        return Response.json(200, {"sid": transport.sid})
+
+    def _sending(self, transport: HttpTransport, body: bytes) -> None:
+        """Note the commands of a POST before they run (SSE tracks subscribes)."""

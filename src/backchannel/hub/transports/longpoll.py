@@ -29,10 +29,8 @@ from collections.abc import Collection, Sequence
 from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ...asyncio import ServerConnection
 from ...protocol.http11 import Headers, Request, Response
 from ..codes import Disconnect
-from ..commands import Commands
 from ..hooks import Connected
 from ..hub import Hub
 from .http import (
@@ -40,10 +38,10 @@ from .http import (
     Authenticate,
     HttpSessions,
     HttpTransport,
+    SessionEndpoint,
     SessionRelay,
     session_closed,
     sid_of,
-    unknown_session,
 )
 
 __all__ = ["Answer", "Authenticate", "LongPoll", "LongPollTransport", "SessionRelay"]
@@ -127,7 +125,7 @@ class LongPollTransport(HttpTransport):
         return self.seq, body
 
 
-class LongPoll:
+class LongPoll(SessionEndpoint[LongPollTransport, Response]):
     """The long-polling endpoint; use it as (or from) ``serve(process_request=...)``.
 
     ``sessions`` is the node's table of HTTP sessions, shared with the other HTTP
@@ -145,26 +143,15 @@ class LongPoll:
         relay: SessionRelay | None = None,
         sessions: HttpSessions | None = None,
     ) -> None:
-        self.hub = hub
-        self.commands = Commands(hub)
-        self.path = path
+        super().__init__(
+            hub, LongPollTransport, path, origins=origins, relay=relay, sessions=sessions
+        )
         #: Seconds a poll is held when there is nothing to deliver: under the 30 to 60 s
         #: after which proxies commonly cut an idle request.
         self.poll_timeout = poll_timeout
         #: Seconds without a poll after which a session is closed and freed.
         self.idle_timeout = idle_timeout
-        if sessions is None:
-            sessions = HttpSessions(hub, origins=origins, relay=relay)
-        #: The node's HTTP sessions (shared with the other HTTP transports).
-        self.table = sessions
-        sessions.add(self)
-
-    @property
-    def sessions(self) -> dict[str, LongPollTransport]:
-        """This endpoint's sessions on this node, by id."""
-        return {
-            sid: t for sid, t in self.table.of(self).items() if isinstance(t, LongPollTransport)
-        }
+        self.table.add(self)
 
     def held(self) -> int:
         """Polls held on this node now, waiting for something to answer (a metric)."""
@@ -176,30 +163,10 @@ class LongPoll:
         url = urlsplit(request.path)
         return url.path == self.path and request.method == "POST" and sid_of(url.query) is None
 
-    async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
-        """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
-        return await self.handle(request)
-
-    async def handle(
-        self, request: Request, *, authenticate: Authenticate | None = None
-    ) -> Response | None:
-        """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
-        only when the request opens a session, who its client is (None: its connect's
-        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
-        url = urlsplit(request.path)
-        if url.path != self.path:
-            return None
-        if request.method == "OPTIONS":
-            response = self.table.preflight(request)
-        else:
-            response = await self._answer(request, url.query, authenticate=authenticate)
-        self.table.cors(request, response.headers)
-        return response
-
-    async def answer_relayed(self, request: Request) -> Response:
-        """Answer a request another node received for a session held here."""
-        return await self._answer(request, urlsplit(request.path).query, relayed=True)
+    async def _route(
+        self, request: Request, query_string: str, authenticate: Authenticate | None
+    ) -> Response:
+        return await self._answer(request, query_string, authenticate=authenticate)
 
     async def _answer(
         self,
@@ -214,13 +181,9 @@ class LongPoll:
         if request.method == "POST" and sid is None:
             connected = await authenticate() if authenticate is not None else None
             return await self._open(request, connected)
-        transport = self.table.find(self, sid)
-        if not isinstance(transport, LongPollTransport):
-            if sid is not None and not relayed:
-                forwarded = await self.table.forward(request, sid, self.poll_timeout + 10)
-                if forwarded is not None:
-                    return forwarded
-            return unknown_session()
+        transport = await self._find(request, sid, relayed=relayed, wait=self.poll_timeout + 10)
+        if isinstance(transport, Response):
+            return transport
         if request.method == "POST":
             return await self._send(transport, request)
         if request.method == "GET":
@@ -230,9 +193,7 @@ class LongPoll:
                 return Response.json(400, {"error": "ack must be an integer"})
             return await self._poll(transport, ack)
         if request.method == "DELETE":
-            # The client is leaving (a tab closing): free the session now, not at idle.
-            self.table.forget(transport)
-            return Response.json(200, {"sid": transport.sid})
+            return self._leave(transport)
         return Response.json(405, {"error": "use GET to poll, POST to send, DELETE to leave"})
 
     async def _open(self, request: Request, connected: Connected | None = None) -> Response:
@@ -241,13 +202,6 @@ class LongPoll:
         await self.table.register(transport)
         await self.commands.handle(transport.session, request.body)
         return Response.json(200, {"sid": transport.sid, "ack": 0})
-
-    async def _send(self, transport: LongPollTransport, request: Request) -> Response:
-        session = transport.session
-        if session is None or transport.closing is not None:
-            return session_closed(transport.closing)
-        await self.commands.handle(session, request.body)
-        return Response.json(200, {"sid": transport.sid})
 
     async def _poll(self, transport: LongPollTransport, ack: int) -> Response:
         if not transport.acknowledge(ack):

@@ -42,19 +42,17 @@ from functools import lru_cache
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ...asyncio import ServerConnection, Stream
+from ...asyncio import Stream
 from ...protocol.http11 import Headers, Request, Response
 from ..codes import Disconnect
-from ..commands import Commands
 from ..hub import Hub
 from .http import (
     Authenticate,
     HttpSessions,
     HttpTransport,
+    SessionEndpoint,
     SessionRelay,
-    session_closed,
     sid_of,
-    unknown_session,
 )
 
 __all__ = ["MAX_CHUNK", "ServerSentEvents", "SseTransport"]
@@ -174,7 +172,7 @@ class SseTransport(HttpTransport):
         return json.dumps(positions, separators=(",", ":"))
 
 
-class ServerSentEvents:
+class ServerSentEvents(SessionEndpoint[SseTransport, Response | Stream]):
     """The SSE endpoint; use it as (or from) ``serve(process_request=...)``, or call
     :meth:`handle` from another server (an ASGI adapter).
 
@@ -194,9 +192,7 @@ class ServerSentEvents:
         relay: SessionRelay | None = None,
         sessions: HttpSessions | None = None,
     ) -> None:
-        self.hub = hub
-        self.commands = Commands(hub)
-        self.path = path
+        super().__init__(hub, SseTransport, path, origins=origins, relay=relay, sessions=sessions)
         #: Seconds between comments on a quiet stream: under the 30 to 60 s after which
         #: proxies commonly cut a response that sends nothing.
         self.heartbeat = heartbeat
@@ -205,16 +201,7 @@ class ServerSentEvents:
         self.idle_timeout = idle_timeout
         #: The browser's reconnect delay after a dropped stream, in milliseconds.
         self.retry = retry
-        if sessions is None:
-            sessions = HttpSessions(hub, origins=origins, relay=relay)
-        #: The node's HTTP sessions (shared with the other HTTP transports).
-        self.table = sessions
-        sessions.add(self)
-
-    @property
-    def sessions(self) -> dict[str, SseTransport]:
-        """This endpoint's sessions on this node, by id."""
-        return {sid: t for sid, t in self.table.of(self).items() if isinstance(t, SseTransport)}
+        self.table.add(self)
 
     def streams(self) -> int:
         """Streams held on this node now (a metric)."""
@@ -225,35 +212,12 @@ class ServerSentEvents:
         for a caller that counts opens (a rate limit)."""
         return urlsplit(request.path).path == self.path and request.method == "GET"
 
-    async def __call__(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | Stream | None:
-        """The adapter for ``serve(process_request=...)`` of backchannel's own server."""
-        return await self.handle(request)
-
-    async def handle(
-        self, request: Request, *, authenticate: Authenticate | None = None
-    ) -> Response | Stream | None:
-        """Answer ``request`` (a request value from any server: backchannel's own, or an
-        ASGI adapter); None when its path is not this endpoint's. ``authenticate``: asked
-        only when the request opens a session, who its client is (None: its connect's
-        token and the hooks decide), for a server that knows (``backchannel.asgi``)."""
-        url = urlsplit(request.path)
-        if url.path != self.path:
-            return None
-        answer: Response | Stream
-        if request.method == "OPTIONS":
-            answer = self.table.preflight(request)
-        elif request.method == "GET":
-            answer = await self._open(request, url.query, authenticate)
-        else:
-            answer = await self._answer(request, url.query)
-        self.table.cors(request, answer.headers)
-        return answer
-
-    async def answer_relayed(self, request: Request) -> Response:
-        """Answer a request another node received for a session held here."""
-        return await self._answer(request, urlsplit(request.path).query, relayed=True)
+    async def _route(
+        self, request: Request, query_string: str, authenticate: Authenticate | None
+    ) -> Response | Stream:
+        if request.method == "GET":
+            return await self._open(request, query_string, authenticate)
+        return await self._answer(request, query_string)
 
     async def _answer(
         self, request: Request, query_string: str, *, relayed: bool = False
@@ -265,24 +229,17 @@ class ServerSentEvents:
         sid = sid_of(query_string)
         if sid is None:
             return Response.json(400, {"error": "sid is missing: GET opens a session"})
-        transport = self.table.find(self, sid)
-        if not isinstance(transport, SseTransport):
-            if not relayed:
-                forwarded = await self.table.forward(request, sid, RELAY_WAIT)
-                if forwarded is not None:
-                    return forwarded
-            return unknown_session()
+        transport = await self._find(request, sid, relayed=relayed, wait=RELAY_WAIT)
+        if isinstance(transport, Response):
+            return transport
         if request.method == "DELETE":
             # The client is leaving: free the session now; its stream ends.
-            self.table.forget(transport)
-            return Response.json(200, {"sid": sid})
-        session = transport.session
-        if session is None or transport.closing is not None:
-            return session_closed(transport.closing)
-        frame = request.body.decode("utf-8", "replace")
-        transport.note_commands(frame)
-        await self.commands.handle(session, request.body)
-        return Response.json(200, {"sid": sid})
+            return self._leave(transport)
+        return await self._send(transport, request)
+
+    def _sending(self, transport: HttpTransport, body: bytes) -> None:
+        if isinstance(transport, SseTransport):
+            transport.note_commands(body.decode("utf-8", "replace"))
 
     async def _open(
         self, request: Request, query_string: str, authenticate: Authenticate | None = None
