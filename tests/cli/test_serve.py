@@ -11,6 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from helpers.cli import (
     CLI,
     banner_of,
@@ -83,6 +84,29 @@ def test_serve_says_when_redis_cannot_be_reached() -> None:
             _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
     assert stderr.startswith("error: Redis is unreachable"), stderr
+
+
+@pytest.mark.parametrize(
+    ("scheme", "path", "problem"),
+    [
+        ("redis+cluster", "/", "no node of the Redis Cluster at 127.0.0.1:{port} answers"),
+        ("redis+sentinel", "/main", "no sentinel at 127.0.0.1:{port} names a master 'main'"),
+    ],
+)
+def test_serve_says_in_one_line_when_a_cluster_or_sentinel_cannot_be_reached(
+    scheme: str, path: str, problem: str
+) -> None:
+    """redis-py raises a non-Redis exception for a cluster with no reachable node, and
+    names every connection setting when no sentinel answers: both are one short line."""
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with serve_process(
+            env={"BACKCHANNEL_BROKER_URL": f"{scheme}://127.0.0.1:{port}{path}"}
+        ) as process:
+            _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr == f"error: Redis is unreachable: {problem.format(port=port)}\n", stderr
 
 
 async def test_the_demo_is_off_unless_asked_for(tmp_path: Path) -> None:

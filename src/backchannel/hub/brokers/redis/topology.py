@@ -25,7 +25,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
+from ....exceptions import BrokerUnavailable
 from ..redis_url import RedisTarget, parse_redis_url
 from .shards import ShardedPubSub
 
@@ -121,9 +123,22 @@ class Topology:
             self.writer = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
     async def connect(self) -> None:
-        """On a cluster, read its slot map (the pub/sub looks owners up in it)."""
-        if self.kind == "cluster":
-            await self.reader.initialize()
+        """On a cluster, read its slot map (the pub/sub looks owners up in it); with
+        Sentinel, ask for the master. Either failing is BrokerUnavailable in a few words:
+        redis-py's own message spells out every connection setting, and a cluster with
+        no reachable node raises an exception that is not a RedisError at all."""
+        where = ",".join(f"{host}:{port}" for host, port in self.target.hosts)
+        try:
+            if self.kind == "cluster":
+                await self.reader.initialize()
+            elif self._sentinel is not None:
+                await self._sentinel.discover_master(self.target.service)
+        except (RedisClusterException, RedisError, OSError) as exc:
+            if self.kind == "cluster":
+                problem = f"no node of the Redis Cluster at {where} answers"
+            else:
+                problem = f"no sentinel at {where} names a master {self.target.service!r}"
+            raise BrokerUnavailable(f"Redis is unreachable: {problem}") from exc
 
     def pubsub(self) -> Any:
         """A fresh pub/sub object: redis-py's on one server or Sentinel, a
