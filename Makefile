@@ -41,8 +41,8 @@ setup: $(BIN)/.installed
 
 # node and npm run the interop peers (node's `ws`); Debian's Chromium runs the browser
 # tests (driven by Playwright, which downloads no browser of its own); the Redis broker's
-# tests start Debian's redis-server themselves, on a free loopback port; the Redis Cluster tests make their cluster with redis-cli
-# (Debian's redis-tools).
+# tests start Debian's redis-server themselves, on a free loopback port; the Redis Cluster
+# tests make their cluster with redis-cli (Debian's redis-tools).
 system-deps:
 	@missing=""; \
 	for pair in node:nodejs npm:npm chromium:chromium redis-server:redis-server redis-cli:redis-tools; do \
