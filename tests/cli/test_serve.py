@@ -126,6 +126,7 @@ async def test_the_demo_is_off_unless_asked_for(tmp_path: Path) -> None:
         assert await post(port, "/demo/token", '{"user": "alice"}') == 200
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
+    assert lines[0].endswith("(hub at /ws, /sse and /lp)")
     assert lines[2].startswith("demo mode: /demo/token gives anyone a token")
 
 
@@ -134,7 +135,7 @@ def test_the_banner_names_the_transports_and_the_broker() -> None:
         _, lines = banner_of(process, 3)
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
-    assert lines[0].endswith("(hub at /lp)")
+    assert lines[0].endswith("(hub at /sse and /lp)")
     assert lines[1] == (
         "transports: WebSocket off, SSE at /sse, long polling at /lp; "
         "broker: memory (this process only)"

@@ -50,7 +50,7 @@ HANDSHAKE_TIMEOUT = 10.0
 #: ``backchannel on http://127.0.0.1:PORT/ (what)``: a node's first line, or
 #: ``(N workers)`` from the parent of ``--workers``.
 BANNER = re.compile(r"^backchannel on http://127\.0\.0\.1:(\d+)/ \((.+)\)$", re.MULTILINE)
-NODE_BANNER = "hub at /ws and /lp"
+NODE_BANNER = "hub at /ws, /sse and /lp"
 
 
 def node_env(redis_url: str | None, prefix: str, **extra: str) -> dict[str, str]:

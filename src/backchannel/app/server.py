@@ -384,16 +384,20 @@ class App:
         scheme = "https" if server_config.tls_cert else "http"
         host = server_config.host
         shown = f"[{host}]" if ":" in host else host
-        paths = "/ws and /lp" if server_config.websocket else "/lp"
-        what = f"{workers} workers" if workers > 1 else f"hub at {paths}"
+        paths = ["/ws"] if server_config.websocket else []
+        if self.sse is not None:
+            paths.append(self.sse.path)
+        paths.append("/lp")
+        listed = " and ".join([", ".join(paths[:-1]), paths[-1]]) if len(paths) > 1 else "/lp"
+        what = f"{workers} workers" if workers > 1 else f"hub at {listed}"
         lines = [f"backchannel on {scheme}://{shown}:{server.port}/ ({what})"]
         websocket = "WebSocket at /ws" if server_config.websocket else "WebSocket off"
         sse = f", SSE at {self.sse.path}" if self.sse is not None else ""
         broker = self.config.broker.describe()
         # What the Redis broker found when it connected: one server, a cluster's
         # masters, the master Sentinel named.
-        found = getattr(self.hub.broker, "topology", None)
-        if isinstance(found, str):
+        found = self.hub.broker.describe()
+        if found is not None:
             broker += f" ({found})"
         lines.append(f"transports: {websocket}{sse}, long polling at /lp; broker: {broker}")
         if server_config.demo:

@@ -109,6 +109,11 @@ class BrokerContract:
     def cluster(self, broker: Broker) -> list[Broker]:
         return [broker]
 
+    async def test_describe_is_one_short_line_or_nothing(self, broker: Broker) -> None:
+        """What the banner adds to the broker's configuration."""
+        found = broker.describe()
+        assert found is None or (found and "\n" not in found and len(found) < 200)
+
     # Delivery.
 
     async def test_publish_delivers_to_subscribed_node_in_offset_order(

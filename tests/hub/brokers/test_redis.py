@@ -65,6 +65,9 @@ class TestRedisBroker(BrokerContract):
         yield [broker, other]
         await other.close()
 
+    async def test_describe_names_a_single_server(self, broker: RedisBroker) -> None:
+        assert broker.describe() == "single server"
+
 
 async def test_two_nodes_see_one_stream_in_one_order(
     redis_server: RedisServer, prefix: str, clock: ManualClock

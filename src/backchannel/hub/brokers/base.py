@@ -153,6 +153,11 @@ class Broker(Protocol):
         """Return when the broker answers; :class:`BrokerUnavailable` when it cannot be
         reached (what a readiness probe asks)."""
 
+    def describe(self) -> str | None:
+        """What the broker found when it started (a Redis topology: "single server",
+        "cluster with 3 masters"), for the server's banner; None when there is nothing
+        to add to its configuration."""
+
     async def subscribe(self, channel: str) -> None:
         """Deliver this channel's events to this node."""
 

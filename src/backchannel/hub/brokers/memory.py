@@ -97,6 +97,9 @@ class MemoryBroker:
         self._closed = True
         self._handler = None
 
+    def describe(self) -> str | None:
+        return None  # nothing beyond "memory", which the configuration says
+
     async def ping(self) -> None:
         """Always answers: it lives in this process."""
 

@@ -63,7 +63,7 @@ async def test_channels_spread_over_the_shards_and_each_is_published_on_its_own(
     nodes = [RedisBroker(redis_cluster.url, prefix=prefix, clock=clock) for _ in seen]
     for node, recorder in zip(nodes, seen, strict=True):
         await node.start(recorder)
-    assert nodes[0].topology == "cluster with 3 masters"
+    assert nodes[0].describe() == "cluster with 3 masters"
     channels = [f"room{i}" for i in range(12)]
     for channel in channels:
         await nodes[1].subscribe(channel)
@@ -175,7 +175,7 @@ async def test_sentinel_follows_a_failover_and_loses_nothing_accepted(tmp_path: 
         publisher = RedisBroker(setup.url, prefix="f", socket_timeout=2)
         await subscriber.start(seen)
         await publisher.start(Recorder())
-        assert subscriber.topology == f"sentinel master 'mymaster' at 127.0.0.1:{setup.master}"
+        assert subscriber.describe() == f"sentinel master 'mymaster' at 127.0.0.1:{setup.master}"
         await subscriber.subscribe("orders")
         refused, _ = await publish_through_a_failover(
             publisher, setup.sigkill_master, setup.wait_promoted, "orders"

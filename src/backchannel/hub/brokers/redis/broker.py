@@ -266,6 +266,9 @@ class RedisBroker:
     async def remove_history(self, channel: str) -> None:
         await self._history.remove(channel)
 
+    def describe(self) -> str | None:
+        return self.topology
+
     async def ping(self) -> None:
         # With the one quick retry: a pooled connection that died with a restarted Redis
         # does not make a node look unready.
