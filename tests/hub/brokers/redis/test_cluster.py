@@ -4,7 +4,7 @@ pub/sub, and a master killed under load with nothing accepted lost."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as redis
@@ -16,13 +16,6 @@ from backchannel.exceptions import BrokerUnavailable
 from backchannel.hub.brokers import HistoryOptions
 from backchannel.hub.brokers.redis import RedisBroker
 from backchannel.hub.wire import ClientInfo
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    require_redis()
-    with RedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
-        yield cluster
 
 
 @pytest.fixture
