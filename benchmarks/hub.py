@@ -79,11 +79,14 @@ TARGETS = {
     for t in (
         Target("backchannel", "backchannel", "backchannel"),
         Target("backchannel-py", "backchannel (pure Python)", "backchannel"),
+        Target("backchannel-before", "backchannel before", "backchannel"),
         Target("python-socketio", "python-socketio", "socketio"),
         Target("node-socketio", "node socket.io", "socketio"),
     )
 }
 BASELINE = "python-socketio"
+#: The ``src`` folder ``backchannel-before`` imports backchannel from (``--before``).
+BEFORE_SRC: str | None = None
 WORKLOADS = ("fanout", "chat", "storm", "cluster")
 #: Backchannel nodes of the ``cluster`` workload, on one Redis.
 CLUSTER_NODES = 2
@@ -100,6 +103,14 @@ def versions() -> dict[str, str]:
             out[pkg] = json.loads((HERE / "node_modules" / pkg / "package.json").read_text())[
                 "version"
             ]
+    if BEFORE_SRC is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out["backchannel before"] = subprocess.run(
+                ["git", "-C", BEFORE_SRC, "log", "-1", "--format=%h"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
     with contextlib.suppress(OSError):
         out["node"] = subprocess.run(
             [NODE, "--version"], capture_output=True, text=True, check=True
@@ -136,6 +147,10 @@ async def start_server(
         )
         if target.name == "backchannel-py":
             env["BACKCHANNEL_NO_EXTENSIONS"] = "1"
+        if target.name == "backchannel-before":
+            # Another checkout's code (--before), compiled, for before/after in one run.
+            assert BEFORE_SRC is not None
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [BEFORE_SRC, env.get("PYTHONPATH")]))
         env.update(extra_env or {})
         port = 0
     else:
@@ -678,18 +693,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "write the raw profiles to DIR and print their busiest functions",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="the backchannel-before target: backchannel imported from SRC (another "
+        "checkout's src folder, with its accelerator built), for before/after in one run",
+    )
     args = parser.parse_args(argv)
+    if args.before is not None:
+        global BEFORE_SRC
+        if not (Path(args.before) / "backchannel" / "__init__.py").is_file():
+            parser.error(f"--before {args.before}: no backchannel package there")
+        BEFORE_SRC = str(Path(args.before).resolve())
     if args.profile is not None:
         if PY_SPY is None:
             parser.error("--profile needs py-spy (pip install py-spy)")
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.only is None:
-        args.only = ",".join(t for t in TARGETS if not (args.quick and t == "backchannel-py"))
+        args.only = ",".join(
+            t
+            for t in TARGETS
+            if not (args.quick and t == "backchannel-py")
+            and (t != "backchannel-before" or BEFORE_SRC is not None)
+        )
     args.only = [t for t in args.only.split(",") if t]
     args.workloads = [w for w in args.workloads.split(",") if w]
     for t in args.only:
         if t not in TARGETS:
             parser.error(f"unknown target {t!r}; known: {', '.join(TARGETS)}")
+        if t == "backchannel-before" and BEFORE_SRC is None:
+            parser.error("the backchannel-before target needs --before SRC")
     for w in args.workloads:
         if w not in WORKLOADS:
             parser.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")

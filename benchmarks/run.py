@@ -35,7 +35,18 @@ PORTS = range(18000, 19000)
 SERVERS_DIR = Path(__file__).resolve().parent / "servers"
 LOOPS = ("asyncio", "uvloop")
 #: Servers in the order of the table's columns; websockets first, since it is the baseline.
-SERVERS = ("websockets", "backchannel-py", "backchannel-c", "aiohttp", "picows")
+#: ``backchannel-before`` (compiled) runs another checkout's ``src``, given with
+#: ``--before``, so that a change is measured before and after in one run.
+SERVERS = (
+    "websockets",
+    "backchannel-before",
+    "backchannel-py",
+    "backchannel-c",
+    "aiohttp",
+    "picows",
+)
+#: The ``src`` folder ``backchannel-before`` imports backchannel from (``--before``).
+BEFORE_SRC: str | None = None
 BASELINE = "websockets"
 #: The load generator counts as the bottleneck from this share of its core on.
 CLIENT_BOUND_PCT = 90.0
@@ -69,11 +80,16 @@ class Target:
         env.pop("BACKCHANNEL_NO_EXTENSIONS", None)
         if self.server == "backchannel-py":
             env["BACKCHANNEL_NO_EXTENSIONS"] = "1"
+        if self.server == "backchannel-before":
+            assert BEFORE_SRC is not None
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [BEFORE_SRC, env.get("PYTHONPATH")]))
         return env
 
 
 def all_targets() -> list[Target]:
-    return [Target(server, loop) for loop in LOOPS for server in SERVERS]
+    """Every target; ``backchannel-before`` only when ``--before`` names a checkout."""
+    servers = [s for s in SERVERS if s != "backchannel-before" or BEFORE_SRC is not None]
+    return [Target(server, loop) for loop in LOOPS for server in servers]
 
 
 @dataclass
@@ -642,12 +658,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=60.0, help="seconds per workload run (default 60)"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run backchannel-before-*: backchannel imported from SRC (another "
+        "checkout's src folder, with its accelerator built), for before/after in one run",
+    )
     args = parser.parse_args(argv)
+    if args.before is not None:
+        global BEFORE_SRC
+        if not (Path(args.before) / "backchannel" / "__init__.py").is_file():
+            parser.error(f"--before {args.before}: no backchannel package there")
+        BEFORE_SRC = str(Path(args.before).resolve())
+        targets = [t.name for t in all_targets()]
     args.target_names = parse_names(args.only, targets, "target")
     args.workload_names = parse_names(args.workloads, list(WORKLOADS), "workload")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+def describe_checkout(src: str) -> str:
+    """``src`` and the commit its checkout is at (when git can tell)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", src, "log", "-1", "--format=%h %s"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return src
+    return f"{src}, commit {commit[:100]}"
 
 
 def raise_open_files(wanted: int = 20_000) -> None:
@@ -685,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workload_names is None or name in args.workload_names
     ]
     report = Report(machine_info(server_cpu, generator_cpu), sizes, args.repeat, targets, workloads)
+    if BEFORE_SRC is not None:
+        report.notes.append(f"backchannel-before: {describe_checkout(BEFORE_SRC)}")
     status = Status(sys.stderr, len(targets) * len(workloads))
     if server_cpu is not None:
         status.line(f"pinned: servers to CPU {server_cpu}, load generator to CPU {generator_cpu}")
