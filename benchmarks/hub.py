@@ -82,6 +82,8 @@ TARGETS = {
         Target("backchannel-before", "backchannel before", "backchannel"),
         Target("python-socketio", "python-socketio", "socketio"),
         Target("node-socketio", "node socket.io", "socketio"),
+        # Its consumer speaks the part of the hub's wire the generator uses.
+        Target("django-channels", "Django Channels", "backchannel"),
     )
 }
 BASELINE = "python-socketio"
@@ -155,8 +157,11 @@ async def start_server(
         port = 0
     else:
         port = free_port()
-        if target.name == "python-socketio":
-            argv = [sys.executable, str(HERE / "servers" / "socketio_python.py")]
+        if target.name in ("python-socketio", "django-channels"):
+            script = (
+                "socketio_python.py" if target.name == "python-socketio" else "channels_django.py"
+            )
+            argv = [sys.executable, str(HERE / "servers" / script)]
             argv += ["--port", str(port), "--loop", "uvloop"]
         else:
             argv = [NODE, str(HERE / "servers" / "socketio_node.mjs"), "--port", str(port)]
@@ -198,7 +203,7 @@ class Profiler:
     one raw (collapsed stacks) file per phase, summarised by :func:`profile_summary`."""
 
     def __init__(self, folder: Path | None, target: Target, workload: str) -> None:
-        self.folder = folder if target.proto == "backchannel" else None
+        self.folder = folder if target.name.startswith("backchannel") else None
         self.prefix = f"{target.name}-{workload}"
         self.pids: list[int] = []
         self.running: asyncio.subprocess.Process | None = None
@@ -403,7 +408,7 @@ async def run(args: argparse.Namespace) -> Results:
         for name in args.only:
             target = TARGETS[name]
             for workload in args.workloads:
-                if workload == "cluster" and target.proto != "backchannel":
+                if workload == "cluster" and not target.name.startswith("backchannel"):
                     continue
                 config = workload_config(workload, args)
                 config.update(
